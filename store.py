@@ -1,0 +1,475 @@
+"""SQLite persistence of orders, open positions, closed trades, equity and counters.
+
+One file per mode in DATA_DIR (trades-paper.sqlite, trades-live.sqlite) so dry runs and
+live trading never mix. WAL journal with synchronous=FULL: every write method commits
+(and fsyncs) before it returns, and a change that spans tables is one transaction, so a
+crash leaves either all of it or none of it.
+
+Order lifecycle: `add_pending_order` is committed before the order is sent; the fill is
+then recorded with `record_entry` / `record_exit` (order -> filled plus the position,
+trade and paper cash changes), or the order is closed with `mark_order` (rejected,
+abandoned). `pending_orders()` lists what a crash left undecided, for reconciliation.
+"""
+from __future__ import annotations
+
+import sqlite3
+import sys
+import threading
+import time
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+MODES = ("paper", "live")
+ORDER_STATUSES = ("pending", "filled", "rejected", "abandoned")
+PAPER_CASH_KEY = "paper_cash"
+
+_SCHEMA_V1 = (
+    """CREATE TABLE orders (
+        id INTEGER PRIMARY KEY,
+        client_order_id TEXT NOT NULL UNIQUE,
+        symbol TEXT NOT NULL,
+        side TEXT NOT NULL CHECK (side IN ('buy', 'sell')),
+        amount REAL NOT NULL,
+        price REAL NOT NULL,
+        status TEXT NOT NULL
+            CHECK (status IN ('pending', 'filled', 'rejected', 'abandoned')),
+        exchange_order_id TEXT,
+        fee REAL NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        reason TEXT NOT NULL DEFAULT '')""",
+    "CREATE INDEX orders_pending ON orders (created_ms) WHERE status = 'pending'",
+    """CREATE TABLE positions (
+        symbol TEXT PRIMARY KEY,
+        amount REAL NOT NULL CHECK (amount > 0),
+        entry_price REAL NOT NULL,
+        entry_time_ms INTEGER NOT NULL,
+        stop_loss REAL NOT NULL,
+        take_profit REAL NOT NULL,
+        entry_fee REAL NOT NULL,
+        group_name TEXT NOT NULL,
+        entry_client_order_id TEXT NOT NULL,
+        features BLOB)""",
+    """CREATE TABLE trades (
+        id INTEGER PRIMARY KEY,
+        symbol TEXT NOT NULL,
+        amount REAL NOT NULL,
+        entry_price REAL NOT NULL,
+        exit_price REAL NOT NULL,
+        entry_time_ms INTEGER NOT NULL,
+        exit_time_ms INTEGER NOT NULL,
+        entry_fee REAL NOT NULL,
+        exit_fee REAL NOT NULL,
+        profit REAL NOT NULL,
+        return_pct REAL NOT NULL,
+        exit_reason TEXT NOT NULL,
+        features BLOB,
+        entry_client_order_id TEXT NOT NULL,
+        exit_client_order_id TEXT NOT NULL UNIQUE)""",
+    "CREATE INDEX trades_exit_time ON trades (exit_time_ms)",
+    """CREATE TABLE equity (
+        id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        equity REAL NOT NULL,
+        cash REAL NOT NULL,
+        open_positions INTEGER NOT NULL)""",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+# MIGRATIONS[i] takes a database from user_version i to i + 1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """A database that cannot be opened or written; the message is one line with the path."""
+
+
+class FillLike(Protocol):
+    """What the store reads from a fill (exchange.Fill satisfies it)."""
+
+    client_order_id: str
+    order_id: str | None
+    amount: float
+    price: float
+    fee: float
+    timestamp_ms: int
+
+
+@dataclass(frozen=True)
+class OrderRow:
+    client_order_id: str
+    symbol: str
+    side: str
+    amount: float
+    price: float
+    status: str
+    exchange_order_id: str | None
+    fee: float
+    created_ms: int
+    updated_ms: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class PositionRow:
+    """An open position; same fields as strategy.Position (`Position(**asdict(row))`)."""
+
+    symbol: str
+    amount: float
+    entry_price: float
+    entry_time_ms: int
+    stop_loss: float
+    take_profit: float
+    entry_fee: float = 0.0
+    group: str = "other"
+    features: tuple[float, ...] | None = None
+    entry_client_order_id: str = ""
+
+
+@dataclass(frozen=True)
+class TradeRow:
+    """A closed round trip; profit is net of both fees, return_pct is on cost + entry fee."""
+
+    symbol: str
+    amount: float
+    entry_price: float
+    exit_price: float
+    entry_time_ms: int
+    exit_time_ms: int
+    entry_fee: float
+    exit_fee: float
+    profit: float
+    return_pct: float
+    exit_reason: str
+    features: tuple[float, ...] | None = None
+    entry_client_order_id: str = ""
+    exit_client_order_id: str = ""
+
+    @classmethod
+    def from_exit(cls, position: PositionRow, fill: FillLike, reason: str) -> TradeRow:
+        """The trade closing `position` with a sell `fill` (profit on the amount sold)."""
+        cost = fill.amount * position.entry_price
+        profit = fill.amount * fill.price - cost - position.entry_fee - fill.fee
+        return cls(position.symbol, fill.amount, position.entry_price, fill.price,
+                   position.entry_time_ms, fill.timestamp_ms, position.entry_fee, fill.fee,
+                   profit, 100.0 * profit / (cost + position.entry_fee), reason,
+                   position.features, position.entry_client_order_id, fill.client_order_id)
+
+
+@dataclass(frozen=True)
+class EquityRow:
+    ts_ms: int
+    equity: float
+    cash: float
+    open_positions: int
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Aggregates over all closed trades; win_rate is a fraction (0..1)."""
+
+    trades: int
+    wins: int
+    losses: int
+    win_rate: float
+    total_profit: float
+    fees: float
+    best: float
+    worst: float
+
+
+def features_to_blob(features: Sequence[float] | None) -> bytes | None:
+    """Little-endian float32 bytes (None stays None)."""
+    if features is None:
+        return None
+    values = array("f", features)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tobytes()
+
+
+def blob_to_features(blob: bytes | None) -> tuple[float, ...] | None:
+    """Inverse of `features_to_blob`."""
+    if blob is None:
+        return None
+    values = array("f")
+    values.frombytes(blob)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return tuple(values)
+
+
+def store_path(data_dir: str | Path, mode: str) -> Path:
+    """DATA_DIR/trades-<mode>.sqlite for mode 'paper' or 'live'."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return Path(data_dir) / f"trades-{mode}.sqlite"
+
+
+class Store:
+    """The bot's database. Thread-safe: one connection, used under a lock."""
+
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._conn = self._connect()
+
+    @classmethod
+    def open(cls, data_dir: str | Path, mode: str,
+             clock: Callable[[], float] = time.time) -> Store:
+        """Open (creating if needed) DATA_DIR/trades-<mode>.sqlite."""
+        path = store_path(data_dir, mode)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(path, clock)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}; check the path "
+                             "and its permissions") from exc
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
+                raise sqlite3.DatabaseError("cannot switch to WAL journal mode")
+            conn.execute("PRAGMA synchronous = FULL")
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {' '.join(check.split())}")
+            self._migrate(conn)
+        except (sqlite3.Error, StoreError) as exc:
+            conn.close()
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(
+                f"{self.path} is not a usable trades database ({exc}); move it aside or "
+                "delete it to start a fresh one (its positions and history will be "
+                "forgotten)") from exc
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {version}, newer than this "
+                             f"program's {SCHEMA_VERSION}; upgrade the bot or use another "
+                             "DATA_DIR")
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statements in MIGRATIONS[version:]:
+                for sql in statements:
+                    conn.execute(sql)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT under the lock; any error rolls back and raises StoreError."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:  # SQLite may already have rolled back
+                        conn.execute("ROLLBACK")
+                    raise
+            except (sqlite3.Error, StoreError) as exc:
+                raise StoreError(f"{self.path}: {what} failed: {exc}") from exc
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: query failed: {exc}") from exc
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    # -- orders ---------------------------------------------------------------------------
+
+    def add_pending_order(self, client_order_id: str, symbol: str, side: str, amount: float,
+                          price: float, reason: str = "") -> None:
+        """Record an order about to be sent (committed before returning, so before sending)."""
+        now = self._now_ms()
+        with self._transaction("add_pending_order") as conn:
+            conn.execute(
+                "INSERT INTO orders (client_order_id, symbol, side, amount, price, status,"
+                " created_ms, updated_ms, reason) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                (client_order_id, symbol, side, amount, price, now, now, reason))
+
+    def mark_order(self, client_order_id: str, status: str, reason: str = "",
+                   exchange_order_id: str | None = None) -> None:
+        """Set an order's status (e.g. rejected, abandoned) with the reason."""
+        if status not in ORDER_STATUSES:
+            raise ValueError(f"status must be one of {ORDER_STATUSES}, got {status!r}")
+        with self._transaction("mark_order") as conn:
+            cur = conn.execute(
+                "UPDATE orders SET status = ?, reason = ?, updated_ms = ?,"
+                " exchange_order_id = COALESCE(?, exchange_order_id)"
+                " WHERE client_order_id = ?",
+                (status, reason, self._now_ms(), exchange_order_id, client_order_id))
+            if cur.rowcount != 1:
+                raise StoreError(f"unknown order {client_order_id!r}")
+
+    def pending_orders(self) -> list[OrderRow]:
+        """Orders sent (or about to be) whose outcome was never recorded, oldest first."""
+        return self._orders("WHERE status = 'pending' ORDER BY created_ms, id")
+
+    def order(self, client_order_id: str) -> OrderRow | None:
+        rows = self._orders("WHERE client_order_id = ?", (client_order_id,))
+        return rows[0] if rows else None
+
+    def _orders(self, where: str, params: Sequence[Any] = ()) -> list[OrderRow]:
+        rows = self._query(
+            "SELECT client_order_id, symbol, side, amount, price, status, exchange_order_id,"
+            f" fee, created_ms, updated_ms, reason FROM orders {where}", params)
+        return [OrderRow(*row) for row in rows]
+
+    @staticmethod
+    def _fill_order(conn: sqlite3.Connection, fill: FillLike) -> None:
+        cur = conn.execute(
+            "UPDATE orders SET status = 'filled', amount = ?, price = ?, fee = ?,"
+            " exchange_order_id = ?, updated_ms = ?"
+            " WHERE client_order_id = ? AND status != 'filled'",
+            (fill.amount, fill.price, fill.fee, fill.order_id, fill.timestamp_ms,
+             fill.client_order_id))
+        if cur.rowcount != 1:
+            raise StoreError(f"order {fill.client_order_id!r} is unknown or already filled")
+
+    def _set_cash(self, conn: sqlite3.Connection, cash: float | None) -> None:
+        if cash is not None:
+            self._upsert_meta(conn, PAPER_CASH_KEY, repr(float(cash)))
+
+    # -- positions and trades -------------------------------------------------------------
+
+    def record_entry(self, fill: FillLike, position: PositionRow,
+                     cash: float | None = None) -> None:
+        """One transaction: order -> filled, position inserted, paper cash set (if given).
+
+        `position` may be a PositionRow or a strategy.Position; its entry client order id
+        is taken from the fill.
+        """
+        with self._transaction("record_entry") as conn:
+            self._fill_order(conn, fill)
+            conn.execute(
+                "INSERT INTO positions (symbol, amount, entry_price, entry_time_ms, stop_loss,"
+                " take_profit, entry_fee, group_name, entry_client_order_id, features)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (position.symbol, position.amount, position.entry_price,
+                 position.entry_time_ms, position.stop_loss, position.take_profit,
+                 position.entry_fee, position.group, fill.client_order_id,
+                 features_to_blob(position.features)))
+            self._set_cash(conn, cash)
+
+    def record_exit(self, fill: FillLike, trade: TradeRow, cash: float | None = None) -> None:
+        """One transaction: order -> filled, position deleted, trade inserted, cash set."""
+        with self._transaction("record_exit") as conn:
+            self._fill_order(conn, fill)
+            cur = conn.execute("DELETE FROM positions WHERE symbol = ?", (trade.symbol,))
+            if cur.rowcount != 1:
+                raise StoreError(f"no open position in {trade.symbol}")
+            conn.execute(
+                "INSERT INTO trades (symbol, amount, entry_price, exit_price, entry_time_ms,"
+                " exit_time_ms, entry_fee, exit_fee, profit, return_pct, exit_reason,"
+                " features, entry_client_order_id, exit_client_order_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (trade.symbol, trade.amount, trade.entry_price, trade.exit_price,
+                 trade.entry_time_ms, trade.exit_time_ms, trade.entry_fee, trade.exit_fee,
+                 trade.profit, trade.return_pct, trade.exit_reason,
+                 features_to_blob(trade.features), trade.entry_client_order_id,
+                 fill.client_order_id))
+            self._set_cash(conn, cash)
+
+    def open_positions(self) -> list[PositionRow]:
+        """Open positions, oldest entry first."""
+        rows = self._query(
+            "SELECT symbol, amount, entry_price, entry_time_ms, stop_loss, take_profit,"
+            " entry_fee, group_name, features, entry_client_order_id FROM positions"
+            " ORDER BY entry_time_ms, symbol")
+        return [PositionRow(*row[:8], blob_to_features(row[8]), row[9]) for row in rows]
+
+    def recent_trades(self, n: int = 10) -> list[TradeRow]:
+        """The last `n` closed trades, most recent first."""
+        rows = self._query(
+            "SELECT symbol, amount, entry_price, exit_price, entry_time_ms, exit_time_ms,"
+            " entry_fee, exit_fee, profit, return_pct, exit_reason, features,"
+            " entry_client_order_id, exit_client_order_id FROM trades"
+            " ORDER BY exit_time_ms DESC, id DESC LIMIT ?", (n,))
+        return [TradeRow(*row[:11], blob_to_features(row[11]), *row[12:]) for row in rows]
+
+    def totals(self) -> Totals:
+        (trades, wins, profit, fees, best, worst), = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(profit > 0), 0), COALESCE(SUM(profit), 0.0),"
+            " COALESCE(SUM(entry_fee + exit_fee), 0.0), COALESCE(MAX(profit), 0.0),"
+            " COALESCE(MIN(profit), 0.0) FROM trades")
+        return Totals(trades, wins, trades - wins, wins / trades if trades else 0.0,
+                      profit, fees, best, worst)
+
+    # -- equity ---------------------------------------------------------------------------
+
+    def record_equity(self, ts_ms: int, equity: float, cash: float,
+                      open_positions: int) -> None:
+        with self._transaction("record_equity") as conn:
+            conn.execute("INSERT INTO equity (ts_ms, equity, cash, open_positions)"
+                         " VALUES (?, ?, ?, ?)", (ts_ms, equity, cash, open_positions))
+
+    def equity_curve(self, limit: int | None = None) -> list[EquityRow]:
+        """The last `limit` snapshots (all when None), oldest first."""
+        rows = self._query(
+            "SELECT ts_ms, equity, cash, open_positions FROM (SELECT * FROM equity"
+            " ORDER BY id DESC LIMIT ?) ORDER BY id", (-1 if limit is None else limit,))
+        return [EquityRow(*row) for row in rows]
+
+    # -- meta and counters ----------------------------------------------------------------
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction("set_meta") as conn:
+            self._upsert_meta(conn, key, value)
+
+    def paper_cash(self, default: float) -> float:
+        """The paper account's cash as last committed (`default` on a fresh database)."""
+        value = self.get_meta(PAPER_CASH_KEY)
+        return default if value is None else float(value)
+
+    @staticmethod
+    def _upsert_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)"
+                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def next_sequence(self, name: str) -> int:
+        """1, 2, 3, ... per name; each value is committed before it is returned, so a value
+        is never handed out twice, even across a crash."""
+        with self._transaction("next_sequence") as conn:
+            (value,), = conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, '1') ON CONFLICT (key) DO UPDATE"
+                " SET value = CAST(value AS INTEGER) + 1 RETURNING value",
+                (f"seq:{name}",)).fetchall()
+        return int(value)

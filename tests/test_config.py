@@ -1,0 +1,431 @@
+"""Tests of config.py: precedence, presets, validation, masking, .env.example, misspellings."""
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+from unittest import mock
+
+from dotenv import dotenv_values
+
+import config
+from config import PRESETS, Config, ConfigError, check_exchange_id, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+FIELDS = [f.name for f in dataclasses.fields(Config) if f.name != "sources"]
+NAMES = [name.upper() for name in FIELDS]
+
+# One bad value per variable that can be wrong on its own (secrets and LLM_MODEL are free
+# text, checked by the cross-field rules below).
+BAD_VALUES = {
+    "ACCOUNT_SIZE": ["huge"],
+    "EXCHANGE": ["bin ance", "9x"],
+    "DRY_RUN": ["maybe", ""],
+    "STARTING_BALANCE": ["0", "-5", "nan", "lots"],
+    "QUOTE_CURRENCY": ["US-D", ""],
+    "MAX_PAIRS": ["0", "501", "5.5"],
+    "PAIR_ALLOWLIST": ["BTCUSDT", "BTC/USDT,ETH-USDT"],
+    "PAIR_DENYLIST": ["BTC/USDT/X"],
+    "TIMEFRAME": ["7m", "1H"],
+    "CANDLE_HISTORY": ["99", "1001"],
+    "CHECK_INTERVAL": ["0.5", "inf"],
+    "MARKET_SCAN_CACHE_DURATION": ["-1"],
+    "MAX_PARALLEL_WORKERS": ["abc", "0", "65"],
+    "SCAN_TIMEOUT": ["0"],
+    "RISK_PER_TRADE": ["0", "0.2"],
+    "MAX_OPEN_POSITIONS": ["0", "101"],
+    "MAX_POSITION_SIZE": ["0", "1.5"],
+    "MAX_POSITIONS_PER_GROUP": ["0"],
+    "MAX_DRAWDOWN": ["0", "1.5", "x"],
+    "CORRELATION_GROUPS": ["majors BTC", "a:BTC;b:ETH,BTC", "a:BTC;a:ETH", "a:"],
+    "STOP_LOSS_ATR": ["0"],
+    "TAKE_PROFIT_ATR": ["-1"],
+    "MAX_HOLD_CANDLES": ["0"],
+    "DATA_DIR": [""],
+    "LOG_LEVEL": ["TRACE"],
+    "SIM_SPEED": ["0.5", "20000"],
+    "SIM_SEED": ["-1"],
+    "SIM_PAIRS": ["201"],
+    "ENABLE_PERFORMANCE_MONITORING": ["on"],
+    "SLOW_OPERATION_THRESHOLD": ["0"],
+    "PERFORMANCE_REPORT_INTERVAL": ["0"],
+    "ML_ENABLED": ["si"],
+    "ML_MIN_CONFIDENCE": ["1.5", "-0.1"],
+    "ML_PREDICTION_CACHE_DURATION": ["-1"],
+    "ML_CACHE_ROUNDING": ["7"],
+    "RETRAIN_INTERVAL": ["59"],
+    "RETRAIN_MIN_NEW_SAMPLES": ["0"],
+    "LLM_PROVIDER": ["anthropic"],
+    "LLM_BASE_URL": ["ftp://host/v1", "localhost:11434", "http://host:99999/"],
+    "LLM_TIMEOUT": ["0"],
+    "LLM_CYCLE_BUDGET": ["0"],
+    "LLM_MAX_CALLS_PER_CYCLE": ["51"],
+    "LLM_CACHE_TTL": ["-1"],
+    "LLM_CACHE_MAX_SIZE": ["0"],
+    "LLM_ON_FAILURE": ["accept"],
+}
+SECRET_VALUE = "s3cr3t-VALUE-xyz"
+BAD_SECRETS = {"API_KEY": [f"{SECRET_VALUE} x"], "API_SECRET": [f"{SECRET_VALUE}\x00"],
+               "LLM_API_KEY": [f"Bearer {SECRET_VALUE}"]}
+FREE_TEXT = {"LLM_MODEL"}
+
+
+class ConfigTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.tmp = Path(tmp.name)
+        self.data_dir = str(self.tmp / "data")
+
+    def env_file(self, text: str, name: str = ".env") -> Path:
+        path = self.tmp / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def load(self, env_text: str | None = None, **environ: str) -> Config:
+        environ.setdefault("DATA_DIR", self.data_dir)
+        env_file = self.env_file(env_text) if env_text is not None else None
+        return load_config(env_file, environ)
+
+    def assert_one_line_error(self, cm, variable: str, *absent: str) -> str:
+        """The error's message, checked: one line, names the variable, lacks `absent`."""
+        message = str(cm.exception)
+        self.assertNotIn("\n", message)
+        self.assertIn(variable, message)
+        self.assertEqual(cm.exception.variable, variable)
+        for text in absent:
+            self.assertNotIn(text, message)
+        return message
+
+
+class PrecedenceTest(ConfigTestCase):
+    def test_environment_beats_env_file_beats_preset_beats_default(self) -> None:
+        cfg = self.load("MAX_PARALLEL_WORKERS=7\nCHECK_INTERVAL=90\nMAX_PAIRS=20\n",
+                        MAX_PARALLEL_WORKERS="3")
+        self.assertEqual((cfg.max_parallel_workers, cfg.sources["MAX_PARALLEL_WORKERS"]),
+                         (3, "environment"))
+        self.assertEqual((cfg.check_interval, cfg.sources["CHECK_INTERVAL"]), (90.0, ".env"))
+        self.assertEqual((cfg.max_pairs, cfg.sources["MAX_PAIRS"]), (20, ".env"))
+        self.assertEqual((cfg.risk_per_trade, cfg.sources["RISK_PER_TRADE"]),
+                         (0.01, "preset:medium"))
+        self.assertEqual((cfg.scan_timeout, cfg.sources["SCAN_TIMEOUT"]), (30.0, "default"))
+        self.assertEqual(cfg.sources["DATA_DIR"], "environment")
+        self.assertEqual(set(cfg.sources), set(NAMES))
+
+    def test_account_size_from_env_file_or_environment(self) -> None:
+        cfg = self.load("ACCOUNT_SIZE=large\n")
+        self.assertEqual((cfg.account_size, cfg.sources["ACCOUNT_SIZE"]), ("large", ".env"))
+        self.assertEqual(cfg.sources["CHECK_INTERVAL"], "preset:large")
+        cfg = self.load("ACCOUNT_SIZE=large\n", ACCOUNT_SIZE="small")
+        self.assertEqual(cfg.account_size, "small")
+        self.assertEqual((cfg.check_interval, cfg.sources["CHECK_INTERVAL"]),
+                         (300.0, "preset:small"))
+
+    def test_env_file_value_overrides_the_preset_it_belongs_to(self) -> None:
+        cfg = self.load("ACCOUNT_SIZE=small\nRISK_PER_TRADE=0.05\n")
+        self.assertEqual((cfg.risk_per_trade, cfg.sources["RISK_PER_TRADE"]), (0.05, ".env"))
+        self.assertEqual(cfg.max_open_positions, 3)
+
+    def test_os_environ_is_read_but_never_modified(self) -> None:
+        env_file = self.env_file(f"MAX_PAIRS=7\nSIM_SEED=9\nDATA_DIR={self.data_dir}\n")
+        with mock.patch.dict(os.environ, {"MAX_PAIRS": "11"}, clear=True):
+            cfg = load_config(env_file)
+            self.assertEqual(dict(os.environ), {"MAX_PAIRS": "11"})
+        self.assertEqual((cfg.max_pairs, cfg.sim_seed), (11, 9))
+
+    def test_missing_env_file_and_no_env_file_give_defaults(self) -> None:
+        missing = load_config(self.tmp / "absent.env", {"DATA_DIR": self.data_dir})
+        none = load_config(None, {"DATA_DIR": self.data_dir})
+        self.assertEqual(missing, none)
+        self.assertEqual(none.sources["MAX_PAIRS"], "default")
+
+    def test_unreadable_env_file_is_an_error(self) -> None:
+        cases = {"directory": self.tmp, "not utf-8": self.tmp / "bin.env"}
+        cases["not utf-8"].write_bytes(b"MAX_PAIRS=\xff\xfe\n")
+        for label, path in cases.items():
+            with self.subTest(label), self.assertRaises(ConfigError) as cm:
+                load_config(path, {"DATA_DIR": self.data_dir})
+            self.assertIn("cannot be read", str(cm.exception))
+            self.assertNotIn("\n", str(cm.exception))
+
+    def test_unparsable_env_line_is_an_error_without_echoing_it(self) -> None:
+        path = self.env_file(f"MAX_PAIRS=5\nAPI_SECRET='{SECRET_VALUE}\n")
+        with self.assertRaises(ConfigError) as cm:
+            load_config(path, {"DATA_DIR": self.data_dir})
+        self.assertIn("line 2", str(cm.exception))
+        self.assertNotIn(SECRET_VALUE, str(cm.exception))
+
+    def test_env_file_values_are_literal(self) -> None:
+        with mock.patch.dict(os.environ, {"MODEL_NAME": "expanded"}):
+            cfg = self.load("LLM_MODEL=${MODEL_NAME}\n")
+        self.assertEqual(cfg.llm_model, "${MODEL_NAME}")
+
+    def test_env_file_quirks(self) -> None:
+        cfg = self.load("export MAX_PAIRS=12\nSIM_SEED\nQUOTE_CURRENCY = 'busd'  # c\n"
+                        "PAIR_ALLOWLIST= btc/busd, ETH/BUSD ,,btc/busd\nLOG_LEVEL=debug\n")
+        self.assertEqual(cfg.max_pairs, 12)
+        self.assertEqual(cfg.sources["SIM_SEED"], "default")  # a name without a value
+        self.assertEqual(cfg.quote_currency, "BUSD")
+        self.assertEqual(cfg.pair_allowlist, ("BTC/BUSD", "ETH/BUSD"))
+        self.assertEqual(cfg.log_level, "DEBUG")
+
+
+class PresetTest(ConfigTestCase):
+    def test_presets_hold_exactly_the_agreed_values(self) -> None:
+        expected = {
+            "MAX_PARALLEL_WORKERS": (5, 10, 15),
+            "MARKET_SCAN_CACHE_DURATION": (600, 300, 180),
+            "CHECK_INTERVAL": (300, 120, 60),
+            "RISK_PER_TRADE": (0.02, 0.01, 0.005),
+            "MAX_OPEN_POSITIONS": (3, 5, 10),
+            "MAX_POSITION_SIZE": (0.30, 0.20, 0.10),
+            "STARTING_BALANCE": (1000, 10000, 100000),
+        }
+        self.assertEqual(list(PRESETS), ["small", "medium", "large"])
+        for index, size in enumerate(PRESETS):
+            self.assertEqual(dict(PRESETS[size]),
+                             {name: values[index] for name, values in expected.items()})
+
+    def test_each_preset_reaches_the_config(self) -> None:
+        for size, values in PRESETS.items():
+            with self.subTest(size):
+                cfg = self.load(ACCOUNT_SIZE=size.upper())
+                self.assertEqual(cfg.account_size, size)
+                for name, value in values.items():
+                    self.assertEqual(getattr(cfg, name.lower()), value)
+                    self.assertIs(type(getattr(cfg, name.lower())), type(value))
+                    self.assertEqual(cfg.sources[name], f"preset:{size}")
+
+    def test_default_account_size_is_medium(self) -> None:
+        cfg = self.load()
+        self.assertEqual((cfg.account_size, cfg.sources["ACCOUNT_SIZE"]), ("medium", "default"))
+        self.assertEqual(cfg.max_parallel_workers, 10)
+
+
+class ValidationTest(ConfigTestCase):
+    def test_every_variable_has_bad_value_cases(self) -> None:
+        self.assertEqual(set(BAD_VALUES) | set(BAD_SECRETS) | FREE_TEXT, set(NAMES))
+
+    def test_every_bad_value_is_a_one_line_error(self) -> None:
+        for name, values in BAD_VALUES.items():
+            for value in values:
+                with self.subTest(name=name, value=value), \
+                        self.assertRaises(ConfigError) as cm:
+                    self.load(**{name: value, "API_SECRET": SECRET_VALUE})
+                message = self.assert_one_line_error(cm, name, SECRET_VALUE)
+                self.assertIn(f"{name}={value!r}", message)
+                self.assertIn("(allowed: ", message)
+
+    def test_bad_secret_is_a_one_line_error_that_hides_it(self) -> None:
+        for name, values in BAD_SECRETS.items():
+            for value in values:
+                with self.subTest(name=name), self.assertRaises(ConfigError) as cm:
+                    self.load(**{name: value})
+                message = self.assert_one_line_error(cm, name, SECRET_VALUE, "s3cr3t")
+                self.assertIn(f"{name}=<hidden> ", message)
+
+    def test_bad_value_in_env_file_is_reported_the_same_way(self) -> None:
+        with self.assertRaises(ConfigError) as cm:
+            self.load("MAX_PARALLEL_WORKERS=abc\n")
+        self.assertEqual(str(cm.exception),
+                         "MAX_PARALLEL_WORKERS='abc' is not a whole number (allowed: 1..64)")
+        with self.assertRaises(ConfigError) as cm:
+            self.load(TIMEFRAME="7m")
+        self.assertEqual(str(cm.exception), "TIMEFRAME='7m' is not supported (allowed: 1m, "
+                         "3m, 5m, 15m, 30m, 1h, 2h, 4h, 6h, 8h, 12h, 1d)")
+
+    def test_good_values_are_parsed_and_normalised(self) -> None:
+        cfg = self.load(DRY_RUN="No", ML_ENABLED="1", ENABLE_PERFORMANCE_MONITORING="YES",
+                        EXCHANGE="Simulated", LLM_PROVIDER="OpenAI", LLM_ON_FAILURE="Model",
+                        RISK_PER_TRADE="0.1", ML_MIN_CONFIDENCE="0", SIM_SPEED="1e4",
+                        CORRELATION_GROUPS="majors:btc,ETH; memes:DOGE;",
+                        LLM_BASE_URL="https://api.example.com/v1", TIMEFRAME="1h")
+        self.assertEqual((cfg.dry_run, cfg.ml_enabled, cfg.enable_performance_monitoring),
+                         (False, True, True))
+        self.assertEqual((cfg.exchange, cfg.llm_provider, cfg.llm_on_failure),
+                         ("simulated", "openai", "model"))
+        self.assertEqual((cfg.risk_per_trade, cfg.ml_min_confidence, cfg.sim_speed),
+                         (0.1, 0.0, 10000.0))
+        self.assertEqual(config.parse_correlation_groups(cfg.correlation_groups),
+                         {"majors": ("BTC", "ETH"), "memes": ("DOGE",)})
+        self.assertEqual(cfg.timeframe_seconds, 3600)
+
+    def test_data_dir_is_created_and_must_not_be_a_file(self) -> None:
+        nested = self.tmp / "a" / "b"
+        cfg = self.load(DATA_DIR=str(nested))
+        self.assertTrue(nested.is_dir())
+        self.assertEqual(cfg.data_dir, nested)
+        a_file = self.tmp / "file"
+        a_file.write_text("x")
+        for path, problem in ((a_file, "is a file"), (a_file / "sub", "cannot be created")):
+            with self.subTest(path=path), self.assertRaises(ConfigError) as cm:
+                self.load(DATA_DIR=str(path))
+            self.assertIn(problem, self.assert_one_line_error(cm, "DATA_DIR"))
+
+    def test_live_trading_on_a_real_exchange_needs_both_keys(self) -> None:
+        live = {"DRY_RUN": "false", "EXCHANGE": "binance"}
+        for missing, present in (("API_KEY", "API_SECRET"), ("API_SECRET", "API_KEY")):
+            with self.subTest(missing=missing), self.assertRaises(ConfigError) as cm:
+                self.load(**live, **{present: SECRET_VALUE})
+            self.assertIn("DRY_RUN", self.assert_one_line_error(cm, missing, SECRET_VALUE))
+        cfg = self.load(**live, API_KEY=SECRET_VALUE, API_SECRET=SECRET_VALUE)
+        self.assertEqual((cfg.mode, cfg.is_simulated), ("live", False))
+
+    def test_keys_are_not_needed_on_paper_or_on_the_simulated_exchange(self) -> None:
+        self.assertEqual(self.load(EXCHANGE="binance").mode, "paper")
+        cfg = self.load(DRY_RUN="false")
+        self.assertEqual((cfg.mode, cfg.is_simulated), ("live", True))
+
+    def test_openai_provider_needs_model_and_url(self) -> None:
+        for name in ("LLM_MODEL", "LLM_BASE_URL"):
+            with self.subTest(name), self.assertRaises(ConfigError) as cm:
+                self.load(LLM_PROVIDER="openai", **{name: ""})
+            self.assert_one_line_error(cm, name)
+        self.assertEqual(self.load(LLM_PROVIDER="none", LLM_MODEL="").llm_model, "")
+
+    def test_url_credentials_are_not_echoed(self) -> None:
+        with self.assertRaises(ConfigError) as cm:
+            self.load(LLM_BASE_URL=f"ftp://user:{SECRET_VALUE}@host/v1")
+        self.assert_one_line_error(cm, "LLM_BASE_URL", SECRET_VALUE)
+        cfg = self.load(LLM_BASE_URL=f"https://user:{SECRET_VALUE}@host/v1")
+        shown = dict((name, value) for name, value, _ in cfg.describe())
+        self.assertEqual(shown["LLM_BASE_URL"], "https://****@host/v1")
+
+    def test_warnings_are_logged_not_raised(self) -> None:
+        with self.assertLogs("config", "WARNING") as logs:
+            cfg = self.load(PAIR_ALLOWLIST="BTC/USDT,ETH/BTC", PAIR_DENYLIST="BTC/USDT",
+                            LLM_PROVIDER="openai", LLM_CYCLE_BUDGET="5")
+        text = "\n".join(logs.output)
+        for fragment in ("ETH/BTC", "BTC/USDT is in both", "LLM_CYCLE_BUDGET=5"):
+            self.assertIn(fragment, text)
+        self.assertEqual(config.config_warnings(cfg), [r.split(":", 2)[2] for r in logs.output])
+
+
+class MisspellingTest(ConfigTestCase):
+    def test_close_names_in_env_file_suggest_the_right_one(self) -> None:
+        cases = {"MAX_PARALEL_WORKERS": "MAX_PARALLEL_WORKERS", "dry_run": "DRY_RUN",
+                 "API_SECRT": "API_SECRET", "STOPLOSS_ATR": "STOP_LOSS_ATR"}
+        for wrong, right in cases.items():
+            with self.subTest(wrong), self.assertRaises(ConfigError) as cm:
+                self.load(f"{wrong}={SECRET_VALUE}\n")
+            message = self.assert_one_line_error(cm, wrong, SECRET_VALUE)
+            self.assertIn(f"did you mean {right}?", message)
+
+    def test_unrelated_names_are_ignored(self) -> None:
+        text = "".join(f"{name}=x\n" for name in (
+            "OPENAI_API_KEY", "BINANCE_API_KEY", "DATABASE_URL", "HTTP_PROXY", "EXCHANGE_ID"))
+        self.assertEqual(self.load(text), self.load())
+
+    def test_environment_is_not_checked_for_misspellings(self) -> None:
+        self.assertEqual(self.load(MAX_PARALEL_WORKERS="5").max_parallel_workers, 10)
+
+
+class ConfigObjectTest(ConfigTestCase):
+    def test_fields_match_the_variables(self) -> None:
+        self.assertEqual(NAMES, [var.name for var in config.VARIABLES])
+
+    def test_frozen(self) -> None:
+        cfg = self.load()
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            cfg.max_pairs = 3  # type: ignore[misc]
+        with self.assertRaises(TypeError):
+            cfg.sources["MAX_PAIRS"] = "environment"  # type: ignore[index]
+        with self.assertRaises(TypeError):
+            PRESETS["small"]["CHECK_INTERVAL"] = 1  # type: ignore[index]
+        self.assertEqual(hash(cfg), hash(self.load()))
+
+    def test_derived_helpers(self) -> None:
+        expected = {"1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600,
+                    "2h": 7200, "4h": 14400, "6h": 21600, "8h": 28800, "12h": 43200,
+                    "1d": 86400}
+        for timeframe, seconds in expected.items():
+            self.assertEqual(self.load(TIMEFRAME=timeframe).timeframe_seconds, seconds)
+        cfg = self.load()
+        self.assertEqual((cfg.mode, cfg.is_simulated), ("paper", True))
+
+    def test_describe_masks_secrets(self) -> None:
+        cfg = self.load(API_KEY="abcdefgh12", API_SECRET="short", EXCHANGE="kraken")
+        rows = cfg.describe()
+        self.assertEqual([row[0] for row in rows], NAMES)
+        shown = {name: (value, source) for name, value, source in rows}
+        self.assertEqual(shown["API_KEY"], ("****12", "environment"))
+        self.assertEqual(shown["API_SECRET"], ("****", "environment"))
+        self.assertEqual(shown["LLM_API_KEY"], ("(not set)", "default"))
+        self.assertEqual(shown["CHECK_INTERVAL"], ("120", "preset:medium"))
+        self.assertEqual(shown["DRY_RUN"], ("true", "default"))
+        self.assertEqual(shown["MAX_POSITION_SIZE"], ("0.2", "preset:medium"))
+        self.assertEqual(shown["PAIR_ALLOWLIST"], ("(not set)", "default"))
+        self.assertEqual(config.mask_secret("12345678"), "****78")
+        self.assertEqual(config.mask_secret("1234567"), "****")
+
+    def test_secrets_never_appear_in_repr_or_describe(self) -> None:
+        with self.assertLogs("config", "WARNING") as logs:  # LLM_API_KEY unused
+            cfg = self.load(API_KEY=SECRET_VALUE, API_SECRET=SECRET_VALUE,
+                            LLM_API_KEY=SECRET_VALUE)
+        self.assertNotIn(SECRET_VALUE, str(logs.output))
+        self.assertNotIn(SECRET_VALUE, repr(cfg))
+        self.assertNotIn(SECRET_VALUE, str(cfg.describe()))
+        self.assertNotIn(SECRET_VALUE[:-2], str(cfg.describe()))
+
+    def test_check_exchange_id(self) -> None:
+        check_exchange_id(self.load(EXCHANGE="binance"))
+        with self.assertRaises(ConfigError) as cm:
+            check_exchange_id(self.load(EXCHANGE="binanse"))
+        self.assertIn("did you mean binance", self.assert_one_line_error(cm, "EXCHANGE"))
+
+    def test_import_and_simulated_check_stay_light(self) -> None:
+        code = ("import sys, config; "
+                "check_exchange_id = config.check_exchange_id; "
+                f"check_exchange_id(config.load_config(None, {{'DATA_DIR': {self.data_dir!r}}})); "
+                "heavy = [m for m in ('ccxt', 'numpy', 'sklearn', 'scipy') if m in sys.modules]; "
+                "print(heavy)")
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                             text=True, check=True)
+        self.assertEqual(out.stdout.strip(), "[]")
+
+
+class EnvExampleTest(ConfigTestCase):
+    path = ROOT / ".env.example"
+
+    def test_env_example_gives_the_default_paper_setup(self) -> None:
+        cfg = load_config(self.path, {"DATA_DIR": self.data_dir})
+        self.assertEqual(cfg, load_config(None, {"DATA_DIR": self.data_dir}))
+        self.assertEqual((cfg.mode, cfg.is_simulated, cfg.account_size),
+                         ("paper", True, "medium"))
+        self.assertEqual(cfg.sources["ACCOUNT_SIZE"], ".env")
+        self.assertEqual(cfg.sources["CHECK_INTERVAL"], "preset:medium")
+
+    def test_env_example_documents_every_field(self) -> None:
+        text = self.path.read_text(encoding="utf-8")
+        for name in NAMES:
+            with self.subTest(name):
+                line = re.search(rf"^(?:# )?{name}=(.*)$", text, re.MULTILINE)
+                self.assertIsNotNone(line, f"{name} is not in .env.example")
+                index = text.index(line.group(0))
+                comment = text[:index].rstrip("\n").rsplit("\n", 1)[-1]
+                self.assertTrue(comment.startswith("# ") and not re.match(r"# [A-Z_]+=", comment),
+                                f"{name} has no one-line comment above it")
+        for preset in PRESETS:
+            self.assertIn(preset, text)
+        self.assertIn("SIM_SPEED times faster", text)
+
+    def test_documented_defaults_are_the_real_defaults(self) -> None:
+        text = self.path.read_text(encoding="utf-8")
+        uncommented = re.sub(r"^# ([A-Z_]+=)", r"\1", text, flags=re.MULTILINE)
+        env_file = self.env_file(uncommented)
+        cfg = load_config(env_file, {"DATA_DIR": self.data_dir})
+        self.assertEqual(cfg, load_config(None, {"DATA_DIR": self.data_dir}))
+        # every variable is now set by the file, so every shown default was checked
+        self.assertEqual({s for n, s in cfg.sources.items() if n != "DATA_DIR"}, {".env"})
+
+    def test_secrets_are_empty_in_env_example(self) -> None:
+        values = dotenv_values(self.path)
+        for name in config.SECRETS:
+            self.assertEqual(values.get(name, ""), "", name)
+
+
+if __name__ == "__main__":
+    unittest.main()
