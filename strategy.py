@@ -1,0 +1,254 @@
+"""The decision pipeline: closed candles and portfolio state in, order intents out.
+
+Pure: nothing here reads the clock, the network or global state, so the live bot and the
+backtester run exactly the same decisions. Impure helpers (the model, the LLM) come in as
+callables.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from risk_manager import RiskManager, RoundOrder
+
+# Indicators the pipeline reads; a MarketView's `latest` must hold all of them.
+REQUIRED_INDICATORS = ("rsi", "ema_fast", "ema_slow", "ema_trend", "macd_hist", "atr",
+                       "momentum", "volume_ratio", "bb_upper", "bb_lower")
+
+Predict = Callable[[np.ndarray, Sequence[tuple]], np.ndarray]
+Confirm = Callable[[list[dict]], Mapping[str, bool]]
+
+
+@dataclass(frozen=True)
+class StrategyParams:
+    timeframe_ms: int
+    stop_loss_atr: float = 2.0
+    take_profit_atr: float = 3.0
+    max_hold_candles: int = 48
+    min_confidence: float = 0.55
+    rsi_overbought: float = 70.0
+    min_volume_ratio: float = 1.0
+
+    @classmethod
+    def from_config(cls, config) -> "StrategyParams":
+        return cls(timeframe_ms=int(config.timeframe_seconds * 1000),
+                   stop_loss_atr=config.stop_loss_atr, take_profit_atr=config.take_profit_atr,
+                   max_hold_candles=config.max_hold_candles,
+                   min_confidence=config.ml_min_confidence)
+
+
+@dataclass(frozen=True)
+class Position:
+    symbol: str
+    amount: float
+    entry_price: float
+    entry_time_ms: int
+    stop_loss: float
+    take_profit: float
+    entry_fee: float = 0.0
+    group: str = "other"
+    features: tuple[float, ...] | None = None
+    entry_client_order_id: str = ""
+
+
+@dataclass(frozen=True)
+class MarketView:
+    """What the strategy sees at one decision point, for P pairs.
+
+    `latest` maps indicator names to (P,) values at the latest closed candle; `recent_close`
+    holds the last K+1 closes (P, K+1), the last column being the latest close; `now_ms` is
+    the close time of the latest closed candle (data time, not a clock).
+    """
+    symbols: tuple[str, ...]
+    latest: Mapping[str, np.ndarray]
+    recent_close: np.ndarray
+    now_ms: int
+
+    @property
+    def close(self) -> np.ndarray:
+        return self.recent_close[:, -1]
+
+
+@dataclass(frozen=True)
+class Bar:
+    """Prices seen since the last check: a closed candle, or a fresh price (all four equal)."""
+    open: float
+    high: float
+    low: float
+    close: float
+
+    @classmethod
+    def at(cls, price: float) -> "Bar":
+        return cls(price, price, price, price)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    symbol: str
+    price: float
+    atr: float
+    score: float
+    probability: float | None
+    features: tuple[float, ...] | None
+    state: Mapping[str, float | str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EntryIntent:
+    symbol: str
+    price: float
+    amount: float
+    stop_loss: float
+    take_profit: float
+    score: float
+    probability: float | None
+    features: tuple[float, ...] | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class ExitIntent:
+    symbol: str
+    price: float
+    reason: str  # "stop_loss" | "take_profit" | "time_limit"
+
+
+@dataclass(frozen=True)
+class Decisions:
+    candidates: tuple[Candidate, ...]
+    entries: tuple[EntryIntent, ...]
+    skipped: tuple[tuple[str, str], ...]  # (symbol, reason)
+    used_model: bool
+
+
+def check_exit(position: Position, bar: Bar, now_ms: int, params: StrategyParams) -> ExitIntent | None:
+    """Stop-loss, take-profit or time limit; when a bar touches both barriers the stop wins."""
+    if bar.low <= position.stop_loss:
+        # A gap through the stop fills at the open, not at the stop.
+        return ExitIntent(position.symbol, min(position.stop_loss, bar.open), "stop_loss")
+    if bar.high >= position.take_profit:
+        return ExitIntent(position.symbol, max(position.take_profit, bar.open), "take_profit")
+    if now_ms - position.entry_time_ms >= params.max_hold_candles * params.timeframe_ms:
+        return ExitIntent(position.symbol, bar.close, "time_limit")
+    return None
+
+
+def check_exits(positions: Mapping[str, Position], bars: Mapping[str, Bar], now_ms: int,
+                params: StrategyParams) -> list[ExitIntent]:
+    exits = []
+    for symbol, position in positions.items():
+        bar = bars.get(symbol)
+        if bar is not None:
+            intent = check_exit(position, bar, now_ms, params)
+            if intent is not None:
+                exits.append(intent)
+    return exits
+
+
+def rule_scores(view: MarketView, params: StrategyParams) -> np.ndarray:
+    """The fallback entry rule: trend-following with momentum, NaN where it says no.
+
+    A pair qualifies when it is in an uptrend (EMA12 > EMA26 and close above EMA50), MACD's
+    histogram is positive, RSI is below overbought and volume is at least average; qualifying
+    pairs rank by 10-candle momentum measured in ATRs.
+    """
+    ind = view.latest
+    close = view.close
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok = ((ind["ema_fast"] > ind["ema_slow"]) & (close > ind["ema_trend"])
+              & (ind["macd_hist"] > 0) & (ind["rsi"] < params.rsi_overbought)
+              & (ind["volume_ratio"] >= params.min_volume_ratio) & (ind["atr"] > 0))
+        score = ind["momentum"] / ind["atr"]
+    return np.where(ok & np.isfinite(score), score, np.nan)
+
+
+def model_keys(view: MarketView) -> list[tuple]:
+    """Per-pair keys for the prediction cache: the critical indicators, unrounded."""
+    ind = view.latest
+    close = view.close
+    with np.errstate(invalid="ignore", divide="ignore"):
+        macd_pct = ind["macd_hist"] / close * 100.0
+        mom_pct = ind["momentum"] / close * 100.0
+    return list(zip(ind["rsi"].tolist(), macd_pct.tolist(), mom_pct.tolist(),
+                    ind["volume_ratio"].tolist()))
+
+
+def llm_state(view: MarketView, i: int, probability: float | None,
+              open_positions: int, max_positions: int) -> dict:
+    """The compact numeric market state the LLM confirmation (and its cache) sees."""
+    ind = view.latest
+    closes = view.recent_close[i]
+    price = float(closes[-1])
+
+    def change(n: int) -> float:
+        return float((price / closes[-1 - n] - 1.0) * 100.0) if closes.shape[0] > n else 0.0
+
+    width = float(ind["bb_upper"][i] - ind["bb_lower"][i])
+    return {
+        "symbol": view.symbols[i], "candle_ts": int(view.now_ms), "price": price,
+        "change_1": change(1), "change_6": change(6), "change_24": change(24),
+        "rsi": float(ind["rsi"][i]), "macd_hist": float(ind["macd_hist"][i]),
+        "bb_position": float((price - ind["bb_lower"][i]) / width) if width > 0 else 0.5,
+        "atr_pct": float(ind["atr"][i] / price * 100.0),
+        "momentum_pct": float(ind["momentum"][i] / price * 100.0),
+        "volume_ratio": float(ind["volume_ratio"][i]),
+        "model_probability": probability, "open_positions": open_positions,
+        "max_positions": max_positions,
+    }
+
+
+def find_candidates(view: MarketView, params: StrategyParams, held: set[str],
+                    predict: Predict | None = None) -> tuple[list[Candidate], bool]:
+    """Rank pairs worth entering: by model probability when a model is ready, else by rule."""
+    from ml_model import prepare_features
+
+    features = prepare_features(view.latest, view.recent_close)
+    usable = np.isfinite(features).all(axis=1) & np.isfinite(view.latest["atr"])
+    usable &= np.array([s not in held for s in view.symbols], dtype=bool)
+    probability = np.full(len(view.symbols), np.nan)
+    if predict is not None and usable.any():
+        rows = np.flatnonzero(usable)
+        keys = model_keys(view)
+        probability[rows] = predict(features[rows], [keys[i] for i in rows])
+        score = np.where(probability >= params.min_confidence, probability, np.nan)
+    else:
+        score = rule_scores(view, params)
+    score = np.where(usable, score, np.nan)
+    order = [i for i in np.argsort(-np.nan_to_num(score, nan=-np.inf)) if np.isfinite(score[i])]
+    candidates = [
+        Candidate(symbol=view.symbols[i], price=float(view.close[i]),
+                  atr=float(view.latest["atr"][i]), score=float(score[i]),
+                  probability=None if np.isnan(probability[i]) else float(probability[i]),
+                  features=tuple(float(x) for x in features[i]))
+        for i in order
+    ]
+    return candidates, predict is not None
+
+
+def decide_entries(view: MarketView, positions: Mapping[str, Position], cash: float,
+                   equity: float, params: StrategyParams, risk: RiskManager,
+                   round_order: RoundOrder, predict: Predict | None = None,
+                   confirm: Confirm | None = None) -> Decisions:
+    """Candidates -> risk sizing -> optional confirmation of what risk would take -> intents.
+
+    Confirmation comes after sizing so that no LLM call is spent on an entry the risk
+    manager would refuse anyway; an unconfirmed entry is dropped, never replaced.
+    """
+    candidates, used_model = find_candidates(view, params, set(positions), predict)
+    entries, skipped = risk.plan_entries(candidates, positions, cash, equity, params, round_order)
+    if confirm is not None and entries:
+        index = {s: i for i, s in enumerate(view.symbols)}
+        states = [llm_state(view, index[e.symbol], e.probability, len(positions),
+                            risk.max_open_positions) for e in entries]
+        verdicts = confirm(states)
+        skipped += [(e.symbol, "not confirmed by the LLM") for e in entries
+                    if not verdicts.get(e.symbol, False)]
+        entries = [e for e in entries if verdicts.get(e.symbol, False)]
+    return Decisions(tuple(candidates), tuple(entries), tuple(skipped), used_model)
+
+
+def mark_to_market(positions: Mapping[str, Position], prices: Mapping[str, float]) -> float:
+    """Value of the open positions at the given prices (entry price where none is known)."""
+    return sum(p.amount * prices.get(s, p.entry_price) for s, p in positions.items())

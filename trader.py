@@ -1,0 +1,294 @@
+"""One trading cycle and the loop around it: exits -> scan -> decide -> execute -> persist."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict
+from types import SimpleNamespace
+
+import click
+
+from exchange import ExchangeError, OrderRejected, PaperBroker, LiveBroker, create_client
+from market_scanner import MarketScanner
+from performance_monitor import PerformanceMonitor
+from risk_manager import RiskManager
+from store import PositionRow, Store, StoreError, TradeRow
+from strategy import Bar, Position, StrategyParams, check_exits, decide_entries, mark_to_market
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The bot cannot start; the message is one line naming the cause and the fix."""
+
+
+class Trader:
+    def __init__(self, config, stop: threading.Event | None = None):
+        self.config = config
+        self.stop = stop or threading.Event()
+        self.monitor = PerformanceMonitor(enabled=config.enable_performance_monitoring,
+                                          slow_threshold=config.slow_operation_threshold)
+        try:
+            self.store = Store.open(config.data_dir, config.mode)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from exc
+        self.client = None
+        try:
+            self.client = create_client(config)
+            self.client.load_markets()
+        except ExchangeError as exc:
+            self.close()
+            raise StartupError(f"{config.exchange}: {exc}") from exc
+        self.clock = self.client.clock
+        self.time_scale = config.sim_speed if config.is_simulated else 1.0
+        self.params = StrategyParams.from_config(config)
+        self.scanner = MarketScanner(self.client, config, cancel=self.stop)
+        self.risk = RiskManager.from_config(config, fee_rate=self._fee_rate())
+        self.positions: dict[str, Position] = {}
+        self.broker = self._make_broker()
+        self.cycle = 0
+        self.start_equity = config.starting_balance
+        self.last_prices: dict[str, float] = {}
+        self._last_skips: dict[str, str] = {}
+        self._resume()
+
+    # -- start-up -----------------------------------------------------------------------
+    def _fee_rate(self) -> float:
+        markets = self.client.load_markets()
+        return max((m.get("taker") or 0.0) for m in markets.values()) if markets else 0.001
+
+    def _make_broker(self):
+        if self.config.dry_run:
+            return PaperBroker(self.client, self.store.paper_cash(self.config.starting_balance))
+        return LiveBroker(self.client, self.config.quote_currency)
+
+    def _resume(self) -> None:
+        """Reload open positions; settle orders whose outcome a crash left unrecorded."""
+        for row in self.store.open_positions():
+            self.positions[row.symbol] = Position(**asdict(row))
+        for order in self.store.pending_orders():
+            self._settle_pending(order)
+        start = self.store.get_meta("start_equity")
+        if start is None:
+            self.store.set_meta("start_equity", repr(self._cash()))
+        else:
+            self.start_equity = float(start)
+        self.cycle = int(self.store.get_meta("cycle", "0"))
+        curve = self.store.equity_curve()
+        for row in curve:
+            self.risk.observe_equity(row.equity)
+        if self.positions:
+            log.info("resumed %d open position(s): %s", len(self.positions), ", ".join(self.positions))
+
+    def _settle_pending(self, order) -> None:
+        """A paper order never filled if its fill was not committed; a live one is looked up."""
+        if self.config.dry_run:
+            self.store.mark_order(order.client_order_id, "abandoned",
+                                  "the bot stopped before the paper fill was recorded")
+            return
+        fill = self.broker.find_order(order.symbol, order.client_order_id)
+        if fill is None:
+            self.store.mark_order(order.client_order_id, "abandoned", "not found on the exchange")
+        elif order.side == "buy" and order.symbol not in self.positions:
+            self._record_entry_fill(fill, self._saved_intent(order.client_order_id))
+        elif order.side == "sell" and order.symbol in self.positions:
+            self._record_exit_fill(self.positions[order.symbol], fill, "reconciled")
+        else:
+            self.store.mark_order(order.client_order_id, "abandoned", "already reflected")
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self, cycles: int | None = None) -> None:
+        self._banner()
+        interval = self.config.check_interval / self.time_scale
+        done = 0
+        while not self.stop.is_set():
+            started = time.monotonic()
+            self.run_cycle()
+            done += 1
+            if cycles is not None and done >= cycles:
+                break
+            self.stop.wait(max(0.0, interval - (time.monotonic() - started)))
+        click.echo(f"stopped after {done} cycle(s); state saved in {self.store.path}")
+
+    def _banner(self) -> None:
+        c = self.config
+        mode = "PAPER" if c.dry_run else "LIVE"
+        venue = (f"simulated exchange at {self.client.sim_server.url} ({c.sim_pairs} pairs, "
+                 f"market clock x{c.sim_speed:g})" if c.is_simulated else c.exchange)
+        click.echo(f"{mode} trading on {venue} | preset {c.account_size} | timeframe "
+                   f"{c.timeframe} | every {c.check_interval:g}s of market time | "
+                   f"database {self.store.path}")
+
+    def run_cycle(self) -> None:
+        self.cycle += 1
+        started = time.perf_counter()
+        try:
+            with self.monitor.timing("run_cycle"):
+                self._cycle_steps()
+        except ExchangeError as exc:
+            log.warning("cycle %d skipped: exchange unavailable (%s); positions are managed "
+                        "again as soon as it answers", self.cycle, exc)
+            return
+        self.store.set_meta("cycle", str(self.cycle))
+        self._status_line(time.perf_counter() - started)
+        if self.config.enable_performance_monitoring and self.cycle % self.config.performance_report_interval == 0:
+            click.echo(self.monitor.report())
+
+    def _cycle_steps(self) -> None:
+        with self.monitor.timing("update_positions"):
+            self.update_positions()
+        if self.stop.is_set():
+            return
+        with self.monitor.timing("scan_all_pairs"):
+            self.scan = self.scanner.scan()
+        if self.stop.is_set() or self.scan.view is None:
+            return
+        with self.monitor.timing("decide"):
+            decisions = decide_entries(self.scan.view, self.positions, self._cash(), self.equity(),
+                                       self.params, self.risk, self.client.prepare_order)
+        self.decisions = decisions
+        self._log_skips(decisions.skipped)
+        for intent in decisions.entries:
+            if self.stop.is_set():
+                break
+            with self.monitor.timing(f"execute_trade:{intent.symbol}"):
+                self.execute_entry(intent)
+        self.store.record_equity(int(self.clock() * 1000), self.equity(), self._cash(), len(self.positions))
+
+    # -- positions ----------------------------------------------------------------------
+    def update_positions(self) -> None:
+        """Exits first, every cycle, against fresh prices (never the scan cache)."""
+        if not self.positions:
+            return
+        prices = self.scanner.fresh_prices(self.positions)
+        self.last_prices.update(prices)
+        now_ms = int(self.clock() * 1000)
+        bars = {s: Bar.at(p) for s, p in prices.items()}
+        for intent in check_exits(self.positions, bars, now_ms, self.params):
+            if self.stop.is_set():
+                break
+            with self.monitor.timing(f"execute_trade:{intent.symbol}"):
+                self.execute_exit(self.positions[intent.symbol], intent.reason)
+
+    def _next_client_order_id(self) -> str:
+        instance = self.store.get_meta("instance")
+        if instance is None:
+            instance = format(int(time.time() * 1000) % 36 ** 6, "x")
+            self.store.set_meta("instance", instance)
+        return f"tb{instance}-{self.store.next_sequence('order')}"
+
+    def execute_entry(self, intent) -> None:
+        client_id = self._next_client_order_id()
+        # The stops travel with the order, so a fill found after a crash gets the same ones.
+        self.store.set_meta(f"intent:{client_id}", json.dumps(
+            {"price": intent.price, "stop_loss": intent.stop_loss, "take_profit": intent.take_profit}))
+        self.store.add_pending_order(client_id, intent.symbol, "buy", intent.amount, intent.price, intent.reason)
+        try:
+            fill = self.broker.market_order(intent.symbol, "buy", intent.amount, client_id)
+        except OrderRejected as exc:
+            self.store.mark_order(client_id, "rejected", str(exc))
+            log.info("entry %s refused: %s", intent.symbol, exc)
+            return
+        self._record_entry_fill(fill, intent)
+
+    def _saved_intent(self, client_id: str) -> SimpleNamespace:
+        saved = json.loads(self.store.get_meta(f"intent:{client_id}"))
+        return SimpleNamespace(features=None, **saved)
+
+    def _record_entry_fill(self, fill, intent) -> None:
+        """Stops keep the intent's distances from the actual fill price."""
+        stop = fill.price - (intent.price - intent.stop_loss)
+        take = fill.price + (intent.take_profit - intent.price)
+        features = intent.features
+        position = Position(fill.symbol, fill.amount, fill.price, fill.timestamp_ms, stop, take,
+                            fill.fee, self.risk.group_of(fill.symbol), features, fill.client_order_id)
+        self.store.record_entry(fill, PositionRow(**asdict(position)), self._paper_cash())
+        self.positions[fill.symbol] = position
+        click.echo(f"OPEN  {fill.symbol:<12} {fill.amount:.8g} @ {fill.price:.8g} "
+                   f"(fee {fill.fee:.4f}) stop {stop:.8g} target {take:.8g}")
+
+    def execute_exit(self, position: Position, reason: str) -> None:
+        client_id = self._next_client_order_id()
+        self.store.add_pending_order(client_id, position.symbol, "sell", position.amount,
+                                     self.last_prices.get(position.symbol, position.entry_price), reason)
+        try:
+            fill = self.broker.market_order(position.symbol, "sell", position.amount, client_id)
+        except OrderRejected as exc:
+            self.store.mark_order(client_id, "rejected", str(exc))
+            log.warning("exit %s refused: %s; retrying next cycle", position.symbol, exc)
+            return
+        self._record_exit_fill(position, fill, reason)
+
+    def _record_exit_fill(self, position: Position, fill, reason: str) -> None:
+        trade = TradeRow.from_exit(PositionRow(**asdict(position)), fill, reason)
+        self.store.record_exit(fill, trade, self._paper_cash())
+        del self.positions[position.symbol]
+        click.echo(f"CLOSE {position.symbol:<12} {fill.amount:.8g} @ {fill.price:.8g} "
+                   f"{reason:<11} PnL {trade.profit:+.2f} ({trade.return_pct:+.2f}%)")
+
+    # -- accounting ---------------------------------------------------------------------
+    def _paper_cash(self) -> float | None:
+        return self.broker.cash if self.config.dry_run else None
+
+    def _cash(self) -> float:
+        return self.broker.cash
+
+    def equity(self) -> float:
+        prices = dict(self.last_prices)
+        view = getattr(self, "scan", None)
+        if view is not None and view.view is not None:
+            for s, p in zip(view.view.symbols, view.view.close.tolist()):
+                prices.setdefault(s, p)
+        return self._cash() + mark_to_market(self.positions, prices)
+
+    def _log_skips(self, skipped) -> None:
+        """Each skipped entry is logged with its reason, once until the reason changes."""
+        current = dict(skipped)
+        for symbol, reason in current.items():
+            if self._last_skips.get(symbol) != reason:
+                log.info("skip %s: %s", symbol, reason)
+        self._last_skips = current
+
+    def _status_line(self, seconds: float) -> None:
+        scan = getattr(self, "scan", None)
+        decisions = getattr(self, "decisions", None)
+        equity = self.equity()
+        pnl = equity - self.start_equity
+        pairs = len(scan.universe) if scan else 0
+        cached = " cached" if scan and scan.from_cache else ""
+        click.echo(
+            f"cycle {self.cycle:>4} | {seconds:5.2f}s | pairs {pairs}{cached} | candidates "
+            f"{len(decisions.candidates) if decisions else 0} | positions {len(self.positions)}/"
+            f"{self.config.max_open_positions} | equity {equity:,.2f} {self.config.quote_currency} "
+            f"| PnL {pnl:+,.2f} ({pnl / self.start_equity:+.2%})")
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.store.close()
+
+
+def status_report(config, n_trades: int = 10) -> str:
+    """Open positions, recent closed trades and totals from the store, as text."""
+    store = Store.open(config.data_dir, config.mode)
+    try:
+        lines = [f"{config.mode} account, database {store.path}"]
+        positions = store.open_positions()
+        lines.append(f"open positions: {len(positions)}")
+        for p in positions:
+            lines.append(f"  {p.symbol:<12} {p.amount:.8g} @ {p.entry_price:.8g} stop "
+                         f"{p.stop_loss:.8g} target {p.take_profit:.8g}")
+        trades = store.recent_trades(n_trades)
+        lines.append(f"recent closed trades: {len(trades)}")
+        for t in trades:
+            lines.append(f"  {t.symbol:<12} {t.entry_price:.8g} -> {t.exit_price:.8g} "
+                         f"{t.exit_reason:<11} PnL {t.profit:+.2f} ({t.return_pct:+.2f}%)")
+        tot = store.totals()
+        lines.append(f"totals: {tot.trades} trades, win rate {tot.win_rate:.0%}, profit "
+                     f"{tot.total_profit:+.2f}, fees {tot.fees:.2f}, best {tot.best:+.2f}, "
+                     f"worst {tot.worst:+.2f}")
+        return "\n".join(lines)
+    finally:
+        store.close()
