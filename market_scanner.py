@@ -177,9 +177,12 @@ class MarketScanner:
         return [s for _, s in ranked[: c.max_pairs]]
 
     # -- candles ------------------------------------------------------------------------
-    def _fetch_candles(self, symbol: str) -> np.ndarray:
-        """Closed candles newer than the stored ones (all of CANDLE_HISTORY on first fetch)."""
-        now_ms = int(self.client.clock() * 1000)
+    def _fetch_candles(self, symbol: str, now_ms: int) -> np.ndarray:
+        """Candles closed by now_ms and newer than the stored ones (CANDLE_HISTORY at first).
+
+        One now_ms serves the whole scan, so a scan that straddles a candle's close still
+        gives every pair the same newest candle.
+        """
         last = self.store.last_ts(symbol)
         if last is None:
             since = now_ms - (self.config.candle_history + 1) * self.tf_ms
@@ -271,8 +274,9 @@ class MarketScanner:
         universe = self.select_universe(self.client.fetch_tickers())
         for symbol in set(self.store.symbols()) - set(universe):
             self.store.drop(symbol)
-        fetched = run_parallel(self._fetch_candles, universe, self.config.max_parallel_workers,
-                               self.config.scan_timeout, self.cancel)
+        now_ms = int(self.client.clock() * 1000)
+        fetched = run_parallel(lambda symbol: self._fetch_candles(symbol, now_ms), universe,
+                               self.config.max_parallel_workers, self.config.scan_timeout, self.cancel)
         for symbol, rows in fetched.results.items():
             self.store.merge(symbol, rows)
         self._note_failures(universe, fetched.failed, fetched.timed_out)

@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 # raises exchange.OrderRejected when the order cannot meet the market's limits.
 RoundOrder = Callable[[str, str, float, float], tuple[float, float]]
 
+SLIPPAGE_ALLOWANCE = 0.03  # share of cash kept back for fees, spread, slippage and drift
+
 DEFAULT_GROUPS: dict[str, frozenset[str]] = {
     "majors": frozenset({"BTC", "ETH"}),
     "large_caps": frozenset({"BNB", "SOL", "XRP", "ADA", "AVAX", "DOT", "TRX", "TON", "LINK"}),
@@ -84,7 +86,9 @@ class RiskManager:
         """Amount risking RISK_PER_TRADE of equity at the stop, capped by size and cash."""
         risk_amount = equity * self.risk_per_trade
         amount = risk_amount / (price - stop)
-        max_notional = min(equity * self.max_position_size, cash / (1.0 + 2 * self.fee_rate))
+        # Keep room in cash for the fee and for the spread and slippage of a market order.
+        max_notional = min(equity * self.max_position_size,
+                           cash * (1.0 - SLIPPAGE_ALLOWANCE) / (1.0 + self.fee_rate))
         return min(amount, max_notional / price)
 
     def plan_entries(self, candidates: Sequence["Candidate"], positions: Mapping[str, "Position"],

@@ -52,6 +52,12 @@ class Trader:
         self.start_equity = config.starting_balance
         self.last_prices: dict[str, float] = {}
         self._last_skips: dict[str, str] = {}
+        self.scan = self.decisions = None
+        self.model = self.training_data = self.retrainer = None
+        self.advisor = None
+        if config.llm_provider != "none":
+            from llm_advisor import LLMAdvisor
+            self.advisor = LLMAdvisor(config, self.monitor, self.clock)
         self._resume()
 
     # -- start-up -----------------------------------------------------------------------
@@ -97,6 +103,36 @@ class Trader:
             self._record_exit_fill(self.positions[order.symbol], fill, "reconciled")
         else:
             self.store.mark_order(order.client_order_id, "abandoned", "already reflected")
+
+    def _start_model(self) -> None:
+        """The model trains in the background from the scanner's candles; until it is ready
+        the fallback rule trades."""
+        from ml_model import (LabelParams, MLModel, PredictionCache, Retrainer, TrainingData,
+                              samples_from_candles)
+
+        self.model = MLModel(PredictionCache.from_config(self.config, self.clock))
+        self.training_data = TrainingData()
+        labels = LabelParams(self.params.stop_loss_atr, self.params.take_profit_atr,
+                             self.params.max_hold_candles, self.params.timeframe_ms,
+                             self.risk.fee_rate)
+        self.retrainer = Retrainer.from_config(
+            self.config, self.model, self.training_data,
+            samples_provider=lambda: samples_from_candles(self.scanner.history(), labels),
+            clock=self.clock).start()
+        self.monitor.add_section("ML prediction cache", self.model.cache.report)
+
+    def _predictor(self):
+        if self.model is None and self.config.ml_enabled:
+            self._start_model()
+        if self.model is None:
+            return None
+        self.retrainer.maybe_retrain()
+        return self.model.predict_proba if self.model.is_ready() else None
+
+    def _confirmer(self):
+        if self.advisor is None:
+            return None
+        return lambda states: {s: bool(d) for s, d in self.advisor.confirm(states).items()}
 
     # -- the loop -----------------------------------------------------------------------
     def run(self, cycles: int | None = None) -> None:
@@ -145,9 +181,11 @@ class Trader:
             self.scan = self.scanner.scan()
         if self.stop.is_set() or self.scan.view is None:
             return
+        predict = self._predictor()
         with self.monitor.timing("decide"):
             decisions = decide_entries(self.scan.view, self.positions, self._cash(), self.equity(),
-                                       self.params, self.risk, self.client.prepare_order)
+                                       self.params, self.risk, self.client.prepare_order,
+                                       predict, self._confirmer())
         self.decisions = decisions
         self._log_skips(decisions.skipped)
         for intent in decisions.entries:
@@ -206,6 +244,7 @@ class Trader:
                             fill.fee, self.risk.group_of(fill.symbol), features, fill.client_order_id)
         self.store.record_entry(fill, PositionRow(**asdict(position)), self._paper_cash())
         self.positions[fill.symbol] = position
+        self.last_prices[fill.symbol] = fill.price
         click.echo(f"OPEN  {fill.symbol:<12} {fill.amount:.8g} @ {fill.price:.8g} "
                    f"(fee {fill.fee:.4f}) stop {stop:.8g} target {take:.8g}")
 
@@ -225,6 +264,9 @@ class Trader:
         trade = TradeRow.from_exit(PositionRow(**asdict(position)), fill, reason)
         self.store.record_exit(fill, trade, self._paper_cash())
         del self.positions[position.symbol]
+        if self.training_data is not None and position.features is not None:
+            self.training_data.add_trade(position.symbol, position.features, trade.return_pct / 100.0,
+                                         position.entry_time_ms, fill.timestamp_ms)
         click.echo(f"CLOSE {position.symbol:<12} {fill.amount:.8g} @ {fill.price:.8g} "
                    f"{reason:<11} PnL {trade.profit:+.2f} ({trade.return_pct:+.2f}%)")
 
@@ -237,9 +279,8 @@ class Trader:
 
     def equity(self) -> float:
         prices = dict(self.last_prices)
-        view = getattr(self, "scan", None)
-        if view is not None and view.view is not None:
-            for s, p in zip(view.view.symbols, view.view.close.tolist()):
+        if self.scan is not None and self.scan.view is not None:
+            for s, p in zip(self.scan.view.symbols, self.scan.view.close.tolist()):
                 prices.setdefault(s, p)
         return self._cash() + mark_to_market(self.positions, prices)
 
@@ -252,8 +293,7 @@ class Trader:
         self._last_skips = current
 
     def _status_line(self, seconds: float) -> None:
-        scan = getattr(self, "scan", None)
-        decisions = getattr(self, "decisions", None)
+        scan, decisions = self.scan, self.decisions
         equity = self.equity()
         pnl = equity - self.start_equity
         pairs = len(scan.universe) if scan else 0
@@ -262,9 +302,21 @@ class Trader:
             f"cycle {self.cycle:>4} | {seconds:5.2f}s | pairs {pairs}{cached} | candidates "
             f"{len(decisions.candidates) if decisions else 0} | positions {len(self.positions)}/"
             f"{self.config.max_open_positions} | equity {equity:,.2f} {self.config.quote_currency} "
-            f"| PnL {pnl:+,.2f} ({pnl / self.start_equity:+.2%})")
+            f"| PnL {pnl:+,.2f} ({pnl / self.start_equity:+.2%}) | {self._model_state()}")
+
+    def _model_state(self) -> str:
+        if self.model is None:
+            return "rule (ML off)"
+        bundle = self.model.bundle
+        if bundle is None:
+            return "rule while the model trains"
+        return f"model v{bundle.version} (AUC {bundle.meta.get('auc', float('nan')):.2f})"
 
     def close(self) -> None:
+        if self.retrainer is not None:
+            self.retrainer.stop(timeout=2.0)
+        if self.advisor is not None:
+            self.advisor.close()
         if self.client is not None:
             self.client.close()
         self.store.close()
@@ -289,6 +341,20 @@ def status_report(config, n_trades: int = 10) -> str:
         lines.append(f"totals: {tot.trades} trades, win rate {tot.win_rate:.0%}, profit "
                      f"{tot.total_profit:+.2f}, fees {tot.fees:.2f}, best {tot.best:+.2f}, "
                      f"worst {tot.worst:+.2f}")
+        lines.append(model_summary(config.data_dir))
         return "\n".join(lines)
     finally:
         store.close()
+
+
+def model_summary(data_dir) -> str:
+    """The saved model's out-of-sample quality, read from its metadata (nothing unpickled)."""
+    from ml_model import saved_model_status
+
+    meta = saved_model_status(data_dir)
+    if not meta:
+        return "model: none trained yet (the bot trades on its fallback rule)"
+    return (f"model: {meta.get('kind')} trained on {meta.get('samples')} samples; out-of-sample "
+            f"AUC {meta.get('auc', float('nan')):.3f}, precision at {meta.get('threshold')} "
+            f"{meta.get('precision_at_threshold', float('nan')):.3f}, base rate "
+            f"{meta.get('base_rate', float('nan')):.3f}")

@@ -1,0 +1,424 @@
+"""ml_model: no look-ahead, labels, prediction cache, bounded training data, persistence and
+background retraining while prediction cycles run. Synthetic random-walk candles only."""
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+import unittest
+from pathlib import Path
+
+import numpy as np
+
+import ml_model as m
+
+F = len(m.FEATURE_NAMES)
+TF = 300_000
+
+
+def random_walk(pairs: int, candles: int, seed: int = 0):
+    """(ts, open, high, low, close, volume), each (pairs, candles) except ts (candles,)."""
+    rng = np.random.default_rng(seed)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0, 0.004, (pairs, candles)), axis=1))
+    open_ = np.concatenate([close[:, :1], close[:, :-1]], axis=1)
+    high = np.maximum(open_, close) * (1 + np.abs(rng.normal(0, 0.002, close.shape)))
+    low = np.minimum(open_, close) * (1 - np.abs(rng.normal(0, 0.002, close.shape)))
+    volume = rng.lognormal(5, 0.5, close.shape)
+    ts = 1_700_000_000_000 + TF * np.arange(candles)
+    return ts, open_, high, low, close, volume
+
+
+def candle_dict(pairs: int, candles: int, seed: int = 0) -> dict[str, np.ndarray]:
+    ts, o, h, l, c, v = random_walk(pairs, candles, seed)
+    return {f"C{i}/USDT": np.stack([ts, o[i], h[i], l[i], c[i], v[i]], axis=1)
+            for i in range(pairs)}
+
+
+def records(n: int, rate: float, start_ms: int, seed: int):
+    """Random training records with positive rate ~`rate`, 5 minutes apart."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, F)).astype(np.float32)
+    y = (rng.random(n) < rate).astype(np.int8)
+    t = start_ms + TF * np.arange(n, dtype=np.int64)
+    return X, y, rng.normal(0, 0.01, n).astype(np.float32), t, t + 4 * TF
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FeatureTests(unittest.TestCase):
+    def test_history_and_latest_agree_float32_and_warmup_is_nan(self):
+        ts, o, h, l, c, v = random_walk(5, 200)
+        X, ind = m.history_features(o, h, l, c, v)
+        self.assertEqual(X.shape, (5, 200, F))
+        self.assertEqual(X.dtype, np.float32)
+        latest = m.prepare_features({k: a[:, -1] for k, a in ind.items()},
+                                    c[:, -(m.HISTORY_NEEDED + 1):])
+        np.testing.assert_array_equal(latest, X[:, -1])
+        finite = np.isfinite(X).all(axis=-1)
+        self.assertFalse(finite[:, :40].any())        # EMA50 and friends still warming up
+        self.assertTrue(finite[:, 60:].all())
+        self.assertTrue(np.isnan(X[~finite]).all())   # incomplete rows are wholly NaN
+
+    def test_features_at_t_ignore_every_later_candle(self):
+        ts, o, h, l, c, v = random_walk(3, 260, seed=1)
+        base, _ = m.history_features(o, h, l, c, v)
+        rng = np.random.default_rng(2)
+        for change in (70, 150, 259):
+            for suffix in (False, True):
+                cols = slice(change, None) if suffix else slice(change, change + 1)
+                o2, h2, l2, c2, v2 = (a.copy() for a in (o, h, l, c, v))
+                factor = rng.uniform(0.8, 1.2, c2[:, cols].shape)
+                for a in (o2, h2, l2, c2, v2):
+                    a[:, cols] *= factor
+                X2, _ = m.history_features(o2, h2, l2, c2, v2)
+                np.testing.assert_array_equal(X2[:, :change], base[:, :change])
+                self.assertFalse(np.array_equal(X2[:, change], base[:, change]))
+
+
+class LabelTests(unittest.TestCase):
+    def test_labels_ignore_candles_after_their_window(self):
+        ts, o, h, l, c, v = random_walk(3, 300, seed=3)
+        _, ind = m.history_features(o, h, l, c, v)
+        horizon = 20
+        base = m.triple_barrier_labels(h, l, c, ind["atr"], 3.0, 2.0, horizon, 0.001, open_=o)
+        t = np.arange(300)
+        rng = np.random.default_rng(4)
+        for change in (90, 180, 299):
+            o2, h2, l2, c2, v2 = (a.copy() for a in (o, h, l, c, v))
+            factor = rng.uniform(0.9, 1.1, (3, 300 - change))
+            for a in (o2, h2, l2, c2, v2):
+                a[:, change:] *= factor
+            _, ind2 = m.history_features(o2, h2, l2, c2, v2)
+            new = m.triple_barrier_labels(h2, l2, c2, ind2["atr"], 3.0, 2.0, horizon, 0.001,
+                                          open_=o2)
+            window_before = np.broadcast_to(t + horizon < change, (3, 300))
+            decided_before = (base.end >= 0) & (base.end < change)
+            for known in (window_before, decided_before):
+                for old, now in zip(base, new):
+                    np.testing.assert_array_equal(now[known], old[known])
+            if change < 299:   # the changed candles do matter to windows that reach them
+                self.assertFalse(np.array_equal(new.ret[:, change - horizon:change],
+                                                base.ret[:, change - horizon:change]))
+
+    def test_barriers_fees_gaps_and_end_of_data(self):
+        # one scenario per row; entry at close[0] = 100, atr 1: take-profit 103, stop 98
+        flat = np.full((6, 5), 100.0)
+        high, low, close, open_ = flat.copy(), flat.copy(), flat.copy(), flat.copy()
+        atr = np.ones((6, 5))
+        high[0, 1], low[0, 1] = 104.0, 97.0        # both touched in one candle: stop first
+        high[1, 2] = 103.5                          # take-profit on the second candle
+        atr[2] = 0.01                               # take-profit 100.03 nets < 0 after fees
+        high[2, 1] = 100.05
+        close[3, 3] = 100.5                         # time limit, +0.5 % - 0.2 % fees -> 1
+        close[4, 3] = 100.1                         # time limit, +0.1 % - 0.2 % fees -> 0
+        open_[5, 1], low[5, 1] = 95.0, 94.0         # gap through the stop fills at the open
+        lab = m.triple_barrier_labels(high, low, close, atr, 3.0, 2.0, 3, 0.001, open_=open_)
+        np.testing.assert_array_equal(lab.label[:, 0], [0, 1, 0, 1, 0, 0])
+        np.testing.assert_array_equal(lab.end[:, 0], [1, 2, 1, 3, 3, 1])
+        np.testing.assert_allclose(lab.ret[:, 0], [-0.022, 0.028, 0.0003 - 0.002, 0.003,
+                                                   -0.001, -0.052], atol=1e-6)
+        self.assertTrue(np.isnan(lab.label[:, 2:]).all())   # window runs past the data
+        self.assertTrue((lab.end[:, 2:] == -1).all())
+
+    def test_samples_are_sorted_labelled_after_their_time_and_unique(self):
+        s = m.samples_from_candles(candle_dict(4, 400), m.LabelParams(max_hold_candles=24))
+        self.assertGreater(len(s.y), 1000)
+        self.assertTrue(np.isfinite(s.X).all())
+        self.assertTrue(set(np.unique(s.y)) <= {0, 1})
+        self.assertTrue((np.diff(s.time_ms) >= 0).all())
+        self.assertTrue((s.label_end_ms >= s.time_ms + TF).all())
+        self.assertTrue((s.label_end_ms <= s.time_ms + 24 * TF).all())
+        self.assertEqual(len(np.unique(s.key)), len(s.key))
+
+
+class PredictionCacheTests(unittest.TestCase):
+    def test_ttl_expiry_on_the_injected_clock(self):
+        clock = FakeClock(0.0)
+        cache = m.PredictionCache(ttl=300, clock=clock)
+        key = cache.round_keys([(50.0, 0.01, 0.5, 1.0)])
+        cache.put_many(key, [0.7], generation=0)
+        clock.now = 300.0
+        self.assertEqual(cache.get_many(key, 0)[0], 0.7)
+        clock.now = 300.5
+        self.assertTrue(np.isnan(cache.get_many(key, 0)[0]))
+        s = cache.stats()
+        self.assertEqual((s["hits"], s["misses"], s["expired"], s["size"]), (1, 1, 1, 0))
+
+    def test_rounding_groups_close_states(self):
+        cache = m.PredictionCache(decimals=1)
+        a, b, c = cache.round_keys([(50.04, 0.0101, 0.501, 1.004), (50.01, 0.0104, 0.504, 1.001),
+                                    (50.04, 0.0120, 0.501, 1.004)])
+        self.assertEqual(a, b)
+        self.assertNotEqual(a, c)   # 1.2 bp of MACD is another state
+        rng = np.random.default_rng(16)     # the few-keys and many-keys paths agree
+        raw = [tuple(x) for x in np.round(rng.normal(0, 50, (400, 4)), 2).tolist()]
+        many = cache.round_keys(raw)
+        self.assertEqual([cache.round_keys([k])[0] for k in raw], many)
+        self.assertEqual(len(set(many)), 400)
+
+    def test_size_bound_and_lru_order(self):
+        cache = m.PredictionCache(max_size=1000)
+        keys = [(float(i), 0.0, 0.0, 0.0) for i in range(1001)]
+        cache.put_many(keys[:1000], np.linspace(0, 1, 1000), 0)
+        self.assertEqual(len(cache), 1000)
+        cache.get_many([keys[0]], 0)           # key 0 becomes the most recently used
+        cache.put_many([keys[1000]], [0.5], 0)
+        self.assertEqual(len(cache), 1000)
+        self.assertEqual(cache.stats()["evictions"], 1)
+        got = cache.get_many([keys[0], keys[1], keys[1000]], 0)
+        self.assertFalse(np.isnan(got[0]))
+        self.assertTrue(np.isnan(got[1]))      # the least recently used went first
+        self.assertEqual(got[2], 0.5)
+
+    def test_swap_clears_and_old_generation_is_never_served(self):
+        model = m.MLModel(m.PredictionCache())
+        X, y, ret, t, end = records(400, 0.4, 0, seed=5)
+        est, meta = m.train_model(X, y, t, end, ret)
+        model.swap(est, meta)
+        keys = [(float(i), 0.0, 0.0, 1.0) for i in range(10)]
+        model.predict_proba(X[:10], keys)
+        self.assertEqual(len(model.cache), 10)
+        old_version = model.bundle.version
+        model.swap(est, meta)
+        self.assertEqual(len(model.cache), 0)
+        model.cache.put_many(model.cache.round_keys(keys), np.zeros(10), old_version)
+        self.assertEqual(len(model.cache), 0)  # a late write of the old model is dropped
+
+
+class ModelTests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        s = m.samples_from_candles(candle_dict(4, 500, seed=6))
+        cls.samples = s
+        cls.trained = m.train_model(s.X, s.y, s.time_ms, s.label_end_ms, s.ret)
+
+    def test_training_reports_out_of_sample_quality_and_versions(self):
+        est, meta = self.trained
+        self.assertEqual(tuple(meta["feature_names"]), m.FEATURE_NAMES)
+        self.assertEqual(meta["samples"], len(self.samples.y))
+        self.assertTrue(0 < meta["validation_samples"] < meta["samples"])
+        for k in ("auc", "base_rate", "precision_at_threshold", "sklearn", "numpy"):
+            self.assertIn(k, meta)
+        self.assertTrue(0.0 <= meta["auc"] <= 1.0)
+
+    def test_batched_prediction_equals_single_predictions(self):
+        model = m.MLModel()
+        model.swap(*self.trained)
+        X = self.samples.X[:50]
+        keys = [tuple(r) for r in X[:, [0, 1, 2, 3]].astype(float)]
+        batched = model.predict_proba(X)
+        singles = np.array([model.predict_proba(X[i:i + 1])[0] for i in range(50)])
+        np.testing.assert_allclose(batched, singles, rtol=1e-9)
+        first = model.predict_proba(X, keys)     # all misses, one batched call
+        again = model.predict_proba(X, keys)     # all hits
+        np.testing.assert_allclose(first, batched, rtol=1e-9)
+        np.testing.assert_array_equal(again, first)
+        self.assertEqual(model.cache.stats()["hits"], 50)
+
+    def test_save_load_round_trip_and_json_status(self):
+        with tempfile.TemporaryDirectory() as d:
+            m.save_model(d, *self.trained)
+            est, meta = m.load_model(d)
+            X = self.samples.X[:20]
+            np.testing.assert_array_equal(m.positive_proba(est, X),
+                                          m.positive_proba(self.trained[0], X))
+            self.assertEqual(m.saved_model_status(d)["samples"], meta["samples"])
+
+    def test_corrupt_or_incompatible_model_file_warns_and_returns_none(self):
+        with tempfile.TemporaryDirectory() as d:
+            self.assertIsNone(m.load_model(d))                  # missing: quietly None
+            Path(d, m.MODEL_FILE).write_bytes(b"\x80\x04 definitely not a pickle")
+            with self.assertLogs("ml_model", "WARNING") as logs:
+                self.assertIsNone(m.load_model(d))
+            self.assertIn("retrained", logs.output[0])
+            est, meta = self.trained
+            m.save_model(d, est, {**meta, "feature_names": ["rsi", "something_else"]})
+            with self.assertLogs("ml_model", "WARNING"):
+                self.assertIsNone(m.load_model(d))
+
+    def test_corrupt_model_file_then_retrainer_trains_and_saves_a_good_one(self):
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, m.MODEL_FILE).write_bytes(b"garbage")
+            Path(d, m.TRAINING_FILE).write_bytes(b"garbage too")
+            model = m.MLModel()
+            ohlcv = candle_dict(3, 400, seed=7)
+            retrainer = m.Retrainer(model, m.TrainingData(), d,
+                                    lambda: m.samples_from_candles(ohlcv))
+            with self.assertLogs("ml_model", "WARNING") as logs:
+                retrainer.start()
+                self.assertTrue(retrainer.wait_idle(30))
+            retrainer.stop()
+            self.assertEqual(len(logs.output), 2)   # the model file and the training file
+            self.assertTrue(model.is_ready())
+            self.assertEqual(model.status()["version"], 1)
+            self.assertIsNotNone(m.load_model(d))
+            reloaded = m.TrainingData()
+            self.assertGreater(reloaded.load(Path(d, m.TRAINING_FILE)), 0)
+
+
+class TrainingDataTests(unittest.TestCase):
+    def test_trim_past_20000_to_15000_keeps_extremes_drops_oldest(self):
+        td = m.TrainingData()
+        nbytes = td.nbytes
+        rng = np.random.default_rng(8)
+        for i in range(4):
+            X, y, _, t, end = records(5000, 0.4, i * 5000 * TF, seed=i)
+            td.add(X, y, rng.normal(0, 0.01, 5000), t, end)
+        self.assertEqual(len(td), 20_000)          # at the limit, not past it
+        snap = td.snapshot()
+        extremes = set(snap.time_ms[np.argsort(-np.abs(snap.ret))[:3750]].tolist())
+        td.add(*records(1, 0.4, 20_000 * TF, seed=9)[:2], [0.0], [20_000 * TF], [0])
+        self.assertEqual(len(td), 15_000)
+        self.assertEqual(td.nbytes, nbytes)       # preallocated, never grows
+        self.assertEqual(td.added_total, 20_001)
+        kept = td.snapshot()
+        kept_t = set(kept.time_ms.tolist())
+        self.assertTrue(extremes <= kept_t)
+        dropped = set(range(0, 20_001 * TF, TF)) - kept_t
+        self.assertEqual(len(dropped), 5001)
+        self.assertLess(max(dropped), min(kept_t - extremes))   # the rest: oldest went first
+        self.assertTrue((np.diff(kept.time_ms) > 0).all())
+
+    def test_save_keeps_5000_most_important_and_reloads(self):
+        td = m.TrainingData()
+        X, y, ret, t, end = records(12_000, 0.4, 0, seed=10)
+        td.add(X, y, ret, t, end, keys=np.arange(12_000, dtype=np.uint64))
+        td.add_trade("ETH/USDT", X[0], 0.0, int(t[0]), int(end[0]))   # old, not extreme
+        td.add_trade("BTC/USDT", X[1], 0.5, int(t[1]), int(end[1]))   # old but extreme
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d, "training.npz")
+            self.assertEqual(td.save(path), 5000)
+            back = m.TrainingData()
+            self.assertEqual(back.load(path), 5000)
+        snap, saved = td.snapshot(), back.snapshot()
+        order = np.argsort(-np.abs(snap.ret))
+        top = snap.time_ms[order[:2500]]
+        saved_pairs = set(zip(saved.time_ms.tolist(), saved.ret.tolist()))
+        self.assertEqual(len(saved_pairs), 5000)                       # no duplicates
+        self.assertTrue(set(zip(top.tolist(), snap.ret[order[:2500]].tolist())) <= saved_pairs)
+        rest = np.ones(len(snap.ret), bool)
+        rest[order[:2500]] = False
+        recent = np.sort(snap.time_ms[rest])[-2500:]
+        self.assertTrue(set(recent.tolist()) <= set(saved.time_ms.tolist()))
+        self.assertEqual(saved.source.tolist().count(1), 1)             # the extreme trade
+        self.assertIn(0.5, saved.ret.tolist())
+        i = int(np.flatnonzero(saved.ret == 0.5)[0])
+        np.testing.assert_array_equal(saved.X[i], X[1])
+
+    def test_duplicate_samples_are_not_added_twice(self):
+        s = m.samples_from_candles(candle_dict(2, 300, seed=11))
+        td = m.TrainingData()
+        self.assertEqual(td.add_samples(s), len(s.y))
+        self.assertEqual(td.add_samples(s), 0)
+        self.assertEqual(len(td), len(s.y))
+
+
+class RetrainerTests(unittest.TestCase):
+    def test_cycles_never_wait_for_training_nor_see_a_half_swapped_model(self):
+        from sklearn.dummy import DummyClassifier
+
+        entered, gate = threading.Event(), threading.Event()
+
+        class GatedDummy(DummyClassifier):
+            """Predicts its training data's positive rate; fit blocks until the gate opens."""
+
+            def fit(self, X, y, sample_weight=None):
+                entered.set()
+                if not gate.wait(30):
+                    raise TimeoutError("gate never opened")
+                return super().fit(X, y, sample_weight)
+
+        data = m.TrainingData()
+        data.add(*records(1000, 0.3, 0, seed=12))
+        model = m.MLModel()
+        gate.set()
+        snap = data.snapshot()
+        model.swap(*m.train_model(snap.X, snap.y, snap.time_ms, snap.end_ms,
+                                  factory=lambda: GatedDummy()))
+        gate.clear()
+        entered.clear()
+        retrainer = m.Retrainer(model, data, "unused", factory=lambda: GatedDummy(),
+                                persist=False).start(load=False)
+        self.assertTrue(retrainer.wait_idle(10))
+
+        seen, errors, stop = [], [], threading.Event()
+        X = np.zeros((8, F), np.float32)
+        keys = [(float(i % 4), 0.0, 0.0, 1.0) for i in range(8)]   # repeats: cache hits
+
+        def cycles():
+            try:
+                while not stop.is_set():
+                    p, bundle = model.predict_detailed(X, keys)
+                    status = model.status()
+                    seen.append((bundle.version, bool(np.all(p == bundle.meta["positive_rate"])),
+                                 status["version"], status["samples"]))
+            except Exception as exc:   # surfaced by the assertions below
+                errors.append(exc)
+
+        worker = threading.Thread(target=cycles)
+        worker.start()
+        try:
+            data.add(*records(1000, 0.8, 1000 * TF, seed=13))
+            retrainer.request_training()
+            self.assertTrue(entered.wait(10))
+            before = len(seen)
+            deadline = time.monotonic() + 10
+            while len(seen) < before + 200 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            self.assertGreaterEqual(len(seen) - before, 200)   # cycles ran while fit blocked
+            self.assertTrue(retrainer.training)
+            self.assertEqual(model.bundle.version, 1)
+            gate.set()
+            self.assertTrue(retrainer.wait_idle(10))
+            after = len(seen)
+            while len(seen) < after + 200 and time.monotonic() < deadline + 10:
+                time.sleep(0.005)
+        finally:
+            stop.set()
+            gate.set()
+            worker.join(10)
+            retrainer.stop()
+        self.assertEqual(errors, [])
+        versions = [v for v, _, _, _ in seen]
+        self.assertEqual(sorted(set(versions)), [1, 2])
+        self.assertEqual(versions, sorted(versions))             # never back to the old model
+        self.assertTrue(all(ok for _, ok, _, _ in seen))        # p always from its own bundle
+        self.assertTrue(all({1: 1000, 2: 2000}[v] == n for _, _, v, n in seen))
+        self.assertEqual(model.status()["samples"], 2000)
+
+    def test_maybe_retrain_on_interval_or_new_samples(self):
+        clock = FakeClock(0.0)
+        data = m.TrainingData()
+        data.add(*records(400, 0.4, 0, seed=14))
+        model = m.MLModel()
+        retrainer = m.Retrainer(model, data, "unused", retrain_interval=3600,
+                                min_new_samples=100, clock=clock, persist=False)
+        retrainer.start(load=False)            # no model: trains at once
+        try:
+            self.assertTrue(retrainer.wait_idle(30))
+            self.assertEqual(model.status()["version"], 1)
+            clock.now = 600.0
+            self.assertFalse(retrainer.maybe_retrain())
+            data.add(*records(100, 0.4, 400 * TF, seed=15))
+            self.assertTrue(retrainer.maybe_retrain())
+            self.assertTrue(retrainer.wait_idle(30))
+            self.assertEqual(model.status()["version"], 2)
+            clock.now = 600.0 + 3599
+            self.assertFalse(retrainer.maybe_retrain())
+            clock.now = 600.0 + 3600
+            self.assertTrue(retrainer.maybe_retrain())
+            self.assertTrue(retrainer.wait_idle(30))
+            self.assertEqual(model.status()["version"], 3)
+            self.assertEqual(model.status()["trained_at"], 4200.0)
+        finally:
+            retrainer.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
