@@ -14,7 +14,7 @@ import time
 
 import click
 
-from config import ConfigError, load_config
+from config import ConfigError, check_exchange_id, load_config
 
 log = logging.getLogger("bot")
 
@@ -87,6 +87,10 @@ def run(ctx: click.Context, cycles: int | None, assume_yes: bool) -> None:
     """Run the trading loop (the default command)."""
     config = load_or_fail(ctx.obj["env_file"])
     setup_logging(config.log_level)
+    try:
+        check_exchange_id(config)
+    except ConfigError as exc:
+        fail(str(exc))
     if config.mode == "live" and not config.is_simulated and not assume_yes:
         if not sys.stdin.isatty():
             fail("live trading on a real exchange needs confirmation: run in a terminal "

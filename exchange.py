@@ -432,11 +432,7 @@ def create_client(config: Any, *, timeout_ms: int = DEFAULT_TIMEOUT_MS, **retry:
                  config.sim_seed, config.sim_speed, server.url)
         return sim_client(server, market, key, secret, owns_server=True, timeout_ms=timeout_ms,
                           **retry)
-    ccxt = _ccxt()
-    cls = getattr(ccxt, exchange_id, None)
-    if exchange_id not in ccxt.exchanges or cls is None:
-        raise ExchangeError(f"EXCHANGE={config.exchange!r} is not a ccxt exchange id; use "
-                            f"'simulated' or one of ccxt.exchanges (e.g. binance, kraken)")
+    cls = getattr(_ccxt(), exchange_id)  # config.check_exchange_id vetted the id
     exchange = cls(_ccxt_config(config.api_key, config.api_secret, timeout_ms))
     return ExchangeClient(exchange, quote=config.quote_currency, **retry)
 

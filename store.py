@@ -41,7 +41,9 @@ _SCHEMA_V1 = (
         fee REAL NOT NULL DEFAULT 0,
         created_ms INTEGER NOT NULL,
         updated_ms INTEGER NOT NULL,
-        reason TEXT NOT NULL DEFAULT '')""",
+        reason TEXT NOT NULL DEFAULT '',
+        stop_loss REAL,
+        take_profit REAL)""",
     "CREATE INDEX orders_pending ON orders (created_ms) WHERE status = 'pending'",
     """CREATE TABLE positions (
         symbol TEXT PRIMARY KEY,
@@ -112,6 +114,8 @@ class OrderRow:
     created_ms: int
     updated_ms: int
     reason: str
+    stop_loss: float | None = None     # an entry's protective levels travel with its order,
+    take_profit: float | None = None   # so a fill found after a crash gets the same ones
 
 
 @dataclass(frozen=True)
@@ -312,14 +316,17 @@ class Store:
     # -- orders ---------------------------------------------------------------------------
 
     def add_pending_order(self, client_order_id: str, symbol: str, side: str, amount: float,
-                          price: float, reason: str = "") -> None:
+                          price: float, reason: str = "", stop_loss: float | None = None,
+                          take_profit: float | None = None) -> None:
         """Record an order about to be sent (committed before returning, so before sending)."""
         now = self._now_ms()
         with self._transaction("add_pending_order") as conn:
             conn.execute(
                 "INSERT INTO orders (client_order_id, symbol, side, amount, price, status,"
-                " created_ms, updated_ms, reason) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                (client_order_id, symbol, side, amount, price, now, now, reason))
+                " created_ms, updated_ms, reason, stop_loss, take_profit)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                (client_order_id, symbol, side, amount, price, now, now, reason, stop_loss,
+                 take_profit))
 
     def mark_order(self, client_order_id: str, status: str, reason: str = "",
                    exchange_order_id: str | None = None) -> None:
@@ -346,7 +353,8 @@ class Store:
     def _orders(self, where: str, params: Sequence[Any] = ()) -> list[OrderRow]:
         rows = self._query(
             "SELECT client_order_id, symbol, side, amount, price, status, exchange_order_id,"
-            f" fee, created_ms, updated_ms, reason FROM orders {where}", params)
+            f" fee, created_ms, updated_ms, reason, stop_loss, take_profit FROM orders {where}",
+            params)
         return [OrderRow(*row) for row in rows]
 
     @staticmethod
@@ -436,6 +444,11 @@ class Store:
         with self._transaction("record_equity") as conn:
             conn.execute("INSERT INTO equity (ts_ms, equity, cash, open_positions)"
                          " VALUES (?, ?, ?, ?)", (ts_ms, equity, cash, open_positions))
+
+    def peak_equity(self) -> float:
+        """The highest equity ever recorded (0 on a fresh database)."""
+        (peak,), = self._query("SELECT COALESCE(MAX(equity), 0.0) FROM equity")
+        return peak
 
     def equity_curve(self, limit: int | None = None) -> list[EquityRow]:
         """The last `limit` snapshots (all when None), oldest first."""

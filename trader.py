@@ -1,11 +1,12 @@
 """One trading cycle and the loop around it: exits -> scan -> decide -> execute -> persist."""
 from __future__ import annotations
 
-import json
+import fcntl
 import logging
 import threading
 import time
 from dataclasses import asdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import click
@@ -30,6 +31,7 @@ class Trader:
         self.stop = stop or threading.Event()
         self.monitor = PerformanceMonitor(enabled=config.enable_performance_monitoring,
                                           slow_threshold=config.slow_operation_threshold)
+        self._lock_file = self._claim_data_dir(config)
         try:
             self.store = Store.open(config.data_dir, config.mode)
         except StoreError as exc:
@@ -61,6 +63,19 @@ class Trader:
         self._resume()
 
     # -- start-up -----------------------------------------------------------------------
+    @staticmethod
+    def _claim_data_dir(config):
+        """One bot per database: a second one would trade the same positions twice."""
+        path = Path(config.data_dir) / f".bot-{config.mode}.lock"
+        handle = open(path, "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise StartupError(f"another bot is already trading {config.mode} from {config.data_dir}; "
+                               "stop it first or set a different DATA_DIR") from None
+        return handle
+
     def _fee_rate(self) -> float:
         markets = self.client.load_markets()
         return max((m.get("taker") or 0.0) for m in markets.values()) if markets else 0.001
@@ -82,9 +97,7 @@ class Trader:
         else:
             self.start_equity = float(start)
         self.cycle = int(self.store.get_meta("cycle", "0"))
-        curve = self.store.equity_curve()
-        for row in curve:
-            self.risk.observe_equity(row.equity)
+        self.risk.observe_equity(self.store.peak_equity())
         if self.positions:
             log.info("resumed %d open position(s): %s", len(self.positions), ", ".join(self.positions))
 
@@ -98,7 +111,8 @@ class Trader:
         if fill is None:
             self.store.mark_order(order.client_order_id, "abandoned", "not found on the exchange")
         elif order.side == "buy" and order.symbol not in self.positions:
-            self._record_entry_fill(fill, self._saved_intent(order.client_order_id))
+            self._record_entry_fill(fill, SimpleNamespace(
+                price=order.price, stop_loss=order.stop_loss, take_profit=order.take_profit, features=None))
         elif order.side == "sell" and order.symbol in self.positions:
             self._record_exit_fill(self.positions[order.symbol], fill, "reconciled")
         else:
@@ -219,10 +233,8 @@ class Trader:
 
     def execute_entry(self, intent) -> None:
         client_id = self._next_client_order_id()
-        # The stops travel with the order, so a fill found after a crash gets the same ones.
-        self.store.set_meta(f"intent:{client_id}", json.dumps(
-            {"price": intent.price, "stop_loss": intent.stop_loss, "take_profit": intent.take_profit}))
-        self.store.add_pending_order(client_id, intent.symbol, "buy", intent.amount, intent.price, intent.reason)
+        self.store.add_pending_order(client_id, intent.symbol, "buy", intent.amount, intent.price,
+                                     intent.reason, intent.stop_loss, intent.take_profit)
         try:
             fill = self.broker.market_order(intent.symbol, "buy", intent.amount, client_id)
         except OrderRejected as exc:
@@ -230,10 +242,6 @@ class Trader:
             log.info("entry %s refused: %s", intent.symbol, exc)
             return
         self._record_entry_fill(fill, intent)
-
-    def _saved_intent(self, client_id: str) -> SimpleNamespace:
-        saved = json.loads(self.store.get_meta(f"intent:{client_id}"))
-        return SimpleNamespace(features=None, **saved)
 
     def _record_entry_fill(self, fill, intent) -> None:
         """Stops keep the intent's distances from the actual fill price."""
@@ -320,6 +328,7 @@ class Trader:
         if self.client is not None:
             self.client.close()
         self.store.close()
+        self._lock_file.close()
 
 
 def status_report(config, n_trades: int = 10) -> str:

@@ -106,10 +106,6 @@ class CreateClientTest(unittest.TestCase):
         self.assertLess(abs(client.clock() - time.time()), 60)
         client.close()
 
-    def test_an_unknown_exchange_id_is_one_clear_error(self):
-        with self.assertRaisesRegex(ExchangeError, "not a ccxt exchange id"):
-            create_client(sim_config(exchange="nosuchexchange"))
-
     def test_simulated_runs_an_in_process_sim_with_session_keys_and_its_clock(self):
         with create_client(sim_config(sim_speed=600.0)) as client:
             server = client.sim_server
