@@ -271,7 +271,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("LLM_TIMEOUT", 10.0, *_real(0, open_lo=True)),
     Var("LLM_CYCLE_BUDGET", 20.0, *_real(0, open_lo=True)),
     Var("LLM_MAX_CALLS_PER_CYCLE", 3, *_whole(1, 50)),
-    Var("LLM_CACHE_TTL", 90.0, *_real(0)),
+    Var("LLM_CACHE_TTL", 600.0, *_real(0)),
     Var("LLM_CACHE_MAX_SIZE", 1000, *_whole(1)),
     Var("LLM_ON_FAILURE", "reject", *_choice(("reject", "model"))),
 )

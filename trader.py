@@ -146,7 +146,7 @@ class Trader:
     def _confirmer(self):
         if self.advisor is None:
             return None
-        return lambda states: {s: bool(d) for s, d in self.advisor.confirm(states).items()}
+        return lambda states: {s: d.take for s, d in self.advisor.confirm(states).items()}
 
     # -- the loop -----------------------------------------------------------------------
     def run(self, cycles: int | None = None) -> None:

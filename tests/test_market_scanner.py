@@ -142,7 +142,7 @@ class TestNoRateLimitHits(ScannerCase):
     def test_parallel_scan_stays_within_the_exchange_budget(self):
         scanner = self.scanner(MAX_PARALLEL_WORKERS=12)
         scanner.scan()
-        self.assertEqual(self.server.request_count("429"), 0)
+        self.assertEqual(self.server.response_count(429), 0)
 
 
 class TestHelpers(unittest.TestCase):
