@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from strategy import Position
+
 MODES = ("paper", "live")
 ORDER_STATUSES = ("pending", "filled", "rejected", "abandoned")
 PAPER_CASH_KEY = "paper_cash"
@@ -119,22 +121,6 @@ class OrderRow:
 
 
 @dataclass(frozen=True)
-class PositionRow:
-    """An open position; same fields as strategy.Position (`Position(**asdict(row))`)."""
-
-    symbol: str
-    amount: float
-    entry_price: float
-    entry_time_ms: int
-    stop_loss: float
-    take_profit: float
-    entry_fee: float = 0.0
-    group: str = "other"
-    features: tuple[float, ...] | None = None
-    entry_client_order_id: str = ""
-
-
-@dataclass(frozen=True)
 class TradeRow:
     """A closed round trip; profit is net of both fees, return_pct is on cost + entry fee."""
 
@@ -154,7 +140,7 @@ class TradeRow:
     exit_client_order_id: str = ""
 
     @classmethod
-    def from_exit(cls, position: PositionRow, fill: FillLike, reason: str) -> TradeRow:
+    def from_exit(cls, position: Position, fill: FillLike, reason: str) -> TradeRow:
         """The trade closing `position` with a sell `fill` (profit on the amount sold)."""
         cost = fill.amount * position.entry_price
         profit = fill.amount * fill.price - cost - position.entry_fee - fill.fee
@@ -374,11 +360,11 @@ class Store:
 
     # -- positions and trades -------------------------------------------------------------
 
-    def record_entry(self, fill: FillLike, position: PositionRow,
+    def record_entry(self, fill: FillLike, position: Position,
                      cash: float | None = None) -> None:
         """One transaction: order -> filled, position inserted, paper cash set (if given).
 
-        `position` may be a PositionRow or a strategy.Position; its entry client order id
+        `position` may be a Position or a strategy.Position; its entry client order id
         is taken from the fill.
         """
         with self._transaction("record_entry") as conn:
@@ -412,13 +398,13 @@ class Store:
                  fill.client_order_id))
             self._set_cash(conn, cash)
 
-    def open_positions(self) -> list[PositionRow]:
+    def open_positions(self) -> list[Position]:
         """Open positions, oldest entry first."""
         rows = self._query(
             "SELECT symbol, amount, entry_price, entry_time_ms, stop_loss, take_profit,"
             " entry_fee, group_name, features, entry_client_order_id FROM positions"
             " ORDER BY entry_time_ms, symbol")
-        return [PositionRow(*row[:8], blob_to_features(row[8]), row[9]) for row in rows]
+        return [Position(*row[:8], blob_to_features(row[8]), row[9]) for row in rows]
 
     def recent_trades(self, n: int = 10) -> list[TradeRow]:
         """The last `n` closed trades, most recent first."""

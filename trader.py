@@ -5,7 +5,6 @@ import fcntl
 import logging
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +14,7 @@ from exchange import ExchangeError, OrderRejected, PaperBroker, LiveBroker, crea
 from market_scanner import MarketScanner
 from performance_monitor import PerformanceMonitor
 from risk_manager import RiskManager
-from store import PositionRow, Store, StoreError, TradeRow
+from store import Store, StoreError, TradeRow
 from strategy import Bar, Position, StrategyParams, check_exits, decide_entries, mark_to_market
 
 log = logging.getLogger(__name__)
@@ -88,7 +87,7 @@ class Trader:
     def _resume(self) -> None:
         """Reload open positions; settle orders whose outcome a crash left unrecorded."""
         for row in self.store.open_positions():
-            self.positions[row.symbol] = Position(**asdict(row))
+            self.positions[row.symbol] = row
         for order in self.store.pending_orders():
             self._settle_pending(order)
         start = self.store.get_meta("start_equity")
@@ -231,17 +230,23 @@ class Trader:
             self.store.set_meta("instance", instance)
         return f"tb{instance}-{self.store.next_sequence('order')}"
 
-    def execute_entry(self, intent) -> None:
+    def _send(self, symbol: str, side: str, amount: float, price: float, reason: str,
+              stop_loss: float | None = None, take_profit: float | None = None):
+        """Record the order as pending, then send it; a refused order is marked with why."""
         client_id = self._next_client_order_id()
-        self.store.add_pending_order(client_id, intent.symbol, "buy", intent.amount, intent.price,
-                                     intent.reason, intent.stop_loss, intent.take_profit)
+        self.store.add_pending_order(client_id, symbol, side, amount, price, reason, stop_loss, take_profit)
         try:
-            fill = self.broker.market_order(intent.symbol, "buy", intent.amount, client_id)
+            return self.broker.market_order(symbol, side, amount, client_id)
         except OrderRejected as exc:
             self.store.mark_order(client_id, "rejected", str(exc))
-            log.info("entry %s refused: %s", intent.symbol, exc)
-            return
-        self._record_entry_fill(fill, intent)
+            log.warning("%s %s refused: %s", side, symbol, exc)
+            return None
+
+    def execute_entry(self, intent) -> None:
+        fill = self._send(intent.symbol, "buy", intent.amount, intent.price, intent.reason,
+                          intent.stop_loss, intent.take_profit)
+        if fill is not None:
+            self._record_entry_fill(fill, intent)
 
     def _record_entry_fill(self, fill, intent) -> None:
         """Stops keep the intent's distances from the actual fill price."""
@@ -250,26 +255,21 @@ class Trader:
         features = intent.features
         position = Position(fill.symbol, fill.amount, fill.price, fill.timestamp_ms, stop, take,
                             fill.fee, self.risk.group_of(fill.symbol), features, fill.client_order_id)
-        self.store.record_entry(fill, PositionRow(**asdict(position)), self._paper_cash())
+        self.store.record_entry(fill, position, self._paper_cash())
         self.positions[fill.symbol] = position
         self.last_prices[fill.symbol] = fill.price
         click.echo(f"OPEN  {fill.symbol:<12} {fill.amount:.8g} @ {fill.price:.8g} "
                    f"(fee {fill.fee:.4f}) stop {stop:.8g} target {take:.8g}")
 
     def execute_exit(self, position: Position, reason: str) -> None:
-        client_id = self._next_client_order_id()
-        self.store.add_pending_order(client_id, position.symbol, "sell", position.amount,
-                                     self.last_prices.get(position.symbol, position.entry_price), reason)
-        try:
-            fill = self.broker.market_order(position.symbol, "sell", position.amount, client_id)
-        except OrderRejected as exc:
-            self.store.mark_order(client_id, "rejected", str(exc))
-            log.warning("exit %s refused: %s; retrying next cycle", position.symbol, exc)
-            return
-        self._record_exit_fill(position, fill, reason)
+        """A refused exit stays open and is tried again next cycle."""
+        price = self.last_prices.get(position.symbol, position.entry_price)
+        fill = self._send(position.symbol, "sell", position.amount, price, reason)
+        if fill is not None:
+            self._record_exit_fill(position, fill, reason)
 
     def _record_exit_fill(self, position: Position, fill, reason: str) -> None:
-        trade = TradeRow.from_exit(PositionRow(**asdict(position)), fill, reason)
+        trade = TradeRow.from_exit(position, fill, reason)
         self.store.record_exit(fill, trade, self._paper_cash())
         del self.positions[position.symbol]
         if self.training_data is not None and position.features is not None:

@@ -13,7 +13,8 @@ import unittest
 from dataclasses import dataclass
 from pathlib import Path
 
-from store import (SCHEMA_VERSION, PositionRow, Store, StoreError, TradeRow, blob_to_features,
+from strategy import Position
+from store import (SCHEMA_VERSION, Store, StoreError, TradeRow, blob_to_features,
                    features_to_blob, store_path)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,11 +43,11 @@ def fill(client_order_id: str, symbol: str = "BTC/USDT", side: str = "buy",
 
 
 def position(symbol: str = "BTC/USDT", features: tuple[float, ...] | None = (1.5, -2.25),
-             **kw: object) -> PositionRow:
+             **kw: object) -> Position:
     base = dict(symbol=symbol, amount=0.5, entry_price=100.0, entry_time_ms=1_000,
                 stop_loss=95.0, take_profit=110.0, entry_fee=0.05, group="majors",
                 features=features)
-    return PositionRow(**(base | kw))
+    return Position(**(base | kw))
 
 
 class StoreTestCase(unittest.TestCase):
@@ -69,7 +70,7 @@ class StoreTestCase(unittest.TestCase):
         return self.store
 
     def enter(self, store: Store, coid: str, symbol: str = "BTC/USDT",
-              cash: float | None = 950.0) -> tuple[Fill, PositionRow]:
+              cash: float | None = 950.0) -> tuple[Fill, Position]:
         store.add_pending_order(coid, symbol, "buy", 0.5, 100.0, reason="entry")
         f, p = fill(coid, symbol), position(symbol)
         store.record_entry(f, p, cash=cash)
@@ -317,7 +318,8 @@ class BadFileTest(unittest.TestCase):
 
 CHILD = r"""
 import sys, time
-from store import Store, PositionRow
+from store import Store
+from strategy import Position
 
 class Fill:
     def __init__(self, coid, symbol):
@@ -331,7 +333,7 @@ if scenario == "hang-mid-transaction":
         coid = "o%d" % store.next_sequence("order")
         store.add_pending_order(coid, name + "/USDT", "buy", 1.0, 10.0)
         store.record_entry(Fill(coid, name + "/USDT"),
-                           PositionRow(name + "/USDT", 1.0, 10.0, 5, 9.0, 12.0, 0.01),
+                           Position(name + "/USDT", 1.0, 10.0, 5, 9.0, 12.0, 0.01),
                            cash=990.0 if name == "A" else 980.0)
     store.add_pending_order("o3", "C/USDT", "buy", 1.0, 10.0)   # sent, fill never recorded
     store.next_sequence("order")                                 # o3's number
@@ -352,7 +354,7 @@ else:  # write entries as fast as possible, announcing each one committed
         coid = "o%d" % store.next_sequence("order")
         store.add_pending_order(coid, "S%d/USDT" % i, "buy", 1.0, 10.0)
         store.record_entry(Fill(coid, "S%d/USDT" % i),
-                           PositionRow("S%d/USDT" % i, 1.0, 10.0, 5, 9.0, 12.0, 0.01),
+                           Position("S%d/USDT" % i, 1.0, 10.0, 5, 9.0, 12.0, 0.01),
                            cash=1000.0 - (i + 1))
         print(coid, flush=True)
 """
