@@ -13,6 +13,8 @@ import threading
 
 import click
 
+from backtest import backtest_command
+from candle_files import download_data_command
 from config import ConfigError, check_exchange_id, load_config
 
 log = logging.getLogger("bot")
@@ -137,6 +139,9 @@ def status(ctx: click.Context, n_trades: int) -> None:
             fail(str(exc))
         raise
 
+
+cli.add_command(backtest_command)
+cli.add_command(download_data_command)
 
 if __name__ == "__main__":
     cli(obj={})

@@ -901,16 +901,6 @@ class Retrainer:
 
 # --------------------------------------------------------------------------- evaluation
 
-def read_candles_csv(path: str | os.PathLike) -> np.ndarray:
-    """A `timestamp,open,high,low,close,volume` CSV -> (T, 6) float64 sorted by time."""
-    arr = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
-    return arr[np.argsort(arr[:, 0], kind="stable")]
-
-
-def _symbol_from_path(path: Path) -> str:
-    return path.stem.split("-")[0].replace("_", "/")
-
-
 def walk_forward(samples_by_pair: Mapping[str, Samples], kinds: Sequence[str], folds: int = 3,
                  first_test: float = 0.4, threshold: float = 0.55) -> dict[str, Any]:
     """Expanding-window evaluation: the last (1 - first_test) of each pair's time is cut into
@@ -967,10 +957,12 @@ def evaluate_files(paths: Sequence[str | os.PathLike], params: Any = LabelParams
                    kinds: Sequence[str] = ("logistic", "hgb"), folds: int = 3,
                    threshold: float = 0.55) -> str:
     """Time-ordered (walk-forward) evaluation of the model on candle CSV files -> report."""
+    from candle_files import parse_file_name, read_candles
+
     by_pair = {}
     for path in map(Path, paths):
-        by_pair[_symbol_from_path(path)] = samples_from_candles(
-            {_symbol_from_path(path): read_candles_csv(path)}, params)
+        symbol = (parse_file_name(path.name) or (path.stem,))[0]
+        by_pair[symbol] = samples_from_candles({symbol: read_candles(path)}, params)
     result = walk_forward(by_pair, kinds, folds=folds, threshold=threshold)
     lines = [f"walk-forward, {folds} expanding folds over the last 60% of each file; "
              f"{result['n_test']} test samples; labels: TP {params.take_profit_atr} ATR, "

@@ -137,11 +137,13 @@ class PairSpec:
         return f"{self.base}/{self.quote}"
 
 
-def _tick_size(price: float) -> float:
+def tick_size(price: float) -> float:
+    """The price tick of a market at this price level: 5 significant digits."""
     return max(1e-8, 10.0 ** (math.floor(math.log10(price)) - 5))
 
 
-def _step_size(price: float) -> float:
+def step_size(price: float) -> float:
+    """The amount step of a market at this (USDT) price level: steps worth 0.1-1 USDT."""
     return min(1.0, 10.0 ** (-math.floor(math.log10(price)) - 1))
 
 
@@ -167,10 +169,10 @@ def build_pairs(pairs: int, quote: str = "USDT") -> list[PairSpec]:
             rows.append((name, price, "alts", rng.uniform(0.9, 1.5), rng.uniform(1, 10)))
     specs = []
     for base, price, group, vol, qv in rows:
-        tick = _tick_size(price)
+        tick = tick_size(price)
         specs.append(PairSpec(
             base=base, quote=quote, price=price, group=group, ann_vol=vol,
-            daily_quote_volume=qv * 1e6, tick=tick, step=_step_size(price),
+            daily_quote_volume=qv * 1e6, tick=tick, step=step_size(price),
             max_qty=10.0 ** math.ceil(math.log10(1e8 / price)),
             max_price=10.0 ** math.ceil(math.log10(price * 1000))))
     return specs

@@ -1,0 +1,383 @@
+"""The backtester: exact accounting on a hand-built market, no look-ahead, gaps, the report."""
+import json
+import logging
+import math
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+import backtest as bt
+from exchange import OrderRejected
+from risk_manager import RiskManager
+from strategy import StrategyParams
+
+TF = 300_000                          # 5m
+T0 = 1_704_067_200_000                # 2024-01-01 00:00 UTC
+N = 400
+FEE = 0.001
+RISK = 0.005
+START = 10_001.7
+
+
+def build(base: float, spike: int | None, special: dict | None = None, n: int = N,
+          t0: int = T0) -> np.ndarray:
+    """A hand-made pair: a zigzag uptrend (+2, -1) where every candle spans exactly 2 (so ATR
+    is exactly 2), volume falling 0.5% per candle (volume ratio < 1: the rule never fires)
+    except a 10x volume spike at `spike` (the rule fires there: uptrend, RSI ~68, MACD
+    histogram > 0 after an up candle). `special[i](prev_close) -> (o, h, l, c)` overrides."""
+    special = special or {}
+    rows, prev = [], float(base)
+    for i in range(n):
+        if i in special:
+            o, h, l, c = special[i](prev)
+        elif i % 2 == 0:
+            o, c = prev, prev + 2
+            h, l = c, o
+        else:
+            o, c = prev, prev - 1
+            h, l = o + 1, c
+        v = 10_000.0 if i == spike else 1000.0 * 0.995 ** i
+        rows.append((t0 + i * TF, o, h, l, c, v))
+        prev = c
+    return np.array(rows)
+
+
+def flat(i: int):
+    """Candle i of a sideways stretch: +1 / -1 alternating, range 2 (ATR stays 2)."""
+    if i % 2:
+        return lambda p: (p, p + 1.5, p - 0.5, p + 1)
+    return lambda p: (p, p + 0.5, p - 1.5, p - 1)
+
+
+def scenario() -> dict[str, np.ndarray]:
+    """Four pairs, one trade each, never overlapping:
+    AAA: entry at the open of 151, take-profit touched by candle 155;
+    BBB: entry at 201, candle 203 gaps below the stop (fills at that open);
+    CCC: entry at 251, candle 253 touches stop and take-profit (the stop wins);
+    DDD: entry at 301, goes sideways, time limit (48 candles) at the close of 348."""
+    return {
+        "AAA/USDT": build(100, 150, {155: lambda p: (p, p + 10, p - 0.5, p + 1)}),
+        "BBB/USDT": build(150, 200, {203: lambda p: (p - 6, p - 5.5, p - 6.5, p - 6)}),
+        "CCC/USDT": build(200, 250, {253: lambda p: (p, p + 20, p - 20, p)}),
+        "DDD/USDT": build(250, 300, {i: flat(i) for i in range(301, 360)}),
+    }
+
+
+def params(**kw) -> StrategyParams:
+    base = dict(timeframe_ms=TF, stop_loss_atr=1.25, take_profit_atr=2.75, max_hold_candles=48)
+    return StrategyParams(**(base | kw))
+
+
+def risk() -> RiskManager:
+    return RiskManager(risk_per_trade=RISK, max_open_positions=3, max_position_size=1.0,
+                       max_positions_per_group=2, fee_rate=FEE)
+
+
+def cents(symbol, side, amount, price):
+    """A deterministic round_order: amounts truncated to 0.01, prices as they are."""
+    if amount < 0.01:
+        raise OrderRejected(f"{symbol}: amount {amount} below minimum 0.01")
+    return math.floor(amount * 100) / 100, price
+
+
+def run(candles, use_model=False, **settings):
+    s = dict(starting_balance=START, slippage=False, fee_rate=FEE) | settings
+    return bt.run_backtest(candles, use_model=use_model, params=params(), risk=risk(),
+                           settings=bt.BacktestSettings(**s), round_order=cents)
+
+
+class TestHandBuiltMarket(unittest.TestCase):
+    def test_trades_fees_and_final_cash_are_exactly_the_hand_computed_ones(self):
+        candles = scenario()
+        result = run(candles)
+        close = {s: a[:, 4] for s, a in candles.items()}
+        cash = START
+        expected = []
+        # (pair, decision candle, exit candle, exit price from the price path, reason)
+        plan = [("AAA/USDT", 150, 155, lambda f: f + 5.5, "take_profit"),    # take = fill + 2.75 ATR
+                ("BBB/USDT", 200, 203, lambda f: f - 5.0, "stop_loss"),      # gap: the open
+                ("CCC/USDT", 250, 253, lambda f: f - 2.5, "stop_loss"),      # stop = fill - 1.25 ATR
+                ("DDD/USDT", 300, 348, lambda f: f, "time_limit")]           # sideways: close = fill
+        for symbol, s, x, exit_price, reason in plan:
+            p = close[symbol][s]                     # decided at the close of s, ATR = 2
+            stop = p - 1.25 * 2.0
+            size = min(cash * RISK / (p - stop), min(cash * 1.0, cash / (1 + 2 * FEE)) / p)
+            amount = math.floor(size * 100) / 100
+            fill = candles[symbol][s + 1, 1]         # the open of the next candle
+            self.assertEqual(fill, p)
+            fee_in = amount * fill * FEE
+            cash -= amount * fill + fee_in
+            out = exit_price(fill)
+            fee_out = amount * out * FEE
+            cash += amount * out - fee_out
+            expected.append((symbol, amount, fill, out, T0 + (s + 1) * TF, T0 + (x + 1) * TF,
+                             fee_in, fee_out, amount * out - amount * fill - fee_in - fee_out,
+                             reason))
+        self.assertEqual(len(result.trades), 4)
+        for t, e in zip(result.trades, expected):
+            got = (t.symbol, t.amount, t.entry_price, t.exit_price, t.entry_time_ms,
+                   t.exit_time_ms, t.entry_fee, t.exit_fee, t.profit, t.exit_reason)
+            self.assertEqual(got[:2] + got[4:6] + got[9:], e[:2] + e[4:6] + e[9:])
+            for g, w in zip(got[2:4] + got[6:9], e[2:4] + e[6:9]):
+                self.assertAlmostEqual(g, w, places=9)
+        self.assertAlmostEqual(result.final_equity, cash, places=8)
+        self.assertAlmostEqual(result.fees, sum(e[6] + e[7] for e in expected), places=9)
+        self.assertEqual(result.trades[0].amount, 20.0)   # 10001.7 * 0.005 / 2.5, truncated
+
+    def test_entries_fill_at_the_next_open_and_exits_are_checked_on_that_candle_onwards(self):
+        result = run(scenario())
+        entry = next(e for e in result.events if e[0] == "entry")
+        fill = next(e for e in result.events if e[0] == "fill_buy")
+        self.assertEqual(entry[1], T0 + 151 * TF)      # decided at the close of candle 150
+        self.assertEqual(fill[1], T0 + 151 * TF)       # filled at the open of candle 151
+
+    def test_slippage_walks_the_synthetic_book_and_costs_money(self):
+        candles = scenario()
+        exact = run(candles)
+        slipped = run(candles, slippage=True)
+        self.assertEqual(len(slipped.trades), 4)
+        for t in slipped.trades:
+            opened = candles[t.symbol][candles[t.symbol][:, 0] == t.entry_time_ms][0, 1]
+            self.assertGreater(t.entry_price, opened)             # buys pay above the open
+            self.assertLess(t.entry_price, opened * 1.01)
+            self.assertAlmostEqual(t.entry_fee, t.amount * t.entry_price * FEE)
+        intents = [e[3] for e in slipped.events if e[0] == "exit"]
+        fills = [e[4] for e in slipped.events if e[0] == "fill_sell"]
+        for intended, got in zip(intents, fills):
+            self.assertLess(got, intended)                        # sells get less
+        self.assertLess(slipped.final_equity, exact.final_equity)
+
+    def test_metrics_and_report(self):
+        result = run(scenario())
+        m = bt.compute_metrics(result)
+        self.assertEqual(m["trades"], 4)
+        self.assertEqual(m["win_rate_pct"], 25.0)
+        self.assertEqual(m["exit_reasons"], {"stop_loss": 2, "take_profit": 1, "time_limit": 1})
+        wins = result.trades[0].profit
+        losses = -sum(t.profit for t in result.trades[1:])
+        self.assertAlmostEqual(m["profit_factor"], wins / losses)
+        self.assertAlmostEqual(m["total_return_pct"], 100 * (result.final_equity / START - 1))
+        held = sum((x - s) for s, x in ((151, 156), (201, 204), (251, 254), (301, 349)))
+        self.assertAlmostEqual(m["exposure_pct"], 100 * held / N)
+        # buy and hold: a quarter of the balance in each pair, first open to last close
+        bh = sum(START / 4 * (1 - FEE) / a[0, 1] * a[-1, 4] * (1 - FEE)
+                 for a in scenario().values())
+        self.assertAlmostEqual(m["buy_hold_return_pct"], 100 * (bh / START - 1))
+        self.assertGreater(m["max_drawdown_pct"], 0)
+        text = bt.format_report(result)
+        for needle in ("win rate 25.0%", "AAA/USDT", "buy & hold", "Sharpe", "Sortino",
+                       "profit factor", "exposure", "fees paid"):
+            self.assertIn(needle, text)
+        with tempfile.TemporaryDirectory() as tmp:
+            json_path, png_path = bt.write_report(result, Path(tmp) / "rep")
+            report = json.loads(json_path.read_text())
+            self.assertEqual(png_path.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
+        self.assertEqual(len(report["trades"]), 4)
+        self.assertEqual(set(report["trades"][0]) >= {"symbol", "entry_time_ms", "exit_time_ms",
+                                                      "entry_price", "exit_price", "amount",
+                                                      "entry_fee", "exit_fee", "profit",
+                                                      "exit_reason"}, True)
+        self.assertEqual([r["pair"] for r in report["pairs"]], sorted(scenario()))
+
+
+class TestGapsAndMisalignedPairs(unittest.TestCase):
+    def test_no_candle_after_the_decision_drops_the_entry(self):
+        candles = scenario()
+        candles["AAA/USDT"] = np.delete(candles["AAA/USDT"], 151, axis=0)
+        result = run(candles)
+        dropped = [e for e in result.events if e[0] == "entry_dropped"]
+        self.assertEqual([(e[1], e[2]) for e in dropped], [(T0 + 151 * TF, "AAA/USDT")])
+        self.assertNotIn("AAA/USDT", {t.symbol for t in result.trades})
+
+    def test_a_missing_candle_is_not_invented(self):
+        candles = scenario()
+        candles["AAA/USDT"] = np.delete(candles["AAA/USDT"], 155, axis=0)   # the take-profit bar
+        result = run(candles)
+        trade = next(t for t in result.trades if t.symbol == "AAA/USDT")
+        self.assertNotEqual(trade.exit_time_ms, T0 + 156 * TF)   # nothing happened at the hole
+        self.assertGreater(trade.exit_time_ms, T0 + 156 * TF)
+        # indicators run over the pair's own candles, not over a filled-in grid
+        data = bt._prepare(candles, params(), bt.BacktestSettings())
+        from indicators import compute_all
+        a = candles["AAA/USDT"]
+        own = compute_all(a[:, 1], a[:, 2], a[:, 3], a[:, 4], a[:, 5])
+        p = data.symbols.index("AAA/USDT")
+        rows = slice(data.first[p], data.last[p] + 1)
+        np.testing.assert_array_equal(data.ind["atr"][rows], own["atr"])
+        self.assertEqual((data.at[p] >= 0).sum(), N - 1)
+
+    def test_pairs_join_after_enough_history_and_leave_at_their_last_candle(self):
+        late = build(300, 200, t0=T0 + 100 * TF, n=206)    # global candles 100..305
+        late[50, 5] = 50_000.0          # a spike at global 150, with only 51 candles of history
+        candles = {"AAA/USDT": build(100, None), "EEE/USDT": late}
+        result = run(candles)
+        entries = [e for e in result.events if e[0] == "entry"]
+        self.assertEqual([(e[1], e[2]) for e in entries], [(T0 + 301 * TF, "EEE/USDT")])
+        trade = result.trades[0]
+        self.assertEqual((trade.symbol, trade.exit_reason), ("EEE/USDT", "end_of_data"))
+        self.assertEqual(trade.exit_time_ms, T0 + 306 * TF)
+        self.assertEqual(trade.exit_price, late[-1, 4])
+        # its buy-and-hold share waits in cash until the pair starts
+        self.assertAlmostEqual(result.buy_hold[0], START / 2 + START / 2 * (1 - FEE)
+                               * candles["AAA/USDT"][0, 4] / candles["AAA/USDT"][0, 1])
+
+    def test_start_and_end_dates_warm_up_before_and_cut_after(self):
+        result = run(scenario(), start_ms=T0 + 200 * TF, end_ms=T0 + 300 * TF)
+        self.assertEqual(result.times_ms[0], T0 + 200 * TF)
+        self.assertEqual(result.times_ms[-1], T0 + 299 * TF)
+        self.assertEqual([t.symbol for t in result.trades], ["BBB/USDT", "CCC/USDT"])
+
+
+class RootLogging:
+    """Restores the root logger after a test that runs a CLI command (which configures it)."""
+
+    def setUp(self):
+        root = logging.getLogger()
+        saved = (root.handlers[:], root.level)
+        self.addCleanup(lambda: (setattr(root, "handlers", saved[0]), root.setLevel(saved[1])))
+        super().setUp()
+
+
+def perturbed(candles: dict, cut: int, seed: int = 7) -> dict:
+    """Every candle from `cut` on scaled by a random walk and given another volume."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for s, a in candles.items():
+        b = a.copy()
+        k = np.exp(np.cumsum(rng.normal(0, 0.01, len(a) - cut)))
+        b[cut:, 1:5] *= k[:, None]
+        b[cut:, 5] *= rng.uniform(0.2, 5.0, len(a) - cut)
+        out[s] = b
+    return out
+
+
+class TestNoLookAhead(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        from sim_exchange import simulated_ohlcv
+
+        cls.candles = simulated_ohlcv(4, 11, "5m", 1400)
+        cls.cut = 1000
+        cls.cut_ms = int(next(iter(cls.candles.values()))[cls.cut, 0])
+
+    def replay(self, candles, use_model):
+        s = bt.BacktestSettings(starting_balance=10_000.0, retrain_interval_ms=12 * 3_600_000)
+        r = RiskManager(0.01, 3, 0.3, 2, fee_rate=FEE)
+        return bt.run_backtest(candles, use_model=use_model,
+                               params=StrategyParams(timeframe_ms=TF, min_confidence=0.45),
+                               risk=r, settings=s)
+
+    def before_cut(self, result):
+        return [e for e in result.events if e[1] < self.cut_ms]
+
+    def check(self, use_model):
+        full = self.replay(self.candles, use_model)
+        early = self.before_cut(full)
+        self.assertGreater(sum(e[0] == "entry" for e in early), 3)     # decisions to compare
+        changed = self.replay(perturbed(self.candles, self.cut), use_model)
+        self.assertEqual(self.before_cut(changed), early)
+        self.assertNotEqual(changed.events, full.events)                # the future did change
+        cut = self.replay({s: a[: self.cut] for s, a in self.candles.items()}, use_model)
+        self.assertEqual(self.before_cut(cut), early)
+        return full
+
+    def test_decisions_ignore_every_later_candle_without_the_model(self):
+        self.check(use_model=False)
+
+    def test_decisions_ignore_every_later_candle_with_the_walk_forward_model(self):
+        full = self.check(use_model=True)
+        self.assertGreater(full.trainings, 2)
+        self.assertTrue(any(e[0] == "entry" and e[7] == "model" and e[1] < self.cut_ms
+                            for e in full.events))
+
+    def test_skipping_idle_steps_changes_nothing(self):
+        for use_model in (False, True):
+            s = bt.BacktestSettings(retrain_interval_ms=12 * 3_600_000, skip_idle_steps=False)
+            slow = bt.run_backtest(self.candles, use_model=use_model,
+                                   params=StrategyParams(timeframe_ms=TF, min_confidence=0.45),
+                                   risk=RiskManager(0.01, 3, 0.3, 2, fee_rate=FEE), settings=s)
+            fast = self.replay(self.candles, use_model)
+            self.assertEqual([t for t in fast.trades], [t for t in slow.trades])
+            self.assertEqual(fast.final_equity, slow.final_equity)
+
+
+class TestInterrupt(unittest.TestCase):
+    def test_ctrl_c_returns_the_partial_result_with_positions_closed(self):
+        calls = []
+
+        def progress(n):
+            calls.append(n)
+            if sum(calls) >= 320:            # DDD's position is open (301..348)
+                raise KeyboardInterrupt
+
+        s = bt.BacktestSettings(starting_balance=START, slippage=False)
+        with self.assertLogs("backtest", "WARNING"):
+            result = bt.run_backtest(scenario(), use_model=False, params=params(), risk=risk(),
+                                     settings=s, round_order=cents, progress=progress)
+        self.assertTrue(result.interrupted)
+        self.assertLess(len(result.times_ms), N)
+        self.assertEqual(result.trades[-1].exit_reason, "end_of_backtest")
+        self.assertAlmostEqual(result.final_equity, result.equity[-1])
+        self.assertIn("INTERRUPTED", bt.format_report(result))
+
+
+class TestMarketSpec(unittest.TestCase):
+    def test_rounding_and_limits(self):
+        spec = bt.MarketSpec.for_price(3012.5, "USDT")
+        self.assertEqual((spec.tick, spec.step, spec.min_notional), (0.01, 0.0001, 5.0))
+        self.assertEqual(spec.round_order("ETH/USDT", "buy", 0.123456, 3012.3456), (0.1234, 3012.35))
+        with self.assertRaisesRegex(OrderRejected, "notional .* below minimum 5"):
+            spec.round_order("ETH/USDT", "buy", 0.001, 3000.0)
+        with self.assertRaisesRegex(OrderRejected, "amount .* below minimum"):
+            spec.round_order("ETH/USDT", "buy", 0.00001, 3000.0)
+        eth_btc = bt.MarketSpec.for_price(0.0984, "BTC")
+        self.assertEqual((eth_btc.tick, eth_btc.step, eth_btc.min_notional), (1e-7, 1e-4, 1e-4))
+
+
+class TestCommand(RootLogging, unittest.TestCase):
+    def test_bad_data_dir_or_no_files_is_one_line_and_exit_2(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            runner = CliRunner()
+            for data_dir in (str(Path(tmp) / "missing"), tmp):
+                res = runner.invoke(bt.backtest_command, ["--data-dir", data_dir],
+                                    env={"DATA_DIR": tmp}, obj={"env_file": None})
+                self.assertEqual(res.exit_code, 2, res.output)
+                self.assertEqual(len(res.output.strip().splitlines()), 1, res.output)
+                self.assertIn("error:", res.output)
+            res = runner.invoke(bt.backtest_command, ["--data-dir", tmp, "--start", "2024-13-01"],
+                                env={"DATA_DIR": tmp}, obj={"env_file": None})
+            self.assertEqual(res.exit_code, 2)
+
+    def test_files_in_a_directory_give_the_report(self):
+        from candle_files import write_candles
+
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp) / "data"
+            data.mkdir()
+            for s, a in scenario().items():
+                write_candles(data / f"{s.replace('/', '_')}-5m.csv", a)
+            res = CliRunner().invoke(
+                bt.backtest_command, ["--data-dir", str(data), "--no-model", "--report-dir",
+                                      str(Path(tmp) / "rep"), "--pairs", "AAA/USDT,BBB/USDT"],
+                env={"DATA_DIR": tmp}, obj={"env_file": None})
+            self.assertEqual(res.exit_code, 0, res.output)
+            self.assertIn("AAA/USDT", res.output)
+            report = json.loads((Path(tmp) / "rep" / "report.json").read_text())
+            self.assertEqual(report["summary"]["pairs"], 2)
+            self.assertTrue((Path(tmp) / "rep" / "equity.png").is_file())
+
+    def test_simulated(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            res = CliRunner().invoke(
+                bt.backtest_command, ["--simulated", "--sim-pairs", "2", "--sim-days", "2",
+                                      "--no-model", "--report-dir", tmp],
+                env={"DATA_DIR": tmp}, obj={"env_file": None})
+            self.assertEqual(res.exit_code, 0, res.output)
+            self.assertIn("BTC/USDT", res.output)
+
+
+if __name__ == "__main__":
+    unittest.main()
