@@ -105,8 +105,12 @@ def run(ctx: click.Context, cycles: int | None, assume_yes: bool) -> None:
         trader = Trader(config, stop.event)
     except StartupError as exc:
         fail(str(exc))
+    from store import StoreError
+
     try:
         trader.run(cycles)
+    except StoreError as exc:  # nothing may trade on without its state being saved
+        fail(f"{exc}; the bot stopped without trading further")
     finally:
         trader.close()
 
@@ -129,15 +133,13 @@ def show_config(ctx: click.Context) -> None:
 def status(ctx: click.Context, n_trades: int) -> None:
     """Print open positions, recent closed trades, totals and the model's quality."""
     config = load_or_fail(ctx.obj["env_file"])
+    from store import StoreError
     from trader import status_report
 
     try:
         click.echo(status_report(config, n_trades))
-    except Exception as exc:  # a missing/corrupt store is a user-facing condition
-        from store import StoreError
-        if isinstance(exc, StoreError):
-            fail(str(exc))
-        raise
+    except StoreError as exc:
+        fail(str(exc))
 
 
 cli.add_command(backtest_command)

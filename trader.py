@@ -28,6 +28,7 @@ class Trader:
     def __init__(self, config, stop: threading.Event | None = None):
         self.config = config
         self.stop = stop or threading.Event()
+        self.client = self.model = self.training_data = self.retrainer = self.advisor = None
         self.monitor = PerformanceMonitor(enabled=config.enable_performance_monitoring,
                                           slow_threshold=config.slow_operation_threshold)
         self._lock_file = self._claim_data_dir(config)
@@ -35,7 +36,6 @@ class Trader:
             self.store = Store.open(config.data_dir, config.mode)
         except StoreError as exc:
             raise StartupError(str(exc)) from exc
-        self.client = None
         try:
             self.client = create_client(config)
             self.client.load_markets()
@@ -54,8 +54,7 @@ class Trader:
         self.last_prices: dict[str, float] = {}
         self._last_skips: dict[str, str] = {}
         self.scan = self.decisions = None
-        self.model = self.training_data = self.retrainer = None
-        self.advisor = None
+        self._live_cash: float | None = None
         if config.llm_provider != "none":
             from llm_advisor import LLMAdvisor
             self.advisor = LLMAdvisor(config, self.monitor, self.clock)
@@ -99,6 +98,18 @@ class Trader:
         self.risk.observe_equity(self.store.peak_equity())
         if self.positions:
             log.info("resumed %d open position(s): %s", len(self.positions), ", ".join(self.positions))
+            if not self.config.dry_run:
+                self._check_live_balances()
+
+    def _check_live_balances(self) -> None:
+        """Warn when the account holds less than a position the bot resumed (sold elsewhere?)."""
+        totals = self.client.call("fetch_balance").get("total") or {}
+        for symbol, position in self.positions.items():
+            held = float(totals.get(symbol.split("/")[0]) or 0.0)
+            if held < position.amount * (1 - 1e-9):
+                log.warning("%s: the exchange account holds %.8g but the bot's position is %.8g; "
+                            "check the account (was it sold outside the bot?)", symbol, held,
+                            position.amount)
 
     def _settle_pending(self, order) -> None:
         """A paper order never filled if its fill was not committed; a live one is looked up."""
@@ -186,6 +197,7 @@ class Trader:
             click.echo(self.monitor.report())
 
     def _cycle_steps(self) -> None:
+        self._live_cash = None
         with self.monitor.timing("update_positions"):
             self.update_positions()
         if self.stop.is_set():
@@ -256,6 +268,7 @@ class Trader:
         position = Position(fill.symbol, fill.amount, fill.price, fill.timestamp_ms, stop, take,
                             fill.fee, self.risk.group_of(fill.symbol), features, fill.client_order_id)
         self.store.record_entry(fill, position, self._paper_cash())
+        self._live_cash = None
         self.positions[fill.symbol] = position
         self.last_prices[fill.symbol] = fill.price
         click.echo(f"OPEN  {fill.symbol:<12} {fill.amount:.8g} @ {fill.price:.8g} "
@@ -271,6 +284,7 @@ class Trader:
     def _record_exit_fill(self, position: Position, fill, reason: str) -> None:
         trade = TradeRow.from_exit(position, fill, reason)
         self.store.record_exit(fill, trade, self._paper_cash())
+        self._live_cash = None
         del self.positions[position.symbol]
         if self.training_data is not None and position.features is not None:
             self.training_data.add_trade(position.symbol, position.features, trade.return_pct / 100.0,
@@ -283,7 +297,12 @@ class Trader:
         return self.broker.cash if self.config.dry_run else None
 
     def _cash(self) -> float:
-        return self.broker.cash
+        """Paper cash, or the live free balance (asked once per cycle and after each fill)."""
+        if self.config.dry_run:
+            return self.broker.cash
+        if self._live_cash is None:
+            self._live_cash = self.broker.cash
+        return self._live_cash
 
     def equity(self) -> float:
         prices = dict(self.last_prices)
