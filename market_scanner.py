@@ -287,20 +287,31 @@ class MarketScanner:
         return result
 
     def fresh_prices(self, symbols: Iterable[str]) -> dict[str, float]:
-        """Current sell-side prices (bid, else last) for exits: never cached."""
+        """Current sell-side prices (bid, else last) for exits: never cached.
+
+        One bookTicker request for all symbols where the exchange has it (Binance does),
+        else one ticker per symbol in parallel.
+        """
         symbols = list(symbols)
-
-        def price(symbol: str) -> float:
-            t = self.client.call("fetch_ticker", symbol)
-            value = t.get("bid") or t.get("last")
-            if not value:
-                raise ValueError(f"{symbol}: ticker has no price")
-            return float(value)
-
-        done = run_parallel(price, symbols, self.config.max_parallel_workers,
-                            self.config.scan_timeout, self.cancel)
-        self._note_failures(symbols, done.failed, done.timed_out)
-        return {s: float(p) for s, p in done.results.items()}
+        if not symbols:
+            return {}
+        if self.client.ccxt.has.get("fetchBidsAsks"):
+            quotes = self.client.call("fetch_bids_asks", symbols)
+            failed: dict[str, str] = {}
+        else:
+            done = run_parallel(lambda s: self.client.call("fetch_ticker", s), symbols,
+                                self.config.max_parallel_workers, self.config.scan_timeout, self.cancel)
+            quotes, failed = done.results, dict(done.failed) | dict.fromkeys(done.timed_out, "timed out")
+        prices = {}
+        for symbol in symbols:
+            quote = quotes.get(symbol) or {}
+            price = quote.get("bid") or quote.get("last")
+            if price:
+                prices[symbol] = float(price)
+            else:
+                failed.setdefault(symbol, "no price in the answer")
+        self._note_failures(symbols, failed, [])
+        return prices
 
     def history(self) -> dict[str, np.ndarray]:
         """The closed candles held per pair (the ML model bootstraps from these)."""

@@ -84,6 +84,20 @@ class TestScan(ScannerCase):
         self.assertEqual(sum(bad_symbol in line for line in logs.output), 1, "logged once, not per cycle")
 
 
+class TestFreshPrices(ScannerCase):
+    def test_exit_prices_are_fresh_bids_in_one_request(self):
+        scanner = self.scanner()
+        symbols = self.market.symbols[:4]
+        self.server.reset_counters()
+        prices = scanner.fresh_prices(symbols)
+        self.assertEqual(self.server.request_count(), 1)
+        book = self.client.call("fetch_order_book", symbols[0], 5)
+        self.assertEqual(set(prices), set(symbols))
+        self.assertAlmostEqual(prices[symbols[0]], book["bids"][0][0], delta=book["bids"][0][0] * 0.01)
+        scanner.fresh_prices(symbols)
+        self.assertEqual(self.server.request_count(), 2, "never served from a cache")
+
+
 class TestHangingPair(ScannerCase):
     def test_a_hanging_pair_is_cut_off_at_its_own_timeout(self):
         bad = self.market.ids[1]
