@@ -221,17 +221,21 @@ def _operation_table(stats: dict[str, dict[str, float]]) -> list[str]:
 
 
 def memory_usage() -> tuple[float | None, float]:
-    """(current RSS, peak RSS) of this process in MiB; current is None without /proc."""
-    current = None
+    """(current RSS, peak RSS) of this process in MiB; current is None without /proc.
+
+    Linux's VmHWM is this process's own peak; ru_maxrss (the fallback elsewhere) can
+    include the memory of the process that started it.
+    """
+    status = {}
     with contextlib.suppress(OSError):
         with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    current = int(line.split()[1]) / 1024  # kB
-                    break
+            status = {k: int(v.split()[0]) / 1024 for k, _, v in (line.partition(":") for line in f)
+                      if k in ("VmRSS", "VmHWM")}  # kB -> MiB
+    if "VmHWM" in status:
+        return status.get("VmRSS"), status["VmHWM"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     peak_mib = peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes vs kB
-    return current, peak_mib
+    return status.get("VmRSS"), peak_mib
 
 
 def memory_line() -> str:

@@ -69,6 +69,19 @@ class TestScan(ScannerCase):
         self.assertIs(second.view, first.view)
         self.assertEqual((scanner.cache.hits, scanner.cache.misses), (1, 1))
 
+    def test_the_universe_is_ranked_again_hourly_not_every_scan(self):
+        from market_scanner import UNIVERSE_REFRESH
+
+        scanner = self.scanner(MARKET_SCAN_CACHE_DURATION=0)
+        scanner.scan()
+        self.server.reset_counters()
+        scanner.scan()
+        self.assertEqual(self.server.request_count("/api/v3/ticker/24hr"), 0)
+        self.assertGreater(self.server.request_count("/api/v3/klines"), 0, "candles still fresh")
+        self.market.advance(UNIVERSE_REFRESH)
+        scanner.scan()
+        self.assertEqual(self.server.request_count("/api/v3/ticker/24hr"), 1)
+
     def test_a_failing_pair_is_isolated_and_counted_once_per_cycle(self):
         bad = self.market.ids[0]
         bad_symbol = self.market.symbols[0]

@@ -1,0 +1,1026 @@
+"""Benchmarks: every performance figure beside its baseline, both measured in the same run.
+
+    python bench.py                      # everything (the 500-cycle memory run dominates)
+    python bench.py --only scan,cycle    # some sections (names: see --help)
+    python bench.py --quick --json rows.json
+
+Figures are medians of repeats; where two things are compared they take turns inside each
+repeat, so the machine's noise hits both alike. Read the ratios, not the absolute values.
+Not part of the test suite.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+QUICK = False                  # --quick: about half the repeats
+NOTES: list[str] = []          # printed under the table (what could not be measured, and why)
+SCALE = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+
+
+# ------------------------------------------------------------------------------ rows, timing
+
+@dataclass(frozen=True)
+class Row:
+    figure: str
+    value: float
+    unit: str
+    baseline: str
+    baseline_value: float
+    higher_is_better: bool = False   # rates, hit rates; times and memory: lower is better
+
+    @property
+    def ratio(self) -> float:
+        """How many times better than the baseline (> 1: faster, leaner or higher)."""
+        num, den = ((self.value, self.baseline_value) if self.higher_is_better
+                    else (self.baseline_value, self.value))
+        return num / den if den else float("nan")
+
+
+def time_row(figure: str, seconds: float, baseline: str, baseline_seconds: float,
+             unit: str = "ms") -> Row:
+    return Row(figure, seconds * SCALE[unit], unit, baseline, baseline_seconds * SCALE[unit])
+
+
+def repeats(n: int) -> int:
+    return max(1, (n + 1) // 2) if QUICK else n
+
+
+def median_times(*fns: Callable[[], object], number: int | Sequence[int] = 1, repeat: int = 7,
+                 warmup: bool = True) -> list[float]:
+    """Median seconds per call of each fn over `repeat` rounds of `number` calls.
+
+    The fns take turns within each round (interleaved), so noise hits them alike.
+    """
+    numbers = [number] * len(fns) if isinstance(number, int) else list(number)
+    if warmup:
+        for fn in fns:
+            fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats(repeat)):
+        for fn, n, out in zip(fns, numbers, samples):
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            out.append((time.perf_counter() - start) / n)
+    return [statistics.median(s) for s in samples]
+
+
+def median_time(fn: Callable[[], object], **kwargs) -> float:
+    return median_times(fn, **kwargs)[0]
+
+
+def _num(x: float) -> str:
+    if x != x:
+        return "n/a"
+    return f"{x:,.0f}" if abs(x) >= 10_000 else f"{x:.4g}"
+
+
+def _cells(r: Row) -> tuple[str, ...]:
+    return (r.figure, f"{_num(r.value)} {r.unit}", r.baseline,
+            f"{_num(r.baseline_value)} {r.unit}", f"x{_num(r.ratio)}")
+
+
+def print_table(sections: list[tuple[str, list[Row]]]) -> None:
+    head = ("figure", "value", "baseline", "baseline value", "ratio")
+    cells = [_cells(r) for _, rows in sections for r in rows]
+    w = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(head)]
+    fmt = f"{{:<{w[0]}}} | {{:>{w[1]}}} | {{:<{w[2]}}} | {{:>{w[3]}}} | {{:>{w[4]}}}"
+    print(fmt.format(*head))
+    for name, rows in sections:
+        print(f"-- {name} ".ljust(sum(w) + 12, "-"))
+        for r in rows:
+            print(fmt.format(*_cells(r)))
+
+
+# ------------------------------------------------------------------------------ shared set-ups
+
+@contextlib.contextmanager
+def simulated_exchange(pairs: int = 50, seed: int = 1, speed: float = 60.0) -> Iterator[tuple]:
+    """(market, server, client): an ExchangeClient on ccxt.binance against an in-process sim."""
+    from exchange import sim_client
+    from sim_exchange import SimExchangeServer, SimMarket
+
+    market = SimMarket(pairs=pairs, seed=seed, speed=speed)
+    with SimExchangeServer(market) as server:
+        client = sim_client(server, market, "sim-key", "sim-secret")
+        try:
+            client.load_markets()
+            yield market, server, client
+        finally:
+            client.close()
+
+
+def bot_config(data_dir: str, **env: object):
+    """A Config for 50 simulated pairs, read from `env` only (no .env, no os.environ)."""
+    from config import load_config
+
+    base = {"SIM_PAIRS": "50", "MAX_PAIRS": "50", "SCAN_TIMEOUT": "30", "DATA_DIR": data_dir}
+    return load_config(None, environ=base | {k: str(v) for k, v in env.items()})
+
+
+def vm_hwm_mib(pid: int | str = "self") -> float | None:
+    """Peak RSS (VmHWM) of a live process, in MiB.
+
+    Not ru_maxrss: on Linux a child's ru_maxrss starts at its parent's RSS at exec time,
+    so a child of this (large) process would report at least our own size.
+    """
+    with contextlib.suppress(OSError):
+        status = Path(f"/proc/{pid}/status").read_text()
+        if m := re.search(r"^VmHWM:\s+(\d+) kB", status, re.M):
+            return int(m.group(1)) / 1024
+    return None
+
+
+# Appended to `python -c` code so the child reports its own peak as its last stdout line.
+PRINT_PEAK = ("\nimport re as _re\nprint(int(_re.search(r'VmHWM:\\s+(\\d+)', "
+              "open('/proc/self/status').read()).group(1)) / 1024)")
+
+
+def run_child(cmd: Sequence[str], env: dict | None = None, timeout: float = 1800.0
+              ) -> tuple[str, float | None, float]:
+    """Run a command in ROOT; (stdout, peak RSS MiB polled from /proc every 0.1 s, wall s)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+        peak = None
+        while proc.poll() is None:
+            peak = vm_hwm_mib(proc.pid) or peak      # VmHWM only grows: the last read is the peak
+            if time.perf_counter() - start > timeout:
+                proc.kill()
+            time.sleep(0.1)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {err.read()[-2000:]}")
+        return out.read(), peak, wall
+
+
+def random_candles(pairs: int, n: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Random-walk (open, high, low, close, volume), each (pairs, n)."""
+    rng = np.random.default_rng(seed)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, (pairs, n)), axis=1))
+    open_ = np.concatenate([close[:, :1], close[:, :-1]], axis=1)
+    high = np.maximum(open_, close) * (1 + rng.uniform(0, 0.005, (pairs, n)))
+    low = np.minimum(open_, close) * (1 - rng.uniform(0, 0.005, (pairs, n)))
+    return open_, high, low, close, rng.lognormal(5.0, 1.0, (pairs, n))
+
+
+# ------------------------------------------------------------------------------ start-up
+
+def bench_startup() -> list[Row]:
+    """`python bot.py --help` against a bare interpreter start."""
+    def run(*args: str) -> None:
+        subprocess.run([sys.executable, *args], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    bot, bare = median_times(lambda: run("bot.py", "--help"), lambda: run("-c", "pass"))
+    return [time_row("python bot.py --help, wall time", bot, "python -c pass", bare)]
+
+
+# ------------------------------------------------------------------------------ simulated exchange
+
+KLINES_PATH = "/api/v3/klines?symbol=ETHUSDT&interval=5m&limit=500"
+
+
+def _hammer(url: str, path: str, threads: int = 4, seconds: float = 0.7) -> float:
+    """Requests per second served to `threads` keep-alive http.client connections."""
+    parts = urlsplit(url)
+    counts = [0] * threads
+    errors: list[str] = []
+    deadline = time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        try:
+            while time.perf_counter() < deadline and not errors:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    errors.append(f"{path}: HTTP {resp.status}")
+                counts[i] += 1
+        finally:
+            conn.close()
+
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    start = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if errors:
+        raise RuntimeError(errors[0])
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def _round_trip_rows(url: str) -> list[Row]:
+    import ccxt
+    from sim_exchange import ccxt_overrides
+
+    ex = ccxt.binance(ccxt_overrides(url) | {"enableRateLimit": False})
+    ex.load_markets()
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+
+    def bare() -> None:
+        conn.request("GET", KLINES_PATH)
+        conn.getresponse().read()
+
+    try:
+        t_ccxt, t_bare = median_times(lambda: ex.fetch_ohlcv("ETH/USDT", "5m", limit=500), bare,
+                                      repeat=40)
+    finally:
+        conn.close()
+        ex.session.close()
+    return [time_row("ccxt fetch_ohlcv round-trip, 500 x 5m", t_ccxt,
+                     "bare http.client GET, same URL", t_bare)]
+
+
+def bench_sim() -> list[Row]:
+    """Klines served per second (vs ping), ccxt round-trip (vs a bare HTTP GET)."""
+    from sim_exchange import SimExchangeServer, SimMarket
+
+    with SimExchangeServer(SimMarket(pairs=50, seed=1, speed=60),
+                           weight_limit_per_minute=10 ** 9) as server:
+        _hammer(server.url, KLINES_PATH, seconds=0.2)          # warm-up
+        klines, ping = [], []
+        for _ in range(repeats(3)):
+            klines.append(_hammer(server.url, KLINES_PATH))
+            ping.append(_hammer(server.url, "/api/v3/ping"))
+        rows = [Row("sim klines served (500 x 5m), 4 keep-alive clients",
+                    statistics.median(klines), "req/s", "/api/v3/ping served, same clients",
+                    statistics.median(ping), higher_is_better=True)]
+        return rows + _round_trip_rows(server.url)
+
+
+# ------------------------------------------------------------------------------ indicators
+
+IND_PAIRS, IND_CANDLES = 50, 1000
+
+
+def _talib_all(talib, o, h, l, c, v) -> None:
+    """Every indicator of compute_all for one pair with TA-Lib (volume ratio from its SMA)."""
+    talib.RSI(c, 14)
+    for n in (12, 26, 50):
+        talib.EMA(c, n)
+    talib.MACD(c, 12, 26, 9)
+    talib.BBANDS(c, 20, 2.0, 2.0, 0)
+    talib.ATR(h, l, c, 14)
+    talib.MOM(c, 10)
+    np.divide(v, talib.SMA(v, 20))
+
+
+def _whole_array_rows(talib) -> list[Row]:
+    import indicators
+
+    data = random_candles(IND_PAIRS, IND_CANDLES)
+    per_pair = [tuple(np.ascontiguousarray(a[p]) for a in data) for p in range(IND_PAIRS)]
+    fns = [lambda: indicators.compute_all(*data),
+           lambda: [indicators.compute_all(*r) for r in per_pair]]
+    if talib is not None:
+        fns.append(lambda: [_talib_all(talib, *r) for r in per_pair])
+    t = median_times(*fns, number=3)
+    name = f"indicators {IND_PAIRS} pairs x {IND_CANDLES} candles, compute_all"
+    rows = [time_row(name, t[0], "per-pair Python loop of compute_all", t[1])]
+    if talib is not None:
+        rows.append(time_row(name, t[0], "TA-Lib, per pair (C)", t[2]))
+    return rows
+
+
+def _streaming_rows(talib) -> list[Row]:
+    import indicators
+
+    number = 300
+    extra = number * (7 + 1) + 1                 # enough new candles for every call
+    data = random_candles(IND_PAIRS, IND_CANDLES + extra, seed=1)
+    stream = indicators.StreamingIndicators.from_history(*(a[:, :IND_CANDLES] for a in data))
+    t = iter(range(IND_CANDLES, IND_CANDLES + extra))
+
+    def streaming() -> None:
+        i = next(t)
+        stream.update(*(a[:, i] for a in data))
+        stream.latest()
+
+    window = [a[:, extra - IND_CANDLES:extra] for a in data]
+    fns = [streaming, lambda: indicators.compute_all(*window)]
+    if talib is not None:
+        fns.append(lambda: [_talib_all(talib, *(a[p] for a in window)) for p in range(IND_PAIRS)])
+    times = median_times(*fns, number=[number] + [5] * (len(fns) - 1))
+    name = f"one new candle, {IND_PAIRS} pairs: StreamingIndicators.update + latest"
+    rows = [time_row(name, times[0], f"compute_all over {IND_CANDLES} candles", times[1], "us")]
+    if talib is not None:
+        rows.append(time_row(name, times[0], f"TA-Lib over {IND_CANDLES} candles per pair",
+                             times[2], "us"))
+    return rows
+
+
+def bench_indicators() -> list[Row]:
+    """Whole-array indicators vs per-pair loops and TA-Lib; one streaming candle vs recompute."""
+    try:
+        import talib
+    except ImportError:
+        talib = None
+        NOTES.append("TA-Lib not installed: the TA-Lib baselines were left out "
+                     "(pip install -r requirements-test.txt).")
+    return _whole_array_rows(talib) + _streaming_rows(talib)
+
+
+# ------------------------------------------------------------------------------ risk: groups
+
+def bench_groups() -> list[Row]:
+    """RiskManager.group_of (dict cache) vs _compute_group, over 1,000 symbols."""
+    from risk_manager import DEFAULT_GROUPS, RiskManager
+
+    risk = RiskManager(0.01, 5, 0.2, 2)
+    bases = sorted(set().union(*DEFAULT_GROUPS.values()))
+    bases += [f"ALT{i}" for i in range(1000 - len(bases))]
+    symbols = [f"{b}/USDT" for b in bases]
+    for s in symbols:
+        risk.group_of(s)                          # warm the cache
+
+    def cached() -> None:
+        for s in symbols:
+            risk.group_of(s)
+
+    def computed() -> None:
+        for s in symbols:
+            risk._compute_group(s)
+
+    t_cached, t_computed = (t / len(symbols) for t in median_times(cached, computed, number=20))
+    return [time_row(f"symbol-group lookup, group_of (cached), {len(symbols)} symbols",
+                     t_cached, "_compute_group (uncached)", t_computed, "ns")]
+
+
+# ------------------------------------------------------------------------------ scan
+
+def _rate_limit_floor(server, client) -> tuple[float, str]:
+    """Seconds the exchange's rate limit alone needs for the requests one scan made."""
+    api = client.ccxt.describe()["api"]["public"]["get"]
+    kline_cost = api["klines"]["cost"]
+    tickers_cost = api["ticker/24hr"]["noSymbol"]
+    klines = server.request_count("/api/v3/klines")
+    tickers = server.request_count("/api/v3/ticker/24hr")
+    spacing = client.ccxt.rateLimit / 1000.0
+    floor = (klines * kline_cost + tickers * tickers_cost) * spacing
+    return floor, (f"rate-limit floor (computed: {tickers} ticker/24hr x {tickers_cost:g} + "
+                   f"{klines} klines x {kline_cost:g}, x {client.ccxt.rateLimit} ms)")
+
+
+def _cold_scan(client, config) -> float:
+    """Seconds of one scan by a fresh MarketScanner (empty candle store)."""
+    from market_scanner import MarketScanner
+
+    scanner = MarketScanner(client, config)
+    start = time.perf_counter()
+    result = scanner.scan()
+    elapsed = time.perf_counter() - start
+    if len(result.view.symbols) != 50 or result.failed or result.timed_out:
+        raise RuntimeError(f"incomplete scan: {len(result.view.symbols)} pairs, "
+                           f"failed {dict(result.failed)}, timed out {result.timed_out}")
+    return elapsed
+
+
+def _cached_scan_row(client, data_dir: str, cold: float) -> Row:
+    from market_scanner import MarketScanner
+
+    scanner = MarketScanner(client, bot_config(data_dir, MARKET_SCAN_CACHE_DURATION=300))
+    scanner.scan()
+    hit = median_time(scanner.scan, number=1000)
+    if scanner.cache.hits < 1000:
+        raise RuntimeError(f"the scan cache did not serve the timed scans ({scanner.cache.hits} hits)")
+    return time_row("scan within MARKET_SCAN_CACHE_DURATION (cached)", hit,
+                    "cold parallel scan (above)", cold, "us")
+
+
+def _steady_scan_row(market, client, config, cold: float) -> Row:
+    """A scan once the universe and candles are held: one new candle per pair to fetch."""
+    from market_scanner import MarketScanner
+
+    scanner = MarketScanner(client, config)
+    scanner.scan()
+
+    def next_candle_scan() -> None:
+        market.advance(config.timeframe_seconds)
+        scanner.scan()
+
+    steady = median_time(next_candle_scan, repeat=3)
+    return time_row("scan 50 pairs, 100 ms latency: steady state (universe known, 1 new candle)",
+                    steady, "cold parallel scan (above)", cold, "s")
+
+
+def bench_scan() -> list[Row]:
+    """Full scan of 50 pairs with 100 ms injected latency: parallel vs serial vs rate limit."""
+    with simulated_exchange() as (market, server, client), tempfile.TemporaryDirectory() as tmp:
+        parallel = bot_config(tmp, MARKET_SCAN_CACHE_DURATION=0, MAX_PARALLEL_WORKERS=10)
+        serial = bot_config(tmp, MARKET_SCAN_CACHE_DURATION=0, MAX_PARALLEL_WORKERS=1)
+        _cold_scan(client, parallel)                          # warm connections
+        server.set_faults(latency=0.1)
+        server.reset_counters()
+        _cold_scan(client, parallel)
+        floor, floor_name = _rate_limit_floor(server, client)
+        t_par, t_ser = median_times(lambda: _cold_scan(client, parallel),
+                                    lambda: _cold_scan(client, serial), repeat=3, warmup=False)
+        if server.response_count(429):
+            NOTES.append(f"scan: the sim answered {server.response_count(429)} requests with 429")
+        name = "scan 50 pairs, 100 ms latency, 10 workers (cold store)"
+        return [time_row(name, t_par, "same scan, 1 worker (serial)", t_ser, "s"),
+                time_row(name, t_par, floor_name, floor, "s"),
+                _steady_scan_row(market, client, parallel, t_par),
+                _cached_scan_row(client, tmp, t_par)]
+
+
+# ------------------------------------------------------------------------------ one cycle's work
+
+CYCLE_HISTORY = 1000   # candles per pair: CANDLE_HISTORY (500) to start, the rest stream in
+
+
+class _CycleBench:
+    """The in-process work of one cycle once candles are in memory, two ways.
+
+    streaming: merge one new candle per pair into the candle store, the scanner's O(1)
+    indicator update, its MarketView, strategy.decide_entries (MarketScanner's own code).
+    recompute: the same merge, indicators.compute_all over the stored window, the same view
+    and decision.
+    """
+
+    def __init__(self, client, config, candles: dict[str, np.ndarray]):
+        from market_scanner import MarketScanner
+        from risk_manager import RiskManager
+        from strategy import StrategyParams
+
+        self.client, self.candles = client, candles
+        self.symbols = list(candles)
+        self.params = StrategyParams.from_config(config)
+        self.risk = RiskManager.from_config(config)
+        self.scanners = {way: MarketScanner(client, config) for way in ("streaming", "recompute")}
+        self.cursor = {way: config.candle_history for way in self.scanners}
+        for scanner in self.scanners.values():
+            for s in self.symbols:
+                scanner.store.merge(s, candles[s][:config.candle_history])
+        self.scanners["streaming"]._sync_indicators(self.symbols)
+
+    def _merge_next(self, way: str) -> None:
+        t = self.cursor[way]
+        self.cursor[way] += 1
+        for s in self.symbols:
+            self.scanners[way].store.merge(s, self.candles[s][t:t + 1])
+
+    def view(self, way: str):
+        self._merge_next(way)
+        scanner = self.scanners[way]
+        if way == "streaming":
+            scanner._sync_indicators(self.symbols)
+            return scanner._build_view()
+        from indicators import compute_all
+        from strategy import MarketView
+
+        arr = np.stack([scanner.store.get(s) for s in self.symbols])       # (P, T, 6)
+        ind = compute_all(*(arr[..., k] for k in range(1, 6)))
+        k = scanner.history_needed + 1
+        return MarketView(tuple(self.symbols), {n: v[:, -1] for n, v in ind.items()},
+                          arr[:, -k:, 4], int(arr[0, -1, 0]) + scanner.tf_ms)
+
+    def cycle(self, way: str, predict) -> None:
+        from strategy import decide_entries
+
+        decide_entries(self.view(way), {}, 10_000.0, 10_000.0, self.params, self.risk,
+                       self.client.prepare_order, predict)
+
+    def check_agreement(self) -> None:
+        """Both ways must see the same indicators, or the comparison means nothing."""
+        a, b = self.view("streaming"), self.view("recompute")
+        for name in a.latest:
+            if a.symbols != b.symbols or not np.allclose(a.latest[name], b.latest[name], rtol=1e-6):
+                raise RuntimeError(f"streaming and recomputed {name} disagree")
+
+
+def _trained_model_pair(candles: dict[str, np.ndarray], risk):
+    """Two MLModels (separate prediction caches) sharing one estimator trained on `candles`."""
+    from ml_model import LabelParams, MLModel, samples_from_candles, train_model
+
+    s = samples_from_candles(candles, LabelParams(timeframe_ms=300_000, fee_rate=risk.fee_rate))
+    estimator, meta = train_model(s.X, s.y, s.time_ms, s.label_end_ms, s.ret)
+    models = MLModel(), MLModel()
+    for m in models:
+        m.swap(estimator, meta)
+    return models
+
+
+def bench_cycle() -> list[Row]:
+    """One cycle's in-process work for 50 pairs: streaming update vs whole-history recompute."""
+    from sim_exchange import simulated_ohlcv
+
+    with simulated_exchange() as (_, _, client), tempfile.TemporaryDirectory() as tmp:
+        config = bot_config(tmp)
+        candles = simulated_ohlcv(50, 1, "5m", CYCLE_HISTORY)
+        bench = _CycleBench(client, config, candles)
+        bench.check_agreement()
+        ours_model, base_model = _trained_model_pair(candles, bench.risk)
+        name = f"one cycle, 50 pairs, {config.candle_history} candles held: streaming + decide"
+        base = f"compute_all over {config.candle_history} candles + decide"
+        rule = median_times(lambda: bench.cycle("streaming", None),
+                            lambda: bench.cycle("recompute", None), number=5)
+        model = median_times(lambda: bench.cycle("streaming", ours_model.predict_proba),
+                             lambda: bench.cycle("recompute", base_model.predict_proba), number=5)
+    return [time_row(f"{name} (rule)", rule[0], base, rule[1]),
+            time_row(f"{name} (model)", model[0], base, model[1])]
+
+
+# ------------------------------------------------------------------------------ monitor
+
+def bench_monitor() -> list[Row]:
+    """@time_function and timing() overhead, enabled and disabled, against bare code."""
+    from performance_monitor import PerformanceMonitor
+
+    on = PerformanceMonitor(enabled=True, slow_threshold=float("inf"))
+    off = PerformanceMonitor(enabled=False)
+    null = contextlib.nullcontext()
+
+    def noop() -> None:
+        pass
+
+    def block(ctx: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            with ctx():
+                pass
+        return run
+
+    n = 100_000
+    bare, t_on, t_off = median_times(noop, on.time_function(noop), off.time_function(noop),
+                                     number=n)
+    bare_b, b_on, b_off = median_times(block(lambda: null), block(lambda: on.timing("b")),
+                                       block(lambda: off.timing("b")), number=n)
+    return [time_row("monitor @time_function no-op, enabled", t_on, "bare no-op call", bare, "ns"),
+            time_row("monitor @time_function no-op, disabled", t_off, "bare no-op call", bare, "ns"),
+            time_row("monitor timing() empty block, enabled", b_on, "with nullcontext()", bare_b, "ns"),
+            time_row("monitor timing() empty block, disabled", b_off, "with nullcontext()", bare_b, "ns")]
+
+
+# ------------------------------------------------------------------------------ ML
+
+def _synthetic_ohlcv(pairs: int, candles: int, seed: int = 0) -> dict[str, np.ndarray]:
+    o, h, l, c, v = random_candles(pairs, candles, seed)
+    ts = 1_700_000_000_000 + 300_000 * np.arange(candles)
+    return {f"C{i}/USDT": np.stack([ts, o[i], h[i], l[i], c[i], v[i]], axis=1) for i in range(pairs)}
+
+
+def _ml_feature_rows(m, latest: dict, recent: np.ndarray) -> list[Row]:
+    def per_pair() -> None:
+        for i in range(len(recent)):
+            m.prepare_features({k: v[i:i + 1] for k, v in latest.items()}, recent[i:i + 1])
+
+    batched, looped = median_times(lambda: m.prepare_features(latest, recent), per_pair,
+                                   number=(200, 10))
+    return [time_row("ml features, 50 pairs, one batched call", batched, "per-pair loop", looped)]
+
+
+def _ml_predict_rows(model, X50: np.ndarray, kind: str) -> list[Row]:
+    batched, single = median_times(
+        lambda: model.predict_proba(X50),
+        lambda: [model.predict_proba(X50[i:i + 1]) for i in range(len(X50))], number=(50, 2))
+    one, key = X50[:1], [(50.0, 0.01, 0.2, 1.1)]
+    model.predict_proba(one, key)                                   # fill the cache
+    hit, miss = median_times(lambda: model.predict_proba(one, key),
+                             lambda: model.predict_proba(one), number=(2000, 200))
+    return [time_row(f"ml predict, 50 pairs ({kind}), one batched call", batched,
+                     "50 single calls", single),
+            time_row("ml prediction, cache hit", hit, "uncached single prediction", miss, "us")]
+
+
+def _ml_fit_rows(m, X: np.ndarray, y: np.ndarray, t, end, ret) -> list[Row]:
+    X64 = X.astype(np.float64)     # train_model fits on float64, as here
+    fit, train, forest = median_times(
+        lambda: m.make_estimator().fit(X64, y), lambda: m.train_model(X, y, t, end, ret),
+        lambda: m.make_estimator("forest").fit(X64, y), repeat=3, warmup=False)
+    base = "RandomForest(100 trees) fit"
+    return [time_row(f"ml fit, {len(y):,} records ({m.DEFAULT_MODEL_KIND})", fit, base, forest, "s"),
+            time_row(f"ml train_model, {len(y):,} records (holdout fit + refit)", train, base,
+                     forest, "s")]
+
+
+def _traced_mib(build: Callable[[], object]) -> float:
+    """MiB still allocated (tracemalloc: Python objects and numpy buffers) by build()."""
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    kept = build()
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    del kept
+    return used / 2 ** 20
+
+
+def _ml_memory_rows(m, samples, n: int) -> list[Row]:
+    X, y, ret, t = samples.X[-n:], samples.y[-n:], samples.ret[-n:], samples.time_ms[-n:]
+
+    def training_data():
+        data = m.TrainingData()
+        data.add(X, y, ret, t, samples.label_end_ms[-n:], keys=samples.key[-n:])
+        return data
+
+    def dicts():
+        return [{**dict(zip(m.FEATURE_NAMES, X[i].tolist())), "label": int(y[i]),
+                 "return": float(ret[i]), "time": int(t[i]), "source": "history"} for i in range(n)]
+
+    return [Row(f"ml training data, {n:,} records (TrainingData, 20,000 preallocated)",
+                _traced_mib(training_data), "MiB", "list of dicts of Python floats",
+                _traced_mib(dicts))]
+
+
+def bench_ml() -> list[Row]:
+    """Features, batched prediction, prediction cache, training time and training memory."""
+    import ml_model as m
+    from indicators import compute_all
+
+    candles = _synthetic_ohlcv(50, 500)
+    arr = np.stack(list(candles.values()))
+    ind = compute_all(*(arr[..., i] for i in range(1, 6)))
+    latest = {k: v[:, -1] for k, v in ind.items()}
+    recent = arr[:, -(m.HISTORY_NEEDED + 1):, 4]
+    samples = m.samples_from_candles(candles)
+    n = 15_000
+    X, y = samples.X[-n:], samples.y[-n:]
+    t, end, ret = samples.time_ms[-n:], samples.label_end_ms[-n:], samples.ret[-n:]
+    model = m.MLModel()
+    model.swap(*m.train_model(X, y, t, end, ret))
+    X50 = m.prepare_features(latest, recent)
+    return (_ml_feature_rows(m, latest, recent)
+            + _ml_predict_rows(model, X50, m.DEFAULT_MODEL_KIND)
+            + _ml_fit_rows(m, X, y, t, end, ret)
+            + _ml_memory_rows(m, samples, n))
+
+
+# ------------------------------------------------------------------------------ LLM
+
+_LLM_STATE = dict(symbol="ETH/USDT", candle_ts=1_700_000_000_000, price=2000.0, change_1=0.05,
+                  change_6=0.2, change_24=-0.4, rsi=44.0, macd_hist=0.4, bb_position=0.4,
+                  atr_pct=0.3, momentum_pct=0.1, volume_ratio=1.2, model_probability=0.62,
+                  open_positions=1, max_positions=5)
+
+
+def _llm_states(n: int, offset: int = 0) -> list[dict]:
+    return [dict(_LLM_STATE, symbol=f"P{i}/USDT", rsi=30.0 + i % 40, price=100.0 + i)
+            for i in range(offset, offset + n)]
+
+
+def _llm_config(url: str):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(llm_provider="openai", llm_base_url=url, llm_model="bench",
+                           llm_api_key="", llm_timeout=5.0, llm_cycle_budget=20.0,
+                           llm_max_calls_per_cycle=10, llm_cache_ttl=90.0,
+                           llm_cache_max_size=1000, llm_on_failure="reject")
+
+
+def _llm_key_rows() -> list[Row]:
+    import hashlib
+
+    from llm_cache import LLMCache
+
+    cache, states = LLMCache(), _llm_states(200)
+
+    def exact() -> None:
+        for s in states:
+            hashlib.md5(json.dumps(s, sort_keys=True).encode()).hexdigest()
+
+    ours, base = median_times(lambda: [cache.key(s) for s in states], exact, number=10)
+    return [time_row("llm cache key generation, per state", ours / len(states),
+                     "md5(json.dumps(state)) exact key", base / len(states), "us")]
+
+
+def _llm_hit_rows(url: str) -> list[Row]:
+    from llm_advisor import LLMAdvisor
+
+    advisor = LLMAdvisor(_llm_config(url))
+    try:
+        advisor.confirm([_LLM_STATE])                               # fill the cache
+        fresh = iter(_llm_states(20, offset=100))
+        hit, call = median_times(lambda: advisor.cache.get(_LLM_STATE),
+                                 lambda: advisor.confirm([next(fresh)]),
+                                 number=(1000, 1), repeat=3)
+    finally:
+        advisor.close()
+    return [time_row("llm answer from the cache", hit, "chat-completions call, 500 ms server",
+                     call)]
+
+
+def _llm_cycle_rows(url: str) -> list[Row]:
+    from llm_advisor import LLMAdvisor
+
+    warm, cold = [], []
+    for r in range(repeats(3)):
+        advisor = LLMAdvisor(_llm_config(url))
+        states = _llm_states(10, offset=200 + 10 * r)
+        try:
+            for times, source in ((cold, "llm"), (warm, "cache")):
+                start = time.perf_counter()
+                answers = advisor.confirm(states)
+                times.append(time.perf_counter() - start)
+                if {d.source for d in answers.values()} != {source}:
+                    raise RuntimeError(f"expected every answer from the {source}: {answers}")
+        finally:
+            advisor.close()
+    return [time_row("llm cycle, 10 candidates, cache warm", statistics.median(warm),
+                     "same, cache cold (10 parallel calls)", statistics.median(cold))]
+
+
+def _llm_replay_rows() -> list[Row]:
+    from tests.chat_server import replay
+
+    shipped = replay(seed=1, candles=288)
+    exact_only = replay(seed=1, candles=288, ttl=0.0)
+    return [Row("llm replay hit rate (1 day of 5m candles, checks every 60 s)",
+                shipped.hit_rate * 100, "%", "same-candle reuse only (LLM_CACHE_TTL=0)",
+                exact_only.hit_rate * 100, higher_is_better=True),
+            Row("llm replay agreement of similar-state hits", shipped.similar_agreement * 100,
+                "%", "reusing a pair's last answer by symbol",
+                shipped.symbol_only_agreement * 100, higher_is_better=True)]
+
+
+def bench_llm() -> list[Row]:
+    """Cache key, cache hit vs LLM call, 10-candidate cycle warm vs cold, replay figures."""
+    from tests.chat_server import ChatServer
+
+    rows = _llm_key_rows()
+    with ChatServer(latency=0.5) as server:
+        rows += _llm_hit_rows(server.url) + _llm_cycle_rows(server.url)
+    return rows + _llm_replay_rows()
+
+
+# ------------------------------------------------------------------------------ backtest
+
+BT_PAIRS, BT_CANDLES = 10, 5760
+FREQTRADE_SECONDS, FREQTRADE_MIB = 4.2, 436.0     # quoted in issue 5 (freqtrade 2026.9)
+QUOTED = "freqtrade 2026.9, no ML (QUOTED from issue 5, not measured here)"
+
+# Runs in a fresh interpreter: loads the data set, times run_backtest, prints JSON. With
+# REPEATS 0 it only imports what the run would and loads the data (the memory baseline).
+_BT_CASE = r"""
+import json, re, statistics, sys, time
+from pathlib import Path
+import numpy as np
+import backtest as bt
+from risk_manager import RiskManager
+from strategy import StrategyParams
+
+PAIRS, CANDLES, REPEATS = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[4])
+USE_MODEL = sys.argv[3] == "1"
+
+def data():
+    from candle_files import find_candle_files, read_candles
+    for d in (Path.cwd().parent / "shared" / "ohlcv", Path("/work/shared/ohlcv")):
+        if d.is_dir():
+            files = [p for s, p in sorted(find_candle_files(d, "5m").items()) if s.endswith("/BTC")]
+            real = [a for a in (read_candles(p, "5m") for p in files) if len(a) >= CANDLES - 100]
+            if real:
+                out = {}
+                for k in range(PAIRS):      # repeat the files, each copy's prices scaled
+                    a = real[k % len(real)][-CANDLES:].copy()
+                    a[:, 1:5] *= 1.0 + 0.01 * k
+                    out[f"P{k:02d}/BTC"] = a
+                return out, "real files in shared/ohlcv, repeated", 1.0
+    from sim_exchange import simulated_ohlcv
+    return simulated_ohlcv(PAIRS, 1, "5m", CANDLES), "simulated_ohlcv", 10_000.0
+
+candles, source, balance = data()
+if REPEATS == 0 and USE_MODEL:
+    import ml_model
+    ml_model.make_estimator()            # the model's libraries, imported
+def peak_mib():
+    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 1024
+
+times, r = [], None
+for _ in range(REPEATS):
+    s = bt.BacktestSettings(starting_balance=balance)
+    risk = RiskManager(0.01, 5, 0.2, 2, fee_rate=0.001)
+    t = time.perf_counter()
+    r = bt.run_backtest(candles, use_model=USE_MODEL, params=StrategyParams(timeframe_ms=300_000),
+                        risk=risk, settings=s)
+    times.append(time.perf_counter() - t)
+print(json.dumps({"seconds": statistics.median(times) if times else None,
+                  "trades": len(r.trades) if r else 0, "trainings": r.trainings if r else 0,
+                  "candles": int(sum(len(a) for a in candles.values())), "source": source,
+                  "peak_mib": peak_mib()}))
+"""
+
+# The naive replay's extra cost: indicators recomputed over the history at every step,
+# measured at 17 history lengths and interpolated over all steps.
+_BT_NAIVE = r"""
+import json, sys, time
+import numpy as np
+from indicators import compute_all
+from sim_exchange import simulated_ohlcv
+
+PAIRS, CANDLES = int(sys.argv[1]), int(sys.argv[2])
+arr = np.stack(list(simulated_ohlcv(PAIRS, 1, "5m", CANDLES).values()))
+compute_all(*(arr[:, :60, k] for k in range(1, 6)))          # imports, first-call costs
+points = np.linspace(60, CANDLES, 17).astype(int)
+cost = []
+for t in points:
+    cols = [np.ascontiguousarray(arr[:, :t, k]) for k in range(1, 6)]
+    reps = []
+    for _ in range(3):
+        s = time.perf_counter()
+        compute_all(*cols)
+        reps.append(time.perf_counter() - s)
+    cost.append(min(reps))
+print(json.dumps({"seconds": float(np.interp(np.arange(1, CANDLES + 1), points, cost).sum())}))
+"""
+
+
+def _bt_run(code: str, *args: object) -> dict:
+    out, _, _ = run_child([sys.executable, "-c", code, *map(str, args)], timeout=600)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def bench_backtest() -> list[Row]:
+    """Candles/s and peak memory for 10 pairs x 5,760 5m candles, with and without the model."""
+    rule = _bt_run(_BT_CASE, BT_PAIRS, BT_CANDLES, 0, repeats(3))
+    model = _bt_run(_BT_CASE, BT_PAIRS, BT_CANDLES, 1, repeats(3))
+    loaded = _bt_run(_BT_CASE, BT_PAIRS, BT_CANDLES, 0, 0)
+    loaded_ml = _bt_run(_BT_CASE, BT_PAIRS, BT_CANDLES, 1, 0)
+    naive = _bt_run(_BT_NAIVE, BT_PAIRS, BT_CANDLES)
+    n = rule["candles"]
+    rule_rate, model_rate = n / rule["seconds"], n / model["seconds"]
+    quoted_rate = BT_PAIRS * BT_CANDLES / FREQTRADE_SECONDS
+    tag = f"{BT_PAIRS}x{BT_CANDLES} 5m"
+    NOTES.append(f"backtest data: {rule['source']}; the model run made {model['trainings']} "
+                 f"walk-forward fits per replay.")
+    rule_name, model_name = f"backtest no model, {tag}", f"backtest walk-forward model, {tag}"
+    return [
+        Row(f"{rule_name}: candles/s", rule_rate, "candles/s",
+            "naive replay: compute_all over the history every step (estimated from 17 measured "
+            "lengths)", n / (rule["seconds"] + naive["seconds"]), higher_is_better=True),
+        Row(f"{rule_name}: candles/s", rule_rate, "candles/s", QUOTED, quoted_rate,
+            higher_is_better=True),
+        Row(f"{rule_name}: peak RSS", rule["peak_mib"], "MiB",
+            "same process: imports + data loaded, no replay", loaded["peak_mib"]),
+        Row(f"{rule_name}: peak RSS", rule["peak_mib"], "MiB", QUOTED, FREQTRADE_MIB),
+        Row(f"{model_name}: candles/s", model_rate, "candles/s", "same replay without the model",
+            rule_rate, higher_is_better=True),
+        Row(f"{model_name}: candles/s", model_rate, "candles/s", QUOTED, quoted_rate,
+            higher_is_better=True),
+        Row(f"{model_name}: peak RSS", model["peak_mib"], "MiB",
+            "same process: imports incl. sklearn + data, no replay", loaded_ml["peak_mib"]),
+        Row(f"{model_name}: peak RSS", model["peak_mib"], "MiB", QUOTED, FREQTRADE_MIB),
+    ]
+
+
+# ------------------------------------------------------------------------------ memory of a long run
+
+MEMORY_CYCLES = 500
+MEMORY_REPORT_EVERY = 50
+
+
+def _bot_env(data_dir: str, report_every: int) -> dict[str, str]:
+    keep = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
+    return keep | {"DATA_DIR": data_dir, "SIM_SPEED": "10000", "CHECK_INTERVAL": "60",
+                   "SIM_PAIRS": "50", "PERFORMANCE_REPORT_INTERVAL": str(report_every),
+                   "ML_ENABLED": "true", "LOG_LEVEL": "WARNING"}
+
+
+def _rss_by_cycle(stdout: str) -> dict[int, float]:
+    """Cycle -> RSS (MiB) from the performance reports' `memory: rss X MiB` lines."""
+    out, cycle = {}, 0
+    for line in stdout.splitlines():
+        if m := re.match(r"cycle\s+(\d+) \|", line):
+            cycle = int(m.group(1))
+        elif m := re.match(r"memory: rss ([\d.]+) MiB", line):
+            out[cycle] = float(m.group(1))
+    return out
+
+
+def _run_summary(stdout: str, cycles: int, wall: float) -> str:
+    """How long the run took and where the time went, from the bot's status lines."""
+    status = re.findall(r"^cycle\s+\d+ \|\s*([\d.]+)s \| pairs \d+( cached)? \|", stdout, re.M)
+    scans = [float(sec) for sec, cached in status if not cached]
+    scan_s = f"{statistics.median(scans):.2f} s" if scans else "n/a"
+    return (f"memory: the {cycles}-cycle bot run (SIM_SPEED 10000, CHECK_INTERVAL 60, 50 pairs, "
+            f"ML on, PERFORMANCE_REPORT_INTERVAL {MEMORY_REPORT_EVERY}, LOG_LEVEL WARNING) took "
+            f"{wall:.0f} s wall for {len(status)} cycles: {len(status) - len(scans)} served by the "
+            f"scan cache, {len(scans)} scanning (median {scan_s} each, mostly the rate limit's "
+            "spacing; see the scan section).")
+
+
+def bench_memory(cycles: int = MEMORY_CYCLES) -> list[Row]:
+    """Peak RSS of a long bot run (ML on) vs the libraries alone; RSS growth over the run."""
+    libs = "import ccxt, numpy, sklearn.linear_model"
+    libs_peak = float(run_child([sys.executable, "-c", libs + PRINT_PEAK])[0].split()[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        stdout, peak, wall = run_child(
+            [sys.executable, "bot.py", "--env-file", os.devnull, "--cycles", str(cycles)],
+            env=_bot_env(tmp, MEMORY_REPORT_EVERY))
+    NOTES.append(_run_summary(stdout, cycles, wall))
+    name = f"bot run, {cycles} cycles, 50 pairs, ML on"
+    rows = [Row(f"{name}: peak RSS", peak, "MiB", f"python -c '{libs}' peak RSS", libs_peak)]
+    rss = _rss_by_cycle(stdout)
+    if len(rss) < 2:
+        NOTES.append("memory: fewer than two performance reports, RSS growth not measured.")
+        return rows
+    first, last = min(rss), max(rss)
+    NOTES.append("memory: RSS (MiB) by cycle " + ", ".join(f"{c}: {v:.0f}" for c, v in sorted(rss.items())))
+    return rows + [Row(f"{name}: RSS after cycle {last} (leak check)", rss[last], "MiB",
+                       f"RSS after cycle {first}", rss[first])]
+
+
+# ------------------------------------------------------------------------------ main
+
+SECTIONS: dict[str, Callable[[], list[Row]]] = {
+    "startup": bench_startup, "sim": bench_sim, "indicators": bench_indicators,
+    "groups": bench_groups, "cycle": bench_cycle, "scan": bench_scan, "monitor": bench_monitor,
+    "ml": bench_ml, "llm": bench_llm, "backtest": bench_backtest, "memory": bench_memory,
+}
+
+
+def machine() -> dict[str, str]:
+    import ccxt
+    import sklearn
+
+    return {"cores": f"{os.cpu_count()} (usable {len(os.sched_getaffinity(0))})",
+            "python": platform.python_version(), "numpy": np.__version__,
+            "ccxt": ccxt.__version__, "sklearn": sklearn.__version__,
+            "platform": platform.platform()}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                   default=list(SECTIONS), help="comma-separated sections: " + ", ".join(SECTIONS))
+    p.add_argument("--quick", action="store_true",
+                   help=f"about half the repeats, and a 100-cycle memory run (not {MEMORY_CYCLES})")
+    p.add_argument("--memory-cycles", type=int, default=None,
+                   help=f"cycles of the memory run (default {MEMORY_CYCLES}; 100 with --quick)")
+    p.add_argument("--json", type=Path, help="also write the rows (and notes) here as JSON")
+    args = p.parse_args(argv)
+    unknown = set(args.only) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown section(s) {', '.join(sorted(unknown))}; use {', '.join(SECTIONS)}")
+    return args
+
+
+def run_sections(names: Sequence[str], memory_cycles: int) -> tuple[list, list[str]]:
+    done, failed = [], []
+    for name in names:
+        start = time.perf_counter()
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        try:
+            rows = bench_memory(memory_cycles) if name == "memory" else SECTIONS[name]()
+        except Exception as exc:  # one broken section must not lose the others' figures
+            import traceback
+            traceback.print_exc()
+            failed.append(f"{name}: {type(exc).__name__}: {exc}")
+            continue
+        done.append((name, rows))
+        print(f"  {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    return done, failed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    global QUICK
+    args = parse_args(argv)
+    QUICK = args.quick
+    memory_cycles = args.memory_cycles or (100 if QUICK else MEMORY_CYCLES)
+    sys.path.insert(0, str(ROOT))
+    os.chdir(ROOT)
+    started = time.perf_counter()
+    info = machine()
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    print("Figures are medians of repeats from this one run" + (" (--quick)" if QUICK else "")
+          + "; each baseline was measured in the same run unless labelled QUOTED or computed. "
+          "ratio = how many times better than the baseline: baseline/value for times and "
+          "memory, value/baseline for rates and percentages.\n")
+    done, failed = run_sections(args.only, memory_cycles)
+    print_table(done)
+    total = time.perf_counter() - started
+    for line in NOTES + [f"FAILED {f}" for f in failed] + [f"total runtime {total:.0f} s"]:
+        print(f"note: {line}")
+    if args.json:
+        rows = [asdict(r) | {"section": s, "ratio": r.ratio} for s, rs in done for r in rs]
+        args.json.write_text(json.dumps({"machine": info, "quick": QUICK, "rows": rows,
+                                         "notes": NOTES, "failed": failed,
+                                         "seconds": total}, indent=1))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
