@@ -1,6 +1,5 @@
 """The backtester: exact accounting on a hand-built market, no look-ahead, gaps, the report."""
 import json
-import logging
 import math
 import tempfile
 import unittest
@@ -13,6 +12,7 @@ import backtest as bt
 from exchange import OrderRejected
 from risk_manager import RiskManager
 from strategy import StrategyParams
+from tests.test_candle_files import RootLogging
 
 TF = 300_000                          # 5m
 T0 = 1_704_067_200_000                # 2024-01-01 00:00 UTC
@@ -229,16 +229,6 @@ class TestGapsAndMisalignedPairs(unittest.TestCase):
         self.assertEqual(result.times_ms[0], T0 + 200 * TF)
         self.assertEqual(result.times_ms[-1], T0 + 299 * TF)
         self.assertEqual([t.symbol for t in result.trades], ["BBB/USDT", "CCC/USDT"])
-
-
-class RootLogging:
-    """Restores the root logger after a test that runs a CLI command (which configures it)."""
-
-    def setUp(self):
-        root = logging.getLogger()
-        saved = (root.handlers[:], root.level)
-        self.addCleanup(lambda: (setattr(root, "handlers", saved[0]), root.setLevel(saved[1])))
-        super().setUp()
 
 
 def perturbed(candles: dict, cut: int, seed: int = 7) -> dict:
