@@ -6,16 +6,13 @@ callables.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from ml_model import prepare_features
 from risk_manager import RiskManager, RoundOrder
-
-# Indicators the pipeline reads; a MarketView's `latest` must hold all of them.
-REQUIRED_INDICATORS = ("rsi", "ema_fast", "ema_slow", "ema_trend", "macd_hist", "atr",
-                       "momentum", "volume_ratio", "bb_upper", "bb_lower")
 
 Predict = Callable[[np.ndarray, Sequence[tuple]], np.ndarray]
 Confirm = Callable[[list[dict]], Mapping[str, bool]]
@@ -92,7 +89,6 @@ class Candidate:
     score: float
     probability: float | None
     features: tuple[float, ...] | None
-    state: Mapping[str, float | str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -202,8 +198,6 @@ def llm_state(view: MarketView, i: int, probability: float | None,
 def find_candidates(view: MarketView, params: StrategyParams, held: set[str],
                     predict: Predict | None = None) -> tuple[list[Candidate], bool]:
     """Rank pairs worth entering: by model probability when a model is ready, else by rule."""
-    from ml_model import prepare_features
-
     features = prepare_features(view.latest, view.recent_close)
     usable = np.isfinite(features).all(axis=1) & np.isfinite(view.latest["atr"])
     usable &= np.array([s not in held for s in view.symbols], dtype=bool)
