@@ -54,6 +54,22 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
+def exit_without_stray_requests() -> None:
+    """Exit now if abandoned requests are still in flight (all state is saved by now).
+
+    A scan abandons a hung request after SCAN_TIMEOUT, but its pool thread lives on until
+    the HTTP timeout and retries end, and Python waits for such threads at exit.
+    """
+    stray = [t for t in threading.enumerate()
+             if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if stray:
+        log.info("not waiting for %d abandoned request(s) still in flight", len(stray))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
 class StopSignals:
     """First SIGINT/SIGTERM: stop after the current step. A second Ctrl-C: exit at once."""
 
@@ -129,6 +145,7 @@ def run(ctx: click.Context, cycles: int | None, assume_yes: bool) -> None:
         fail(f"{exc}; the bot stopped without trading further")
     finally:
         trader.close()
+    exit_without_stray_requests()
 
 
 @cli.command("config")

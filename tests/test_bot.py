@@ -75,7 +75,7 @@ class TestBadConfig(unittest.TestCase):
 class TestTrading(unittest.TestCase):
     def test_paper_run_opens_and_closes_positions_and_reports(self):
         with tempfile.TemporaryDirectory() as tmp:
-            env = bot_env(tmp, PERFORMANCE_REPORT_INTERVAL="5", MAX_HOLD_CANDLES="4")
+            env = bot_env(tmp, PERFORMANCE_REPORT_INTERVAL="5", MAX_HOLD_CANDLES="1")
             proc = run_bot(["--cycles", "12"], env, timeout=180)
             self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
             out = proc.stdout
