@@ -250,6 +250,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("STOP_LOSS_ATR", 2.0, *_real(0, open_lo=True)),
     Var("TAKE_PROFIT_ATR", 3.0, *_real(0, open_lo=True)),
     Var("MAX_HOLD_CANDLES", 48, *_whole(1)),
+    Var("COOLDOWN_CANDLES", 1, *_whole(0, 1000)),
     Var("DATA_DIR", Path("user_data"), *_directory()),
     Var("LOG_LEVEL", "INFO", *_choice(("DEBUG", "INFO", "WARNING", "ERROR"), str.upper)),
     Var("SIM_SPEED", 60.0, *_real(1, 10000)),
@@ -323,6 +324,7 @@ class Config:
     stop_loss_atr: float
     take_profit_atr: float
     max_hold_candles: int
+    cooldown_candles: int
     data_dir: Path
     log_level: str
     sim_speed: float

@@ -1,62 +1,35 @@
-"""The exchange layer: building the ccxt client, retries, precision and limits, brokers.
+"""The exchange layer: the ccxt client with retries, the shared rate limit and market rules.
 
 `create_client(config)` gives an `ExchangeClient` for any ccxt exchange id; "simulated"
 starts sim_exchange in-process on a free port and points an unmodified `ccxt.binance` at
 it. Every ccxt call goes through `ExchangeClient.call`, which retries only errors a retry
-can help with. `PaperBroker` (DRY_RUN) fills against the live order book with the
-market's fees; `LiveBroker` sends real orders with client order ids so a retried order is
-never placed twice.
-
-Fill convention (both brokers): a buy spends `cost + fee` quote and adds `amount` base; a
-sell removes `amount` base and adds `cost - fee` quote. `fee` is always in quote.
+can help with. Orders are the brokers' job (brokers.py).
 """
 from __future__ import annotations
 
 import email.utils
 import hashlib
-import itertools
 import logging
-import math
 import random
 import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
-import numpy as np
+import ccxt
+from requests.adapters import HTTPAdapter
 
-if TYPE_CHECKING:
-    from sim_exchange import SimExchangeServer, SimMarket
+from domain import ExchangeError, OrderNotFound, OrderRejected
+from market_rules import MarketRules
+from sim_exchange import SimExchangeServer, ccxt_overrides
+from sim_market import SimMarket
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_MS = 10_000
 CLIENT_ORDER_ID_RE = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
-
-
-class ExchangeError(Exception):
-    """An exchange failure a retry cannot fix (or retries ran out); the message is one line."""
-
-
-class OrderRejected(ExchangeError):
-    """An order refused locally (precision, limits, cash) or by the exchange."""
-
-
-class OrderNotFound(ExchangeError):
-    """The exchange does not know the order asked for."""
-
-
-def _ccxt():
-    import ccxt  # heavy: imported only when an exchange is actually used
-
-    return ccxt
-
-
-def _fmt(x: float | None) -> str:
-    return "none" if x is None else f"{x:.10g}"
 
 
 # --------------------------------------------------------------------------------------
@@ -117,8 +90,8 @@ def _retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
 class ExchangeClient:
     """One ccxt instance shared by all threads, with the retry policy and market helpers."""
 
-    def __init__(self, exchange: Any, *, sim: "SimMarket | None" = None,
-                 sim_server: "SimExchangeServer | None" = None, owns_server: bool = False,
+    def __init__(self, exchange: Any, *, sim: SimMarket | None = None,
+                 sim_server: SimExchangeServer | None = None, owns_server: bool = False,
                  quote: str = "USDT", attempts: int = 5, base_delay: float = 0.5,
                  max_delay: float = 30.0, max_retry_after: float = 120.0):
         self.ccxt = exchange
@@ -135,6 +108,7 @@ class ExchangeClient:
         self._markets_lock = threading.Lock()
         self._bursts: dict[tuple[str, str], int] = {}
         self._bursts_lock = threading.Lock()
+        self._rules: dict[str, MarketRules] = {}
         self._install_hooks()
 
     @property
@@ -143,8 +117,6 @@ class ExchangeClient:
 
     def _install_hooks(self) -> None:
         """Thread-safe throttle, a connection pool for many threads, per-thread headers."""
-        from requests.adapters import HTTPAdapter
-
         ex = self.ccxt
         ex.enableRateLimit = True
         ex.throttle = self.limiter.throttle
@@ -177,7 +149,6 @@ class ExchangeClient:
 
     def with_retries(self, name: str, attempt: Callable[[int], T], *, idempotent: bool = True) -> T:
         """Run attempt(0), attempt(1), ... until one succeeds or an error is not retryable."""
-        ccxt = _ccxt()
         i = 0
         while True:
             self._local.headers = None
@@ -210,7 +181,6 @@ class ExchangeClient:
 
     @staticmethod
     def _retryable(exc: Exception, idempotent: bool) -> bool:
-        ccxt = _ccxt()
         refused = (ccxt.DDoSProtection, ccxt.RateLimitExceeded, ccxt.InvalidNonce)
         if isinstance(exc, refused):
             return True
@@ -218,7 +188,6 @@ class ExchangeClient:
 
     def _backoff(self, name: str, exc: Exception, attempt: int) -> float:
         """Full-jitter capped exponential delay; at least Retry-After when the answer had one."""
-        ccxt = _ccxt()
         delay = random.uniform(0.0, min(self.max_delay, self.base_delay * 2 ** attempt))
         retry_after = _retry_after_seconds(getattr(self._local, "headers", None))
         if retry_after is not None:
@@ -270,7 +239,6 @@ class ExchangeClient:
 
     def _translate(self, name: str, exc: Exception) -> ExchangeError:
         """The ccxt error as ExchangeError / OrderRejected / OrderNotFound with one clear line."""
-        ccxt = _ccxt()
         what = f"{self.id} {name}"
         desc = self._describe(exc)
         if isinstance(exc, ccxt.AuthenticationError):
@@ -321,50 +289,13 @@ class ExchangeClient:
         return self.call("fetch_order_book", symbol, limit)
 
     # -- precision and limits ---------------------------------------------------------
-    def prepare_order(self, symbol: str, side: str, amount: float,
-                      price: float) -> tuple[float, float]:
-        """(amount, price) rounded to the market's step and tick; OrderRejected if off-limits."""
-        market = self.market(symbol)
-        if side not in ("buy", "sell"):
-            raise OrderRejected(f"{symbol}: side {side!r} is neither buy nor sell")
-        if not (amount > 0 and math.isfinite(amount)):
-            raise OrderRejected(f"{symbol}: amount {_fmt(amount)} is not a positive number")
-        if not (price is not None and price > 0 and math.isfinite(price)):
-            raise OrderRejected(f"{symbol}: price {_fmt(price)} is not a positive number")
-        limits = market.get("limits") or {}
-        rounded = self._round_amount(symbol, amount)
-        rprice = self._round_price(symbol, price)
-        shown = _fmt(amount) if rounded == amount else f"{_fmt(amount)} (rounded {_fmt(rounded)})"
-        lo, hi = _limit(limits, "amount")
-        if rounded <= 0 or (lo is not None and rounded < lo):
-            minimum = lo if lo is not None else (market.get("precision") or {}).get("amount")
-            raise OrderRejected(f"{symbol}: amount {shown} below minimum {_fmt(minimum)}")
-        if hi is not None and rounded > hi:
-            raise OrderRejected(f"{symbol}: amount {shown} above maximum {_fmt(hi)}")
-        lo, hi = _limit(limits, "price")
-        if (lo is not None and rprice < lo) or (hi is not None and rprice > hi):
-            raise OrderRejected(f"{symbol}: price {_fmt(rprice)} outside [{_fmt(lo)}, {_fmt(hi)}]")
-        notional = rounded * rprice
-        lo, hi = _limit(limits, "cost")
-        if lo is not None and notional < lo:
-            raise OrderRejected(f"{symbol}: notional {_fmt(notional)} below minimum {_fmt(lo)}")
-        if hi is not None and notional > hi:
-            raise OrderRejected(f"{symbol}: notional {_fmt(notional)} above maximum {_fmt(hi)}")
-        return rounded, rprice
-
-    def _round_amount(self, symbol: str, amount: float) -> float:
-        ccxt = _ccxt()
-        try:
-            return float(self.ccxt.amount_to_precision(symbol, amount))  # TRUNCATE to the step
-        except ccxt.InvalidOrder:  # rounds to zero
-            return 0.0
-
-    def _round_price(self, symbol: str, price: float) -> float:
-        ccxt = _ccxt()
-        try:
-            return float(self.ccxt.price_to_precision(symbol, price))  # nearest tick
-        except ccxt.InvalidOrder as exc:
-            raise OrderRejected(f"{symbol}: price {_fmt(price)} below one tick") from exc
+    def rules(self, symbol: str) -> MarketRules:
+        """The market's fees, precision and limits (markets never change while the bot runs)."""
+        rules = self._rules.get(symbol)
+        if rules is None:
+            rules = MarketRules.from_ccxt(self.market(symbol), self.ccxt.precisionMode)
+            self._rules[symbol] = rules
+        return rules
 
     # -- lifecycle --------------------------------------------------------------------
     def close(self) -> None:
@@ -380,12 +311,6 @@ class ExchangeClient:
         self.close()
 
 
-def _limit(limits: Mapping, key: str) -> tuple[float | None, float | None]:
-    entry = limits.get(key) or {}
-    lo, hi = entry.get("min"), entry.get("max")
-    return (float(lo) if lo else None), (float(hi) if hi else None)
-
-
 # --------------------------------------------------------------------------------------
 # building clients
 # --------------------------------------------------------------------------------------
@@ -399,16 +324,14 @@ def _ccxt_config(api_key: str, secret: str, timeout_ms: int) -> dict:
     return config
 
 
-def sim_client(server: "SimExchangeServer", market: "SimMarket", api_key: str, api_secret: str,
+def sim_client(server: SimExchangeServer, market: SimMarket, api_key: str, api_secret: str,
                *, owns_server: bool = False, timeout_ms: int = DEFAULT_TIMEOUT_MS,
                **retry: Any) -> ExchangeClient:
     """An ExchangeClient on an unmodified ccxt.binance pointed at a running SimExchangeServer."""
-    from sim_exchange import ccxt_overrides
-
     overrides = ccxt_overrides(server.url)
     config = _ccxt_config(api_key, api_secret, timeout_ms)
     config["options"] = {**overrides.get("options", {}), **config["options"]}
-    exchange = _ccxt().binance({**overrides, **config})
+    exchange = ccxt.binance({**overrides, **config})
     return ExchangeClient(exchange, sim=market, sim_server=server, owns_server=owns_server,
                           quote=market.symbols[0].split("/")[1], **retry)
 
@@ -420,8 +343,6 @@ def create_client(config: Any, *, timeout_ms: int = DEFAULT_TIMEOUT_MS, **retry:
     """
     exchange_id = str(config.exchange).strip().lower()
     if exchange_id == "simulated":
-        from sim_exchange import SimExchangeServer, SimMarket
-
         quote = config.quote_currency
         market = SimMarket(pairs=config.sim_pairs, seed=config.sim_seed, speed=config.sim_speed,
                            quote=quote)
@@ -432,7 +353,7 @@ def create_client(config: Any, *, timeout_ms: int = DEFAULT_TIMEOUT_MS, **retry:
                  config.sim_seed, config.sim_speed, server.url)
         return sim_client(server, market, key, secret, owns_server=True, timeout_ms=timeout_ms,
                           **retry)
-    cls = getattr(_ccxt(), exchange_id)  # config.check_exchange_id vetted the id
+    cls = getattr(ccxt, exchange_id)  # config.check_exchange_id vetted the id
     exchange = cls(_ccxt_config(config.api_key, config.api_secret, timeout_ms))
     return ExchangeClient(exchange, quote=config.quote_currency, **retry)
 
@@ -448,288 +369,3 @@ def make_client_order_id(prefix: str, symbol: str, sequence: int) -> str:
     if not CLIENT_ORDER_ID_RE.match(cid):
         raise ValueError(f"cannot build a client order id from {prefix!r}, {symbol!r}, {sequence}")
     return cid
-
-
-# --------------------------------------------------------------------------------------
-# fills and brokers
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Fill:
-    """An executed order. Buy: spent cost + fee quote, got amount base. Sell: the reverse."""
-    symbol: str
-    side: str
-    amount: float
-    price: float          # average fill price
-    cost: float           # amount * price, in quote, fee excluded
-    fee: float            # in quote
-    timestamp_ms: int
-    order_id: str
-    client_order_id: str
-
-
-@dataclass(frozen=True)
-class LimitOrder:
-    """A resting limit order placed through a broker."""
-    symbol: str
-    side: str
-    amount: float
-    price: float
-    order_id: str
-    client_order_id: str
-    created_ms: int
-
-
-def walk_book(levels: Any, amount: float) -> tuple[float, float]:
-    """(average price, filled amount) taking `amount` from [price, qty] levels, best first.
-
-    filled < amount means the book is too thin; the average is NaN when nothing fills.
-    """
-    book = np.asarray(levels, dtype=np.float64).reshape(-1, 2)
-    if amount <= 0 or book.shape[0] == 0:
-        return math.nan, 0.0
-    qty = np.maximum(book[:, 1], 0.0)
-    before = np.cumsum(qty) - qty
-    take = np.clip(amount - before, 0.0, qty)
-    taken = float(take.sum())
-    if taken <= 0:
-        return math.nan, 0.0
-    filled = float(amount) if float(qty.sum()) >= amount else taken  # no float dust short
-    return float(take @ book[:, 0]) / taken, filled
-
-
-def _side_levels(book: Mapping, side: str) -> list:
-    return book["asks"] if side == "buy" else book["bids"]
-
-
-class PaperBroker:
-    """DRY_RUN broker: fills against the live order book, charges the market's fees."""
-
-    def __init__(self, client: ExchangeClient, cash: float, book_depth: int = 100):
-        self.client = client
-        self.cash = float(cash)
-        self.book_depth = book_depth
-        self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._open: dict[str, LimitOrder] = {}
-        self._reserved: dict[str, float] = {}  # quote held back for open buy orders
-
-    def _next_id(self) -> str:
-        return f"paper-{next(self._ids)}"
-
-    def market_order(self, symbol: str, side: str, amount: float, client_order_id: str) -> Fill:
-        """Walk the book (so size costs slippage), charge the taker fee, move cash."""
-        book = self.client.fetch_order_book(symbol, self.book_depth)
-        levels = _side_levels(book, side) if side in ("buy", "sell") else []
-        reference = float(levels[0][0]) if levels else math.nan
-        if not levels:
-            raise OrderRejected(f"{symbol}: the order book has no {side} side to fill against")
-        amount, _ = self.client.prepare_order(symbol, side, amount, reference)
-        price, filled = walk_book(levels, amount)
-        if filled < amount:
-            raise OrderRejected(f"{symbol}: order book too thin: {_fmt(filled)} of {_fmt(amount)} "
-                                f"within {len(levels)} levels")
-        cost = amount * price
-        fee = cost * float(self.client.market(symbol).get("taker") or 0.0)
-        self._settle(symbol, side, cost, fee)
-        return Fill(symbol, side, amount, price, cost, fee, int(self.client.clock() * 1000),
-                    self._next_id(), client_order_id)
-
-    def _settle(self, symbol: str, side: str, cost: float, fee: float) -> None:
-        with self._lock:
-            if side == "buy":
-                if self.cash < cost + fee:
-                    raise OrderRejected(f"{symbol}: insufficient paper cash: need "
-                                        f"{cost + fee:.2f}, have {self.cash:.2f}")
-                self.cash -= cost + fee
-            else:
-                self.cash += cost - fee
-
-    def limit_order(self, symbol: str, side: str, amount: float, price: float,
-                    client_order_id: str) -> LimitOrder:
-        """Rest a limit order; a buy reserves its cost plus the maker fee until filled."""
-        amount, price = self.client.prepare_order(symbol, side, amount, price)
-        maker = float(self.client.market(symbol).get("maker") or 0.0)
-        order = LimitOrder(symbol, side, amount, price, self._next_id(), client_order_id,
-                           int(self.client.clock() * 1000))
-        with self._lock:
-            if side == "buy":
-                need = amount * price * (1.0 + maker)
-                if self.cash < need:
-                    raise OrderRejected(f"{symbol}: insufficient paper cash: need {need:.2f}, "
-                                        f"have {self.cash:.2f}")
-                self.cash -= need
-                self._reserved[order.order_id] = need
-            self._open[order.order_id] = order
-        return order
-
-    @property
-    def open_orders(self) -> list[LimitOrder]:
-        with self._lock:
-            return list(self._open.values())
-
-    def cancel_order(self, order_id: str) -> bool:
-        """Cancel an open paper order (returns its reserved cash); False if it is not open."""
-        with self._lock:
-            if self._open.pop(order_id, None) is None:
-                return False
-            self.cash += self._reserved.pop(order_id, 0.0)
-            return True
-
-    def poll_limit_orders(self, prices: Mapping[str, float]) -> list[Fill]:
-        """Fill the open orders the prices have crossed, at their limit price with the maker fee."""
-        fills = []
-        now_ms = int(self.client.clock() * 1000)
-        with self._lock:
-            for oid, o in list(self._open.items()):
-                p = prices.get(o.symbol)
-                if p is None or not (p < o.price if o.side == "buy" else p > o.price):
-                    continue
-                cost = o.amount * o.price
-                fee = cost * float(self.client.market(o.symbol).get("maker") or 0.0)
-                del self._open[oid]
-                if o.side == "buy":
-                    self.cash += self._reserved.pop(oid) - (cost + fee)
-                else:
-                    self.cash += cost - fee
-                fills.append(Fill(o.symbol, o.side, o.amount, o.price, cost, fee, now_ms, oid,
-                                  o.client_order_id))
-        return fills
-
-
-class LiveBroker:
-    """Real orders through ccxt, each with a client order id so a retry never doubles it."""
-
-    def __init__(self, client: ExchangeClient, quote: str | None = None):
-        self.client = client
-        self.quote = quote or client.quote
-        self._lock = threading.Lock()
-        self._open: dict[str, LimitOrder] = {}
-
-    @property
-    def cash(self) -> float:
-        """Free quote balance on the exchange."""
-        balance = self.client.call("fetch_balance")
-        return float((balance.get("free") or {}).get(self.quote) or 0.0)
-
-    def market_order(self, symbol: str, side: str, amount: float, client_order_id: str) -> Fill:
-        book = self.client.fetch_order_book(symbol, 5)
-        levels = _side_levels(book, side) if side in ("buy", "sell") else []
-        reference = float(levels[0][0]) if levels else math.nan
-        amount, _ = self.client.prepare_order(symbol, side, amount, reference)
-        order = self._place(symbol, "market", side, amount, None, client_order_id)
-        if order.get("status") != "closed" or not order.get("filled"):
-            order = self.client.call("fetch_order", order["id"], symbol)
-        if not order.get("filled"):
-            raise OrderRejected(f"{symbol}: market order {client_order_id} filled nothing "
-                                f"(status {order.get('status')})")
-        return self._fill(order, symbol, side, client_order_id)
-
-    def find_order(self, symbol: str, client_order_id: str) -> Fill | None:
-        """The fill of an earlier order with this client order id; None if nothing filled."""
-        try:
-            order = self.client.call("fetch_order", None, symbol,
-                                     {"origClientOrderId": client_order_id})
-        except OrderNotFound:
-            return None
-        if not order.get("filled"):
-            return None
-        return self._fill(order, symbol, order["side"], client_order_id)
-
-    def limit_order(self, symbol: str, side: str, amount: float, price: float,
-                    client_order_id: str) -> LimitOrder:
-        amount, price = self.client.prepare_order(symbol, side, amount, price)
-        order = self._place(symbol, "limit", side, amount, price, client_order_id)
-        placed = LimitOrder(symbol, side, amount, price, str(order["id"]), client_order_id,
-                            int(order.get("timestamp") or self.client.clock() * 1000))
-        with self._lock:
-            self._open[placed.order_id] = placed
-        return placed
-
-    @property
-    def open_orders(self) -> list[LimitOrder]:
-        with self._lock:
-            return list(self._open.values())
-
-    def cancel_order(self, order_id: str) -> bool:
-        with self._lock:
-            order = self._open.get(order_id)
-        if order is None:
-            return False
-        try:
-            self.client.call("cancel_order", order_id, order.symbol)
-        except OrderNotFound:
-            return False
-        with self._lock:
-            self._open.pop(order_id, None)
-        return True
-
-    def poll_limit_orders(self, prices: Mapping[str, float] | None = None) -> list[Fill]:
-        """Fills of open limit orders the exchange has closed (prices unused: it knows)."""
-        fills = []
-        for o in self.open_orders:
-            order = self.client.call("fetch_order", o.order_id, o.symbol)
-            if order.get("status") in ("closed", "canceled", "expired", "rejected"):
-                with self._lock:
-                    self._open.pop(o.order_id, None)
-                if order.get("filled"):
-                    fills.append(self._fill(order, o.symbol, o.side, o.client_order_id))
-        return fills
-
-    def _place(self, symbol: str, kind: str, side: str, amount: float, price: float | None,
-               client_order_id: str) -> dict:
-        """create_order, retried safely: before each retry, look the order up by its id."""
-        if not CLIENT_ORDER_ID_RE.match(client_order_id):
-            raise OrderRejected(f"{symbol}: client order id {client_order_id!r} is not valid")
-        ex = self.client.ccxt
-        ccxt = _ccxt()
-
-        def attempt(i: int) -> dict:
-            if i > 0:
-                try:
-                    found = ex.fetch_order(None, symbol, {"origClientOrderId": client_order_id})
-                    log.info("%s: order %s had reached the exchange; not placing it again",
-                             symbol, client_order_id)
-                    return found
-                except ccxt.OrderNotFound:
-                    pass
-            return ex.create_order(symbol, kind, side, amount, price,
-                                   {"newClientOrderId": client_order_id})
-
-        return self.client.with_retries("create_order", attempt, idempotent=True)
-
-    def _fill(self, order: dict, symbol: str, side: str, client_order_id: str) -> Fill:
-        market = self.client.market(symbol)
-        filled = float(order.get("filled") or 0.0)
-        cost = float(order.get("cost") or 0.0)
-        price = float(order.get("average") or (cost / filled if filled else order.get("price") or 0))
-        cost = cost or filled * price
-        fees = [f for f in (order.get("fees") or [order.get("fee")]) if f and f.get("cost") is not None]
-        if not fees:
-            trades = self.client.call("fetch_my_trades", symbol, None, None,
-                                      {"orderId": order["id"]})
-            fees = [t["fee"] for t in trades if t.get("fee") and t["fee"].get("cost") is not None]
-        fee_quote, fee_base = 0.0, 0.0
-        for f in fees:
-            amount = float(f["cost"])
-            if f.get("currency") == market["base"]:
-                fee_base += amount
-                fee_quote += amount * price
-            else:
-                fee_quote += self._to_quote(amount, f.get("currency"), market)
-        if side == "buy" and fee_base:  # the fee came out of the bought coin
-            filled -= fee_base
-            cost = filled * price
-        return Fill(symbol, side, filled, price, cost, fee_quote,
-                    int(order.get("lastTradeTimestamp") or order.get("timestamp") or
-                        self.client.clock() * 1000), str(order["id"]), client_order_id)
-
-    def _to_quote(self, amount: float, currency: str | None, market: Mapping) -> float:
-        """A fee in quote (as is), or converted at the fee currency's last price (e.g. BNB)."""
-        if not amount or currency in (None, market["quote"]):
-            return amount
-        try:
-            return amount * float(self.client.fetch_ticker(f"{currency}/{market['quote']}")["last"])
-        except (ExchangeError, TypeError, ValueError) as exc:
-            log.warning("fee of %g %s not converted to %s (%s); counted as 0", amount, currency,
-                        market["quote"], exc)
-            return 0.0

@@ -10,8 +10,9 @@ from typing import Callable, Iterable, Mapping, TypeVar
 
 import numpy as np
 
+from domain import MarketView
+from features import HISTORY_NEEDED
 from indicators import StreamingIndicators
-from strategy import MarketView
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,6 @@ class ScanResult:
 
 class MarketScanner:
     def __init__(self, client, config, cancel: threading.Event | None = None):
-        from ml_model import HISTORY_NEEDED
-
         self.client = client
         self.config = config
         self.cancel = cancel
@@ -212,7 +211,7 @@ class MarketScanner:
                 self.failure_counts[symbol] = 0
 
     # -- indicators ---------------------------------------------------------------------
-    def _sync_indicators(self, universe: list[str]) -> None:
+    def sync_indicators(self, universe: list[str]) -> None:
         """Bring the streaming indicators up to date: O(1) per new candle per pair."""
         keep = set(universe)
         gone = [i for i, s in enumerate(self._rows) if s not in keep or self._needs_rebuild(s)]
@@ -258,7 +257,7 @@ class MarketScanner:
             b = np.array(bars)
             self._indicators.update(b[:, 1], b[:, 2], b[:, 3], b[:, 4], b[:, 5], rows=np.array(rows))
 
-    def _build_view(self) -> MarketView | None:
+    def build_view(self) -> MarketView | None:
         """A view of the pairs that are up to date with the newest closed candle."""
         if not self._rows:
             return None
@@ -287,8 +286,8 @@ class MarketScanner:
         for symbol, rows in fetched.results.items():
             self.store.merge(symbol, rows)
         self._note_failures(universe, fetched.failed, fetched.timed_out)
-        self._sync_indicators(universe)
-        result = ScanResult(self._build_view(), tuple(universe), fetched.failed,
+        self.sync_indicators(universe)
+        result = ScanResult(self.build_view(), tuple(universe), fetched.failed,
                             tuple(fetched.timed_out), False)
         self.cache.put(result)
         return result

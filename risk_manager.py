@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
-if TYPE_CHECKING:
-    from strategy import Candidate, EntryIntent, Position, StrategyParams
+from config import parse_correlation_groups
+from domain import Candidate, EntryIntent, OrderRejected, Position, StrategyParams
+from market_rules import TAKER_FEE
 
 log = logging.getLogger(__name__)
 
 # (symbol, side, amount, price) -> (amount, price) rounded to the market's precision;
-# raises exchange.OrderRejected when the order cannot meet the market's limits.
+# raises domain.OrderRejected when the order cannot meet the market's limits.
 RoundOrder = Callable[[str, str, float, float], tuple[float, float]]
 
 SLIPPAGE_ALLOWANCE = 0.03  # share of cash kept back for fees, spread, slippage and drift
@@ -27,8 +28,6 @@ DEFAULT_GROUPS: dict[str, frozenset[str]] = {
 
 def parse_groups(spec: str) -> dict[str, frozenset[str]]:
     """CORRELATION_GROUPS ('majors:BTC,ETH;memes:DOGE') -> groups; empty gives DEFAULT_GROUPS."""
-    from config import parse_correlation_groups
-
     if not spec.strip():
         return dict(DEFAULT_GROUPS)
     return {name: frozenset(bases) for name, bases in parse_correlation_groups(spec).items()}
@@ -37,7 +36,7 @@ def parse_groups(spec: str) -> dict[str, frozenset[str]]:
 class RiskManager:
     def __init__(self, risk_per_trade: float, max_open_positions: int, max_position_size: float,
                  max_positions_per_group: int, groups: Mapping[str, frozenset[str]] | None = None,
-                 max_drawdown: float = 1.0, fee_rate: float = 0.001):
+                 max_drawdown: float = 1.0, fee_rate: float = TAKER_FEE):
         self.risk_per_trade = risk_per_trade
         self.max_open_positions = max_open_positions
         self.max_position_size = max_position_size
@@ -49,20 +48,35 @@ class RiskManager:
         self._group_cache: dict[str, str] = {}
 
     @classmethod
-    def from_config(cls, config, fee_rate: float = 0.001) -> "RiskManager":
+    def from_config(cls, config, fee_rate: float = TAKER_FEE) -> "RiskManager":
         return cls(config.risk_per_trade, config.max_open_positions, config.max_position_size,
                    config.max_positions_per_group, parse_groups(config.correlation_groups),
                    max_drawdown=config.max_drawdown, fee_rate=fee_rate)
+
+    def settings(self) -> dict:
+        """What the constructor was given, as plain data (the decision record keeps it)."""
+        return {"risk_per_trade": self.risk_per_trade, "max_open_positions": self.max_open_positions,
+                "max_position_size": self.max_position_size,
+                "max_positions_per_group": self.max_positions_per_group,
+                "groups": {k: sorted(v) for k, v in self.groups.items()},
+                "max_drawdown": self.max_drawdown, "fee_rate": self.fee_rate}
+
+    @classmethod
+    def from_settings(cls, settings: Mapping) -> "RiskManager":
+        s = dict(settings)
+        s["groups"] = {k: frozenset(v) for k, v in s["groups"].items()}
+        return cls(**s)
 
     def group_of(self, symbol: str) -> str:
         """The symbol's correlation group, from a dict cache (groups never change at run time)."""
         cached = self._group_cache.get(symbol)
         if cached is None:
-            cached = self._compute_group(symbol)
+            cached = self.compute_group(symbol)
             self._group_cache[symbol] = cached
         return cached
 
-    def _compute_group(self, symbol: str) -> str:
+    def compute_group(self, symbol: str) -> str:
+        """The symbol's correlation group, looked up without the cache."""
         base = symbol.split("/")[0].upper()
         for name, members in self.groups.items():
             if base in members:
@@ -79,7 +93,7 @@ class RiskManager:
                     f"below its peak {self.peak_equity:.2f}")
         return None
 
-    def stops(self, price: float, atr: float, params: "StrategyParams") -> tuple[float, float]:
+    def stops(self, price: float, atr: float, params: StrategyParams) -> tuple[float, float]:
         return price - params.stop_loss_atr * atr, price + params.take_profit_atr * atr
 
     def size(self, price: float, stop: float, cash: float, equity: float) -> float:
@@ -91,13 +105,10 @@ class RiskManager:
                            cash * (1.0 - SLIPPAGE_ALLOWANCE) / (1.0 + self.fee_rate))
         return min(amount, max_notional / price)
 
-    def plan_entries(self, candidates: Sequence["Candidate"], positions: Mapping[str, "Position"],
-                     cash: float, equity: float, params: "StrategyParams",
-                     round_order: RoundOrder) -> tuple[list["EntryIntent"], list[tuple[str, str]]]:
+    def plan_entries(self, candidates: Sequence[Candidate], positions: Mapping[str, Position],
+                     cash: float, equity: float, params: StrategyParams,
+                     round_order: RoundOrder) -> tuple[list[EntryIntent], list[tuple[str, str]]]:
         """Size the best candidates within every limit; each skip comes with its reason."""
-        from exchange import OrderRejected
-        from strategy import EntryIntent
-
         entries: list[EntryIntent] = []
         skipped: list[tuple[str, str]] = []
         self.observe_equity(equity)

@@ -9,6 +9,9 @@ Order lifecycle: `add_pending_order` is committed before the order is sent; the 
 then recorded with `record_entry` / `record_exit` (order -> filled plus the position,
 trade and paper cash changes), or the order is closed with `mark_order` (rejected,
 abandoned). `pending_orders()` lists what a crash left undecided, for reconciliation.
+
+The decision record (`record_cycle`, `record_candles`) keeps what each cycle decided from
+and what it decided, so `bot.py parity` can replay a run through the backtester.
 """
 from __future__ import annotations
 
@@ -21,9 +24,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from strategy import Position
+from domain import Fill, Position, Trade
 
 MODES = ("paper", "live")
 ORDER_STATUSES = ("pending", "filled", "rejected", "abandoned")
@@ -83,24 +86,43 @@ _SCHEMA_V1 = (
         open_positions INTEGER NOT NULL)""",
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
+_SCHEMA_V2 = (
+    "ALTER TABLE positions ADD COLUMN entry_reason TEXT NOT NULL DEFAULT 'rule'",
+    "ALTER TABLE positions ADD COLUMN probability REAL",
+    "ALTER TABLE trades ADD COLUMN entry_reason TEXT NOT NULL DEFAULT 'rule'",
+    "ALTER TABLE trades ADD COLUMN probability REAL",
+    # The decision record: every closed candle a cycle decided from, once ...
+    """CREATE TABLE candles (
+        symbol TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        open REAL NOT NULL, high REAL NOT NULL, low REAL NOT NULL, close REAL NOT NULL,
+        volume REAL NOT NULL,
+        PRIMARY KEY (symbol, ts_ms)) WITHOUT ROWID""",
+    # ... each cycle's inputs beyond the candles (JSON) ...
+    """CREATE TABLE cycles (
+        cycle INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        view_ms INTEGER,
+        inputs TEXT NOT NULL)""",
+    # ... and what it decided.
+    """CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY,
+        cycle INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('entry', 'exit')),
+        symbol TEXT NOT NULL,
+        price REAL NOT NULL,
+        amount REAL NOT NULL,
+        reason TEXT NOT NULL,
+        client_order_id TEXT)""",
+    "CREATE INDEX decisions_cycle ON decisions (cycle)",
+)
 # MIGRATIONS[i] takes a database from user_version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class StoreError(Exception):
     """A database that cannot be opened or written; the message is one line with the path."""
-
-
-class FillLike(Protocol):
-    """What the store reads from a fill (exchange.Fill satisfies it)."""
-
-    client_order_id: str
-    order_id: str | None
-    amount: float
-    price: float
-    fee: float
-    timestamp_ms: int
 
 
 @dataclass(frozen=True)
@@ -118,36 +140,6 @@ class OrderRow:
     reason: str
     stop_loss: float | None = None     # an entry's protective levels travel with its order,
     take_profit: float | None = None   # so a fill found after a crash gets the same ones
-
-
-@dataclass(frozen=True)
-class TradeRow:
-    """A closed round trip; profit is net of both fees, return_pct is on cost + entry fee."""
-
-    symbol: str
-    amount: float
-    entry_price: float
-    exit_price: float
-    entry_time_ms: int
-    exit_time_ms: int
-    entry_fee: float
-    exit_fee: float
-    profit: float
-    return_pct: float
-    exit_reason: str
-    features: tuple[float, ...] | None = None
-    entry_client_order_id: str = ""
-    exit_client_order_id: str = ""
-
-    @classmethod
-    def from_exit(cls, position: Position, fill: FillLike, reason: str) -> TradeRow:
-        """The trade closing `position` with a sell `fill` (profit on the amount sold)."""
-        cost = fill.amount * position.entry_price
-        profit = fill.amount * fill.price - cost - position.entry_fee - fill.fee
-        return cls(position.symbol, fill.amount, position.entry_price, fill.price,
-                   position.entry_time_ms, fill.timestamp_ms, position.entry_fee, fill.fee,
-                   profit, 100.0 * profit / (cost + position.entry_fee), reason,
-                   position.features, position.entry_client_order_id, fill.client_order_id)
 
 
 @dataclass(frozen=True)
@@ -344,7 +336,7 @@ class Store:
         return [OrderRow(*row) for row in rows]
 
     @staticmethod
-    def _fill_order(conn: sqlite3.Connection, fill: FillLike) -> None:
+    def _fill_order(conn: sqlite3.Connection, fill: Fill) -> None:
         cur = conn.execute(
             "UPDATE orders SET status = 'filled', amount = ?, price = ?, fee = ?,"
             " exchange_order_id = ?, updated_ms = ?"
@@ -360,60 +352,72 @@ class Store:
 
     # -- positions and trades -------------------------------------------------------------
 
-    def record_entry(self, fill: FillLike, position: Position,
-                     cash: float | None = None) -> None:
-        """One transaction: order -> filled, position inserted, paper cash set (if given).
-
-        `position` may be a Position or a strategy.Position; its entry client order id
-        is taken from the fill.
-        """
+    def record_entry(self, fill: Fill, position: Position, cash: float | None = None) -> None:
+        """One transaction: order -> filled, position inserted, paper cash set (if given)."""
         with self._transaction("record_entry") as conn:
             self._fill_order(conn, fill)
             conn.execute(
                 "INSERT INTO positions (symbol, amount, entry_price, entry_time_ms, stop_loss,"
-                " take_profit, entry_fee, group_name, entry_client_order_id, features)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " take_profit, entry_fee, group_name, entry_client_order_id, features,"
+                " entry_reason, probability) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (position.symbol, position.amount, position.entry_price,
                  position.entry_time_ms, position.stop_loss, position.take_profit,
                  position.entry_fee, position.group, fill.client_order_id,
-                 features_to_blob(position.features)))
+                 features_to_blob(position.features), position.entry_reason,
+                 position.probability))
             self._set_cash(conn, cash)
 
-    def record_exit(self, fill: FillLike, trade: TradeRow, cash: float | None = None) -> None:
-        """One transaction: order -> filled, position deleted, trade inserted, cash set."""
+    def record_exit(self, fill: Fill, trade: Trade, remaining: Position | None = None,
+                    cash: float | None = None) -> None:
+        """One transaction: order -> filled, trade inserted, the position deleted (or reduced
+        to `remaining` after a partial sell), cash set."""
         with self._transaction("record_exit") as conn:
             self._fill_order(conn, fill)
-            cur = conn.execute("DELETE FROM positions WHERE symbol = ?", (trade.symbol,))
+            if remaining is None:
+                cur = conn.execute("DELETE FROM positions WHERE symbol = ?", (trade.symbol,))
+            else:
+                cur = conn.execute("UPDATE positions SET amount = ?, entry_fee = ? WHERE symbol = ?",
+                                   (remaining.amount, remaining.entry_fee, trade.symbol))
             if cur.rowcount != 1:
                 raise StoreError(f"no open position in {trade.symbol}")
             conn.execute(
                 "INSERT INTO trades (symbol, amount, entry_price, exit_price, entry_time_ms,"
                 " exit_time_ms, entry_fee, exit_fee, profit, return_pct, exit_reason,"
-                " features, entry_client_order_id, exit_client_order_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " features, entry_client_order_id, exit_client_order_id, entry_reason,"
+                " probability) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (trade.symbol, trade.amount, trade.entry_price, trade.exit_price,
                  trade.entry_time_ms, trade.exit_time_ms, trade.entry_fee, trade.exit_fee,
                  trade.profit, trade.return_pct, trade.exit_reason,
                  features_to_blob(trade.features), trade.entry_client_order_id,
-                 fill.client_order_id))
+                 fill.client_order_id, trade.entry_reason, trade.probability))
             self._set_cash(conn, cash)
 
     def open_positions(self) -> list[Position]:
         """Open positions, oldest entry first."""
         rows = self._query(
             "SELECT symbol, amount, entry_price, entry_time_ms, stop_loss, take_profit,"
-            " entry_fee, group_name, features, entry_client_order_id FROM positions"
-            " ORDER BY entry_time_ms, symbol")
-        return [Position(*row[:8], blob_to_features(row[8]), row[9]) for row in rows]
+            " entry_fee, group_name, features, entry_client_order_id, entry_reason, probability"
+            " FROM positions ORDER BY entry_time_ms, symbol")
+        return [Position(*row[:8], blob_to_features(row[8]), *row[9:]) for row in rows]
 
-    def recent_trades(self, n: int = 10) -> list[TradeRow]:
+    def recent_trades(self, n: int = 10) -> list[Trade]:
         """The last `n` closed trades, most recent first."""
+        return self._trades("ORDER BY exit_time_ms DESC, id DESC LIMIT ?", (n,))
+
+    def all_trades(self) -> list[Trade]:
+        """Every closed trade, in the order they closed."""
+        return self._trades("ORDER BY id")
+
+    def _trades(self, tail: str, params: Sequence[Any] = ()) -> list[Trade]:
         rows = self._query(
             "SELECT symbol, amount, entry_price, exit_price, entry_time_ms, exit_time_ms,"
-            " entry_fee, exit_fee, profit, return_pct, exit_reason, features,"
-            " entry_client_order_id, exit_client_order_id FROM trades"
-            " ORDER BY exit_time_ms DESC, id DESC LIMIT ?", (n,))
-        return [TradeRow(*row[:11], blob_to_features(row[11]), *row[12:]) for row in rows]
+            " entry_fee, exit_fee, profit, return_pct, exit_reason, entry_reason, probability,"
+            f" features, entry_client_order_id, exit_client_order_id FROM trades {tail}", params)
+        return [Trade(*row[:13], blob_to_features(row[13]), *row[14:]) for row in rows]
+
+    def last_exits(self) -> dict[str, int]:
+        """When each pair was last sold (the strategy's cooldown needs it after a restart)."""
+        return dict(self._query("SELECT symbol, MAX(exit_time_ms) FROM trades GROUP BY symbol"))
 
     def totals(self) -> Totals:
         (trades, wins, profit, fees, best, worst), = self._query(
@@ -442,6 +446,47 @@ class Store:
             "SELECT ts_ms, equity, cash, open_positions FROM (SELECT * FROM equity"
             " ORDER BY id DESC LIMIT ?) ORDER BY id", (-1 if limit is None else limit,))
         return [EquityRow(*row) for row in rows]
+
+    # -- the decision record --------------------------------------------------------------
+
+    def record_candles(self, symbol: str, rows: Sequence[Sequence[float]]) -> None:
+        """Closed candles [ts_ms, o, h, l, c, v] a cycle decided from (each kept once)."""
+        with self._transaction("record_candles") as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO candles (symbol, ts_ms, open, high, low, close, volume)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(symbol, int(r[0]), *map(float, r[1:6])) for r in rows])
+
+    def record_cycle(self, cycle: int, view_ms: int | None, inputs: str,
+                     decisions: Sequence[tuple]) -> None:
+        """One cycle's inputs (JSON text) and decisions: (kind, symbol, price, amount, reason,
+        client_order_id)."""
+        with self._transaction("record_cycle") as conn:
+            conn.execute("INSERT OR REPLACE INTO cycles (cycle, ts_ms, view_ms, inputs)"
+                         " VALUES (?, ?, ?, ?)", (cycle, self._now_ms(), view_ms, inputs))
+            conn.executemany(
+                "INSERT INTO decisions (cycle, kind, symbol, price, amount, reason,"
+                " client_order_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(cycle, *d) for d in decisions])
+
+    def recorded_candles(self) -> dict[str, list[tuple]]:
+        """symbol -> [(ts_ms, o, h, l, c, v), ...] in time order."""
+        out: dict[str, list[tuple]] = {}
+        for row in self._query("SELECT symbol, ts_ms, open, high, low, close, volume FROM candles"
+                               " ORDER BY symbol, ts_ms"):
+            out.setdefault(row[0], []).append(row[1:])
+        return out
+
+    def recorded_cycles(self) -> list[tuple[int, int, int | None, str]]:
+        """(cycle, ts_ms, view_ms, inputs JSON) in cycle order."""
+        return [tuple(r) for r in self._query(
+            "SELECT cycle, ts_ms, view_ms, inputs FROM cycles ORDER BY cycle")]
+
+    def recorded_decisions(self) -> list[tuple]:
+        """(cycle, kind, symbol, price, amount, reason, client_order_id) in order."""
+        return [tuple(r) for r in self._query(
+            "SELECT cycle, kind, symbol, price, amount, reason, client_order_id FROM decisions"
+            " ORDER BY id")]
 
     # -- meta and counters ----------------------------------------------------------------
 

@@ -6,117 +6,17 @@ callables.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ml_model import prepare_features
+from domain import (Bar, Candidate, Decisions, EntryIntent, ExitIntent, MarketView, Position,
+                    StrategyParams)
+from features import prepare_features
 from risk_manager import RiskManager, RoundOrder
 
 Predict = Callable[[np.ndarray, Sequence[tuple]], np.ndarray]
 Confirm = Callable[[list[dict]], Mapping[str, bool]]
-
-
-@dataclass(frozen=True)
-class StrategyParams:
-    timeframe_ms: int
-    stop_loss_atr: float = 2.0
-    take_profit_atr: float = 3.0
-    max_hold_candles: int = 48
-    min_confidence: float = 0.55
-    rsi_overbought: float = 70.0
-    min_volume_ratio: float = 1.0
-
-    @classmethod
-    def from_config(cls, config) -> "StrategyParams":
-        return cls(timeframe_ms=int(config.timeframe_seconds * 1000),
-                   stop_loss_atr=config.stop_loss_atr, take_profit_atr=config.take_profit_atr,
-                   max_hold_candles=config.max_hold_candles,
-                   min_confidence=config.ml_min_confidence)
-
-
-@dataclass(frozen=True)
-class Position:
-    symbol: str
-    amount: float
-    entry_price: float
-    entry_time_ms: int
-    stop_loss: float
-    take_profit: float
-    entry_fee: float = 0.0
-    group: str = "other"
-    features: tuple[float, ...] | None = None
-    entry_client_order_id: str = ""
-
-
-@dataclass(frozen=True)
-class MarketView:
-    """What the strategy sees at one decision point, for P pairs.
-
-    `latest` maps indicator names to (P,) values at the latest closed candle; `recent_close`
-    holds the last K+1 closes (P, K+1), the last column being the latest close; `now_ms` is
-    the close time of the latest closed candle (data time, not a clock).
-    """
-    symbols: tuple[str, ...]
-    latest: Mapping[str, np.ndarray]
-    recent_close: np.ndarray
-    now_ms: int
-
-    @property
-    def close(self) -> np.ndarray:
-        return self.recent_close[:, -1]
-
-
-@dataclass(frozen=True)
-class Bar:
-    """Prices seen since the last check: a closed candle, or a fresh price (all four equal)."""
-    open: float
-    high: float
-    low: float
-    close: float
-
-    @classmethod
-    def at(cls, price: float) -> "Bar":
-        return cls(price, price, price, price)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    symbol: str
-    price: float
-    atr: float
-    score: float
-    probability: float | None
-    features: tuple[float, ...] | None
-
-
-@dataclass(frozen=True)
-class EntryIntent:
-    symbol: str
-    price: float
-    amount: float
-    stop_loss: float
-    take_profit: float
-    score: float
-    probability: float | None
-    features: tuple[float, ...] | None
-    reason: str
-
-
-@dataclass(frozen=True)
-class ExitIntent:
-    symbol: str
-    price: float
-    reason: str  # "stop_loss" | "take_profit" | "time_limit"
-
-
-@dataclass(frozen=True)
-class Decisions:
-    candidates: tuple[Candidate, ...]
-    entries: tuple[EntryIntent, ...]
-    skipped: tuple[tuple[str, str], ...]  # (symbol, reason)
-    used_model: bool
 
 
 def check_exit(position: Position, bar: Bar, now_ms: int, params: StrategyParams) -> ExitIntent | None:
@@ -195,12 +95,22 @@ def llm_state(view: MarketView, i: int, probability: float | None,
     }
 
 
-def find_candidates(view: MarketView, params: StrategyParams, held: set[str],
+def cooling_down(view: MarketView, params: StrategyParams, last_exits: Mapping[str, int]) -> set[str]:
+    """Pairs exited too recently to enter: not on the close of the candle the exit happened
+    in, nor on the next `cooldown_candles - 1` closes (0 turns the cooldown off)."""
+    if params.cooldown_candles <= 0:
+        return set()
+    tf = params.timeframe_ms
+    return {s for s, exit_ms in last_exits.items()
+            if view.now_ms < -(-exit_ms // tf) * tf + params.cooldown_candles * tf}
+
+
+def find_candidates(view: MarketView, params: StrategyParams, excluded: set[str],
                     predict: Predict | None = None) -> tuple[list[Candidate], bool]:
     """Rank pairs worth entering: by model probability when a model is ready, else by rule."""
     features = prepare_features(view.latest, view.recent_close)
     usable = np.isfinite(features).all(axis=1) & np.isfinite(view.latest["atr"])
-    usable &= np.array([s not in held for s in view.symbols], dtype=bool)
+    usable &= np.array([s not in excluded for s in view.symbols], dtype=bool)
     probability = np.full(len(view.symbols), np.nan)
     if predict is not None and usable.any():
         rows = np.flatnonzero(usable)
@@ -224,13 +134,17 @@ def find_candidates(view: MarketView, params: StrategyParams, held: set[str],
 def decide_entries(view: MarketView, positions: Mapping[str, Position], cash: float,
                    equity: float, params: StrategyParams, risk: RiskManager,
                    round_order: RoundOrder, predict: Predict | None = None,
-                   confirm: Confirm | None = None) -> Decisions:
+                   confirm: Confirm | None = None,
+                   last_exits: Mapping[str, int] | None = None) -> Decisions:
     """Candidates -> risk sizing -> optional confirmation of what risk would take -> intents.
 
-    Confirmation comes after sizing so that no LLM call is spent on an entry the risk
-    manager would refuse anyway; an unconfirmed entry is dropped, never replaced.
+    Held pairs and pairs in their cooldown after an exit (`last_exits`: symbol -> exit
+    time) are not candidates. Confirmation comes after sizing so that no LLM call is spent
+    on an entry the risk manager would refuse anyway; an unconfirmed entry is dropped,
+    never replaced.
     """
-    candidates, used_model = find_candidates(view, params, set(positions), predict)
+    excluded = set(positions) | cooling_down(view, params, last_exits or {})
+    candidates, used_model = find_candidates(view, params, excluded, predict)
     entries, skipped = risk.plan_entries(candidates, positions, cash, equity, params, round_order)
     if confirm is not None and entries:
         index = {s: i for i, s in enumerate(view.symbols)}
@@ -241,8 +155,3 @@ def decide_entries(view: MarketView, positions: Mapping[str, Position], cash: fl
                     if not verdicts.get(e.symbol, False)]
         entries = [e for e in entries if verdicts.get(e.symbol, False)]
     return Decisions(tuple(candidates), tuple(entries), tuple(skipped), used_model)
-
-
-def mark_to_market(positions: Mapping[str, Position], prices: Mapping[str, float]) -> float:
-    """Value of the open positions at the given prices (entry price where none is known)."""
-    return sum(p.amount * prices.get(s, p.entry_price) for s, p in positions.items())

@@ -16,8 +16,10 @@ import numpy as np
 from indicators import compute_all
 from llm_cache import LLMCache, LLMDecision
 from market_scanner import MarketScanner, run_parallel
-from ml_model import (HISTORY_NEEDED, MLModel, PredictionCache, TrainingData, close_windows,
-                      prepare_features, sample_key)
+from features import HISTORY_NEEDED, close_windows, prepare_features
+from labels import sample_key
+from ml_model import MLModel, PredictionCache
+from model_training import TrainingData
 from performance_monitor import PerformanceMonitor, TimingContext
 from risk_manager import RiskManager
 
@@ -134,10 +136,14 @@ class TestTrainingDataMemory(unittest.TestCase):
 
 class TestSymbolGroupCache(unittest.TestCase):
     def test_lookups_are_computed_once_then_served_from_a_dict(self):
-        risk = RiskManager(0.01, 5, 0.2, 2)
         calls = []
-        compute = risk._compute_group
-        risk._compute_group = lambda s: calls.append(s) or compute(s)
+
+        class CountingRisk(RiskManager):
+            def compute_group(self, symbol: str) -> str:
+                calls.append(symbol)
+                return super().compute_group(symbol)
+
+        risk = CountingRisk(0.01, 5, 0.2, 2)
         for _ in range(3):
             self.assertEqual(risk.group_of("ETH/USDT"), "majors")
             self.assertEqual(risk.group_of("DOGE/USDT"), "memes")
@@ -177,7 +183,8 @@ class TestParallelScan(unittest.TestCase):
     def test_a_scan_inside_the_cache_duration_makes_no_request(self):
         from config import load_config
         from exchange import sim_client
-        from sim_exchange import SimExchangeServer, SimMarket
+        from sim_exchange import SimExchangeServer
+        from sim_market import SimMarket
 
         market = SimMarket(pairs=6, seed=2, speed=60)
         with SimExchangeServer(market) as server:
@@ -218,9 +225,14 @@ class TestPerformanceMonitor(unittest.TestCase):
         with monitor.timing("execute_trade:BTC/USDT"):
             pass
         self.assertEqual(monitor.operations(), [])
-        with TimingContext("update_positions") as timer:
-            pass
-        self.assertGreaterEqual(timer.elapsed, 0.0)
+        recording = PerformanceMonitor()
+        with self.assertLogs("timing", logging.DEBUG) as logs:
+            with TimingContext("update_positions", logging.getLogger("timing"), recording) as timer:
+                sum(range(10_000))
+        self.assertGreater(timer.elapsed, 0.0)
+        self.assertEqual(recording.stats("update_positions")["calls"], 1)
+        self.assertEqual(recording.stats("update_positions")["total"], timer.elapsed)
+        self.assertIn("update_positions took", logs.output[0])
 
 
 def llm_state(**changes):

@@ -1,21 +1,36 @@
-"""One trading cycle and the loop around it: exits -> scan -> decide -> execute -> persist."""
+"""The trading loop: every CHECK_INTERVAL, exits -> scan -> decide -> execute -> record.
+
+The trader wires the parts together and runs cycles; the ledger keeps the books, the
+order executor sends and books orders, the reporter shows what happened, and the store
+keeps every change and the decision record (what each cycle decided from, for parity).
+"""
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 
-import click
-
-from exchange import ExchangeError, OrderRejected, PaperBroker, LiveBroker, create_client
-from market_scanner import MarketScanner
+from brokers import LiveBroker, PaperBroker
+from domain import Bar, Decisions, ExchangeError, Position, StrategyParams
+from exchange import create_client
+from features import feature_key
+from ledger import Ledger
+from llm_advisor import LLMAdvisor
+from market_rules import TAKER_FEE
+from market_scanner import MarketScanner, ScanResult
+from labels import LabelParams, samples_from_candles
+from ml_model import MLModel, PredictionCache, saved_model_status
+from model_training import Retrainer, TrainingData
+from orders import OrderExecutor
 from performance_monitor import PerformanceMonitor
+from reporter import Reporter
 from risk_manager import RiskManager
-from store import Store, StoreError, TradeRow
-from strategy import Bar, Position, StrategyParams, check_exits, decide_entries, mark_to_market
+from store import Store, StoreError
+from strategy import check_exits, decide_entries
 
 log = logging.getLogger(__name__)
 
@@ -25,40 +40,49 @@ class StartupError(Exception):
 
 
 class Trader:
-    def __init__(self, config, stop: threading.Event | None = None):
+    def __init__(self, config, stop: threading.Event | None = None,
+                 reporter: Reporter | None = None):
         self.config = config
         self.stop = stop or threading.Event()
+        self.reporter = reporter or Reporter(log.info)
         self.client = self.model = self.training_data = self.retrainer = self.advisor = None
         self.monitor = PerformanceMonitor(enabled=config.enable_performance_monitoring,
                                           slow_threshold=config.slow_operation_threshold)
         self._lock_file = self._claim_data_dir(config)
-        try:
-            self.store = Store.open(config.data_dir, config.mode)
-        except StoreError as exc:
-            raise StartupError(str(exc)) from exc
+        self.store: Store | None = None
         try:
             self.client = create_client(config)
             self.client.load_markets()
-        except ExchangeError as exc:
+            self.clock = self.client.clock   # the one clock: market time on the simulator
+            self.store = Store.open(config.data_dir, config.mode, clock=self.clock)
+        except (ExchangeError, StoreError) as exc:
             self.close()
-            raise StartupError(f"{config.exchange}: {exc}") from exc
-        self.clock = self.client.clock
+            prefix = f"{config.exchange}: " if isinstance(exc, ExchangeError) else ""
+            raise StartupError(f"{prefix}{exc}") from exc
         self.time_scale = config.sim_speed if config.is_simulated else 1.0
         self.params = StrategyParams.from_config(config)
         self.scanner = MarketScanner(self.client, config, cancel=self.stop)
         self.risk = RiskManager.from_config(config, fee_rate=self._fee_rate())
-        self.positions: dict[str, Position] = {}
-        self.broker = self._make_broker()
+        self.ledger = Ledger(self.store.paper_cash(config.starting_balance),
+                             self.store.open_positions(), self.store.last_exits())
+        self.broker = (PaperBroker(self.client, self.ledger) if config.dry_run
+                       else LiveBroker(self.client, config.quote_currency))
+        self.orders = OrderExecutor(self.store, self.broker, self.ledger, self.risk.group_of,
+                                    persist_cash=config.dry_run)
         self.cycle = 0
         self.start_equity = config.starting_balance
         self.last_prices: dict[str, float] = {}
         self._last_skips: dict[str, str] = {}
-        self.scan = self.decisions = None
-        self._live_cash: float | None = None
+        self._recorded_ts: dict[str, int] = {}
+        self.scan: ScanResult | None = None
+        self.decisions: Decisions | None = None
         if config.llm_provider != "none":
-            from llm_advisor import LLMAdvisor
             self.advisor = LLMAdvisor(config, self.monitor, self.clock)
         self._resume()
+
+    @property
+    def positions(self) -> dict[str, Position]:
+        return self.ledger.positions
 
     # -- start-up -----------------------------------------------------------------------
     @staticmethod
@@ -75,23 +99,17 @@ class Trader:
         return handle
 
     def _fee_rate(self) -> float:
-        markets = self.client.load_markets()
-        return max((m.get("taker") or 0.0) for m in markets.values()) if markets else 0.001
-
-    def _make_broker(self):
-        if self.config.dry_run:
-            return PaperBroker(self.client, self.store.paper_cash(self.config.starting_balance))
-        return LiveBroker(self.client, self.config.quote_currency)
+        """The highest taker fee of the exchange's markets (sizing keeps room for it)."""
+        return max((self.client.rules(s).taker for s in self.client.load_markets()),
+                   default=TAKER_FEE)
 
     def _resume(self) -> None:
         """Reload open positions; settle orders whose outcome a crash left unrecorded."""
-        for row in self.store.open_positions():
-            self.positions[row.symbol] = row
-        for order in self.store.pending_orders():
-            self._settle_pending(order)
+        self._sync_cash()
+        self.orders.reconcile()
         start = self.store.get_meta("start_equity")
         if start is None:
-            self.store.set_meta("start_equity", repr(self._cash()))
+            self.store.set_meta("start_equity", repr(self.ledger.cash))
         else:
             self.start_equity = float(start)
         self.cycle = int(self.store.get_meta("cycle", "0"))
@@ -111,29 +129,15 @@ class Trader:
                             "check the account (was it sold outside the bot?)", symbol, held,
                             position.amount)
 
-    def _settle_pending(self, order) -> None:
-        """A paper order never filled if its fill was not committed; a live one is looked up."""
-        if self.config.dry_run:
-            self.store.mark_order(order.client_order_id, "abandoned",
-                                  "the bot stopped before the paper fill was recorded")
-            return
-        fill = self.broker.find_order(order.symbol, order.client_order_id)
-        if fill is None:
-            self.store.mark_order(order.client_order_id, "abandoned", "not found on the exchange")
-        elif order.side == "buy" and order.symbol not in self.positions:
-            self._record_entry_fill(fill, SimpleNamespace(
-                price=order.price, stop_loss=order.stop_loss, take_profit=order.take_profit, features=None))
-        elif order.side == "sell" and order.symbol in self.positions:
-            self._record_exit_fill(self.positions[order.symbol], fill, "reconciled")
-        else:
-            self.store.mark_order(order.client_order_id, "abandoned", "already reflected")
+    def _sync_cash(self) -> None:
+        """Live: the exchange's free balance is the cash (asked once per cycle)."""
+        cash = self.broker.free_cash()
+        if cash is not None:
+            self.ledger.cash = cash
 
     def _start_model(self) -> None:
         """The model trains in the background from the scanner's candles; until it is ready
         the fallback rule trades."""
-        from ml_model import (LabelParams, MLModel, PredictionCache, Retrainer, TrainingData,
-                              samples_from_candles)
-
         self.model = MLModel(PredictionCache.from_config(self.config, self.clock))
         self.training_data = TrainingData()
         labels = LabelParams(self.params.stop_loss_atr, self.params.take_profit_atr,
@@ -153,10 +157,17 @@ class Trader:
         self.retrainer.maybe_retrain()
         return self.model.predict_proba if self.model.is_ready() else None
 
-    def _confirmer(self):
+    def _confirmer(self, verdicts: dict[str, bool]):
+        """The LLM's confirmation; every verdict is kept in `verdicts` for the record."""
         if self.advisor is None:
             return None
-        return lambda states: {s: d.take for s, d in self.advisor.confirm(states).items()}
+
+        def confirm(states):
+            answers = {s: d.take for s, d in self.advisor.confirm(states).items()}
+            verdicts.update(answers)
+            return answers
+
+        return confirm
 
     # -- the loop -----------------------------------------------------------------------
     def run(self, cycles: int | None = None) -> None:
@@ -170,16 +181,14 @@ class Trader:
             if cycles is not None and done >= cycles:
                 break
             self.stop.wait(max(0.0, interval - (time.monotonic() - started)))
-        click.echo(f"stopped after {done} cycle(s); state saved in {self.store.path}")
+        self.reporter.text(f"stopped after {done} cycle(s); state saved in {self.store.path}")
 
     def _banner(self) -> None:
         c = self.config
-        mode = "PAPER" if c.dry_run else "LIVE"
         venue = (f"simulated exchange at {self.client.sim_server.url} ({c.sim_pairs} pairs, "
                  f"market clock x{c.sim_speed:g})" if c.is_simulated else c.exchange)
-        click.echo(f"{mode} trading on {venue} | preset {c.account_size} | timeframe "
-                   f"{c.timeframe} | every {c.check_interval:g}s of market time | "
-                   f"database {self.store.path}")
+        self.reporter.banner("PAPER" if c.dry_run else "LIVE", venue, c.account_size, c.timeframe,
+                             c.check_interval, str(self.store.path))
 
     def run_cycle(self) -> None:
         self.cycle += 1
@@ -194,122 +203,126 @@ class Trader:
         self.store.set_meta("cycle", str(self.cycle))
         self._status_line(time.perf_counter() - started)
         if self.config.enable_performance_monitoring and self.cycle % self.config.performance_report_interval == 0:
-            click.echo(self.monitor.report())
+            self.reporter.text(self.monitor.report())
 
     def _cycle_steps(self) -> None:
-        self._live_cash = None
+        self._sync_cash()
+        record = self._record_state()
+        decided: list[tuple] = []
         with self.monitor.timing("update_positions"):
-            self.update_positions()
-        if self.stop.is_set():
-            return
-        with self.monitor.timing("scan_all_pairs"):
-            self.scan = self.scanner.scan()
-        if self.stop.is_set() or self.scan.view is None:
-            return
-        predict = self._predictor()
+            self.update_positions(record, decided)
+        if not self.stop.is_set():
+            with self.monitor.timing("scan_all_pairs"):
+                self.scan = self.scanner.scan()
+            if not self.stop.is_set() and self.scan.view is not None:
+                self._enter(record, decided)
+        view_ms = self.scan.view.now_ms if self.scan and self.scan.view is not None else None
+        self.store.record_cycle(self.cycle, view_ms, json.dumps(record), decided)
+        self.store.record_equity(int(self.clock() * 1000), self.equity(), self.ledger.cash,
+                                 len(self.positions))
+
+    def _record_state(self) -> dict:
+        """The decision record's start of a cycle: the books, the risk state and, on the first
+        cycle of a run, the settings the decisions depend on."""
+        state = {"cash": self.ledger.cash, "peak_equity": self.risk.peak_equity,
+                 "positions": [asdict(p) | {"features": None} for p in self.positions.values()],
+                 "last_exits": self.ledger.last_exits}
+        if not self._recorded_ts:
+            state["setup"] = {"params": asdict(self.params), "risk": self.risk.settings()}
+        return state
+
+    def _enter(self, record: dict, decided: list[tuple]) -> None:
+        """Decide entries on the scan's view and execute them; record what was decided from."""
+        view = self.scan.view
+        record["rules"] = self._record_candles(view.symbols)
+        predictions: dict[str, float] = {}
+        verdicts: dict[str, bool] = {}
+        predict = self._recording(self._predictor(), predictions)
+        cash, equity = self.ledger.cash, self.equity()
         with self.monitor.timing("decide"):
-            decisions = decide_entries(self.scan.view, self.positions, self._cash(), self.equity(),
-                                       self.params, self.risk, self.client.prepare_order,
-                                       predict, self._confirmer())
+            decisions = decide_entries(view, self.positions, cash, equity, self.params, self.risk,
+                                       self.broker.round_order, predict, self._confirmer(verdicts),
+                                       self.ledger.last_exits)
         self.decisions = decisions
+        record.update(symbols=list(view.symbols), cash=cash, equity=equity,
+                      used_model=decisions.used_model, predictions=predictions, verdicts=verdicts)
         self._log_skips(decisions.skipped)
         for intent in decisions.entries:
             if self.stop.is_set():
                 break
             with self.monitor.timing(f"execute_trade:{intent.symbol}"):
-                self.execute_entry(intent)
-        self.store.record_equity(int(self.clock() * 1000), self.equity(), self._cash(), len(self.positions))
+                position = self.orders.buy(intent)
+            decided.append(("entry", intent.symbol, intent.price, intent.amount, intent.reason,
+                            position.entry_client_order_id if position else None))
+            if position is not None:
+                self.last_prices[position.symbol] = position.entry_price
+                self.reporter.opened(position)
+
+    @staticmethod
+    def _recording(predict, predictions: dict[str, float]):
+        """The model's predict, keeping each answer by its feature row for the record."""
+        if predict is None:
+            return None
+
+        def recorded(X, keys):
+            p = predict(X, keys)
+            predictions.update(zip((feature_key(row) for row in X), p.tolist()))
+            return p
+
+        return recorded
+
+    def _record_candles(self, symbols) -> dict[str, dict]:
+        """Every closed candle a decision used, once: the whole history at first, then the new.
+        Returns the market rules of the pairs seen for the first time."""
+        rules = {}
+        for symbol in symbols:
+            candles = self.scanner.store.get(symbol)
+            last = self._recorded_ts.get(symbol)
+            if last is None:
+                rules[symbol] = asdict(self.broker.rules(symbol))
+            new = candles if last is None else candles[candles[:, 0] > last]
+            if len(new):
+                self.store.record_candles(symbol, new.tolist())
+                self._recorded_ts[symbol] = int(new[-1, 0])
+        return rules
 
     # -- positions ----------------------------------------------------------------------
-    def update_positions(self) -> None:
+    def update_positions(self, record: dict | None = None, decided: list | None = None) -> None:
         """Exits first, every cycle, against fresh prices (never the scan cache)."""
         if not self.positions:
             return
         prices = self.scanner.fresh_prices(self.positions)
         self.last_prices.update(prices)
         now_ms = int(self.clock() * 1000)
+        if record is not None:
+            record.update(exit_prices=prices, exit_ms=now_ms)
         bars = {s: Bar.at(p) for s, p in prices.items()}
         for intent in check_exits(self.positions, bars, now_ms, self.params):
             if self.stop.is_set():
                 break
             with self.monitor.timing(f"execute_trade:{intent.symbol}"):
-                self.execute_exit(self.positions[intent.symbol], intent.reason)
+                done = self.orders.sell(self.positions[intent.symbol], intent.price, intent.reason)
+            if decided is not None:
+                decided.append(("exit", intent.symbol, intent.price,
+                                done[0].amount if done else 0.0, intent.reason,
+                                done[0].client_order_id if done else None))
+            if done is not None:
+                fill, trade, left = done
+                self._learn(trade)
+                self.reporter.closed(fill, trade, left)
 
-    def _next_client_order_id(self) -> str:
-        instance = self.store.get_meta("instance")
-        if instance is None:
-            instance = format(int(time.time() * 1000) % 36 ** 6, "x")
-            self.store.set_meta("instance", instance)
-        return f"tb{instance}-{self.store.next_sequence('order')}"
-
-    def _send(self, symbol: str, side: str, amount: float, price: float, reason: str,
-              stop_loss: float | None = None, take_profit: float | None = None):
-        """Record the order as pending, then send it; a refused order is marked with why."""
-        client_id = self._next_client_order_id()
-        self.store.add_pending_order(client_id, symbol, side, amount, price, reason, stop_loss, take_profit)
-        try:
-            return self.broker.market_order(symbol, side, amount, client_id)
-        except OrderRejected as exc:
-            self.store.mark_order(client_id, "rejected", str(exc))
-            log.warning("%s %s refused: %s", side, symbol, exc)
-            return None
-
-    def execute_entry(self, intent) -> None:
-        fill = self._send(intent.symbol, "buy", intent.amount, intent.price, intent.reason,
-                          intent.stop_loss, intent.take_profit)
-        if fill is not None:
-            self._record_entry_fill(fill, intent)
-
-    def _record_entry_fill(self, fill, intent) -> None:
-        """Stops keep the intent's distances from the actual fill price."""
-        stop = fill.price - (intent.price - intent.stop_loss)
-        take = fill.price + (intent.take_profit - intent.price)
-        features = intent.features
-        position = Position(fill.symbol, fill.amount, fill.price, fill.timestamp_ms, stop, take,
-                            fill.fee, self.risk.group_of(fill.symbol), features, fill.client_order_id)
-        self.store.record_entry(fill, position, self._paper_cash())
-        self._live_cash = None
-        self.positions[fill.symbol] = position
-        self.last_prices[fill.symbol] = fill.price
-        click.echo(f"OPEN  {fill.symbol:<12} {fill.amount:.8g} @ {fill.price:.8g} "
-                   f"(fee {fill.fee:.4f}) stop {stop:.8g} target {take:.8g}")
-
-    def execute_exit(self, position: Position, reason: str) -> None:
-        """A refused exit stays open and is tried again next cycle."""
-        price = self.last_prices.get(position.symbol, position.entry_price)
-        fill = self._send(position.symbol, "sell", position.amount, price, reason)
-        if fill is not None:
-            self._record_exit_fill(position, fill, reason)
-
-    def _record_exit_fill(self, position: Position, fill, reason: str) -> None:
-        trade = TradeRow.from_exit(position, fill, reason)
-        self.store.record_exit(fill, trade, self._paper_cash())
-        self._live_cash = None
-        del self.positions[position.symbol]
-        if self.training_data is not None and position.features is not None:
-            self.training_data.add_trade(position.symbol, position.features, trade.return_pct / 100.0,
-                                         position.entry_time_ms, fill.timestamp_ms)
-        click.echo(f"CLOSE {position.symbol:<12} {fill.amount:.8g} @ {fill.price:.8g} "
-                   f"{reason:<11} PnL {trade.profit:+.2f} ({trade.return_pct:+.2f}%)")
+    def _learn(self, trade) -> None:
+        if self.training_data is not None and trade.features is not None:
+            self.training_data.add_trade(trade.symbol, trade.features, trade.return_pct / 100.0,
+                                         trade.entry_time_ms, trade.exit_time_ms)
 
     # -- accounting ---------------------------------------------------------------------
-    def _paper_cash(self) -> float | None:
-        return self.broker.cash if self.config.dry_run else None
-
-    def _cash(self) -> float:
-        """Paper cash, or the live free balance (asked once per cycle and after each fill)."""
-        if self.config.dry_run:
-            return self.broker.cash
-        if self._live_cash is None:
-            self._live_cash = self.broker.cash
-        return self._live_cash
-
     def equity(self) -> float:
         prices = dict(self.last_prices)
         if self.scan is not None and self.scan.view is not None:
             for s, p in zip(self.scan.view.symbols, self.scan.view.close.tolist()):
                 prices.setdefault(s, p)
-        return self._cash() + mark_to_market(self.positions, prices)
+        return self.ledger.equity(prices)
 
     def _log_skips(self, skipped) -> None:
         """Each skipped entry is logged with its reason, once until the reason changes."""
@@ -321,15 +334,11 @@ class Trader:
 
     def _status_line(self, seconds: float) -> None:
         scan, decisions = self.scan, self.decisions
-        equity = self.equity()
-        pnl = equity - self.start_equity
-        pairs = len(scan.universe) if scan else 0
-        cached = " cached" if scan and scan.from_cache else ""
-        click.echo(
-            f"cycle {self.cycle:>4} | {seconds:5.2f}s | pairs {pairs}{cached} | candidates "
-            f"{len(decisions.candidates) if decisions else 0} | positions {len(self.positions)}/"
-            f"{self.config.max_open_positions} | equity {equity:,.2f} {self.config.quote_currency} "
-            f"| PnL {pnl:+,.2f} ({pnl / self.start_equity:+.2%}) | {self._model_state()}")
+        self.reporter.status(
+            self.cycle, seconds, len(scan.universe) if scan else 0, bool(scan and scan.from_cache),
+            len(decisions.candidates) if decisions else 0, len(self.positions),
+            self.config.max_open_positions, self.equity(), self.config.quote_currency,
+            self.start_equity, self._model_state())
 
     def _model_state(self) -> str:
         if self.model is None:
@@ -346,7 +355,8 @@ class Trader:
             self.advisor.close()
         if self.client is not None:
             self.client.close()
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
         self._lock_file.close()
 
 
@@ -377,8 +387,6 @@ def status_report(config, n_trades: int = 10) -> str:
 
 def model_summary(data_dir) -> str:
     """The saved model's out-of-sample quality, read from its metadata (nothing unpickled)."""
-    from ml_model import saved_model_status
-
     meta = saved_model_status(data_dir)
     if not meta:
         return "model: none trained yet (the bot trades on its fallback rule)"

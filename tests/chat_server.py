@@ -284,7 +284,7 @@ class ReplayResult:
 
 def stand_in_model(features: np.ndarray, keys: Sequence[tuple]) -> np.ndarray:
     """A fixed stand-in for the trained model's probability (the replay needs no training)."""
-    from ml_model import FEATURE_NAMES
+    from features import FEATURE_NAMES
 
     f = {name: features[:, i].astype(np.float64) for i, name in enumerate(FEATURE_NAMES)}
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -305,16 +305,16 @@ def replay(seed: int = 1, pairs: int = 20, candles: int = 288, *, ttl: float | N
     strategy.llm_state) and asks a real LLMAdvisor (cache, shipped defaults unless ttl /
     tolerances are given) backed by this server; each answer is compared with what the
     server would answer for the state now (decide()). data: candles to use instead of
-    sim_exchange.simulated_ohlcv (symbol -> (T, 6), same timestamps for every pair).
+    sim_market.simulated_ohlcv (symbol -> (T, 6), same timestamps for every pair).
     """
     from indicators import compute_all
     from llm_advisor import LLMAdvisor, build_messages
     from llm_cache import DEFAULT_TTL
-    from strategy import StrategyParams
+    from domain import StrategyParams
 
     started = time.perf_counter()
     if data is None:
-        from sim_exchange import simulated_ohlcv
+        from sim_market import simulated_ohlcv
 
         data = simulated_ohlcv(pairs, seed, timeframe, warmup + candles)
     symbols = tuple(sorted(data))
@@ -360,7 +360,7 @@ def _candidate_states(block: np.ndarray, symbols: tuple[str, ...], params: Any, 
                       open_positions: int, max_positions: int,
                       compute_all: Callable) -> list[dict[str, Any]]:
     """States of the top candidates from a (P, T, 6) block of closed candles."""
-    from ml_model import HISTORY_NEEDED
+    from features import HISTORY_NEEDED
     from strategy import MarketView, find_candidates, llm_state
 
     ind = compute_all(*(block[:, :, k] for k in range(1, 6)))

@@ -44,6 +44,7 @@ BAD_VALUES = {
     "STOP_LOSS_ATR": ["0"],
     "TAKE_PROFIT_ATR": ["-1"],
     "MAX_HOLD_CANDLES": ["0"],
+    "COOLDOWN_CANDLES": ["-1", "1001", "1.5"],
     "DATA_DIR": [""],
     "LOG_LEVEL": ["TRACE"],
     "SIM_SPEED": ["0.5", "20000"],

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import logging
 import random
+import tempfile
 import threading
 import time
 import types
 import unittest
+import zlib
 
 from llm_advisor import AnswerError, LLMAdvisor, build_messages, parse_answer, prompt_payload
 from llm_cache import CacheTolerances, LLMCache, LLMDecision
@@ -415,6 +417,90 @@ class AdvisorTest(unittest.TestCase):
         advisor.confirm([TAKE_STATE])
         self.assertEqual(monitor.stats("llm_call")["calls"], 1)
         self.assertIn("LLM cache:", monitor.report())
+
+
+def gate_verdict(pair: str) -> bool:
+    """The LLM of TradingLoopGateTest: a fixed take/refuse per pair (about half of each)."""
+    return zlib.crc32(pair.encode()) % 2 == 0
+
+
+class TradingLoopGateTest(unittest.TestCase):
+    """The trading loop's LLM gate against a healthy server: every planned entry is asked
+    about, the confirmed ones are bought and the refused ones are dropped (and counted)."""
+
+    def test_confirmations_enter_and_refusals_are_dropped(self) -> None:
+        from config import load_config
+        from trader import Trader
+
+        def verdict(payload: dict) -> dict:
+            take = gate_verdict(payload["pair"])
+            return {"take": take, "confidence": 0.8, "reason": "test gate"}
+
+        chat = ChatServer(decide_fn=verdict).start()
+        self.addCleanup(chat.stop)
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        env = {"DATA_DIR": tmp.name, "SIM_PAIRS": "15", "MAX_PAIRS": "15", "SIM_SPEED": "600",
+               "SIM_SEED": "1", "CHECK_INTERVAL": "60", "CANDLE_HISTORY": "150",
+               "ML_ENABLED": "false", "MARKET_SCAN_CACHE_DURATION": "0",
+               "ENABLE_PERFORMANCE_MONITORING": "false", "LLM_PROVIDER": "openai",
+               "LLM_BASE_URL": chat.url, "LLM_MODEL": "test", "LLM_TIMEOUT": "5",
+               "LLM_CYCLE_BUDGET": "10", "LLM_MAX_CALLS_PER_CYCLE": "10",
+               "LLM_ON_FAILURE": "reject"}
+        trader = Trader(load_config(None, env))
+        self.addCleanup(trader.close)
+
+        asked: list[tuple[list[dict], dict[str, LLMDecision]]] = []   # this cycle's consultations
+        consult = trader.advisor.confirm
+
+        def recording_confirm(states: list[dict]) -> dict[str, LLMDecision]:
+            answers = consult(states)
+            asked.append((list(states), dict(answers)))
+            return answers
+
+        trader.advisor.confirm = recording_confirm
+        bought: set[str] = set()
+        dropped: set[str] = set()
+        gated_cycles = 0
+        for _ in range(40):
+            asked.clear()
+            requests_before, held_before = chat.request_count, set(trader.positions)
+            trader.run_cycle()
+            if asked:
+                gated_cycles += 1
+                with self.subTest(cycle=trader.cycle):
+                    self.check_gated_cycle(trader, asked, chat.request_count - requests_before,
+                                           held_before)
+                answers = {s: d for _, result in asked for s, d in result.items()}
+                bought |= {s for s, d in answers.items() if d.take}
+                dropped |= {s for s, d in answers.items() if not d.take}
+            if bought and dropped:
+                break
+            trader.client.sim.advance(300)
+        self.assertTrue(bought, f"a healthy LLM confirmed no entry in {gated_cycles} gated cycle(s)")
+        self.assertTrue(dropped, f"the LLM refused no entry in {gated_cycles} gated cycle(s), so "
+                        "the refusal path was not exercised")
+
+    def check_gated_cycle(self, trader, asked, requests: int, held_before: set[str]) -> None:
+        self.assertEqual(len(asked), 1, "the advisor is consulted once per cycle")
+        [(states, answers)] = asked
+        asked_symbols = [s["symbol"] for s in states]
+        self.assertEqual(sorted(answers), sorted(asked_symbols), "one answer per state asked")
+        self.assertEqual({d.source for d in answers.values()} - {"llm", "cache"}, set(),
+                         f"a healthy LLM needed a fallback: {answers}")
+        self.assertEqual(requests, sum(d.source == "llm" for d in answers.values()),
+                         "one request per answer not taken from the cache")
+        for symbol, decision in answers.items():
+            self.assertEqual(decision.take, gate_verdict(symbol), f"{symbol}: {decision}")
+        confirmed = {s for s, d in answers.items() if d.take}
+        refused = {s for s, d in answers.items() if not d.take}
+        entries = [e.symbol for e in trader.decisions.entries]
+        unconfirmed = [s for s, r in trader.decisions.skipped if r == "not confirmed by the LLM"]
+        self.assertEqual(sorted(entries), sorted(confirmed), "every confirmed entry goes ahead")
+        self.assertEqual(sorted(unconfirmed), sorted(refused), "every refused entry is dropped")
+        self.assertEqual(len(entries) + len(unconfirmed), len(states))
+        opened = set(trader.positions) - held_before
+        self.assertEqual(opened, confirmed, "exactly the confirmed entries were bought")
 
 
 class ReplayTest(unittest.TestCase):

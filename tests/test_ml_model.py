@@ -1,5 +1,6 @@
-"""ml_model: no look-ahead, labels, prediction cache, bounded training data, persistence and
-background retraining while prediction cycles run. Synthetic random-walk candles only."""
+"""features, labels, ml_model and model_training: no look-ahead, labels, prediction cache,
+bounded training data, persistence and background retraining while prediction cycles run.
+Synthetic random-walk candles only."""
 from __future__ import annotations
 
 import tempfile
@@ -9,11 +10,17 @@ import unittest
 from pathlib import Path
 
 import numpy as np
+from sklearn.dummy import DummyClassifier
 
-import ml_model as m
+from features import FEATURE_NAMES, HISTORY_NEEDED, history_features, prepare_features
+from labels import LabelParams, samples_from_candles, triple_barrier_labels
+from ml_model import (MODEL_FILE, TRAINING_FILE, MLModel, PredictionCache, load_model,
+                      positive_proba, save_model, saved_model_status, train_model)
+from model_training import Retrainer, TrainingData
 
-F = len(m.FEATURE_NAMES)
+F = len(FEATURE_NAMES)
 TF = 300_000
+FEE = 0.001   # per side; the expected returns below are computed for it
 
 
 def random_walk(pairs: int, candles: int, seed: int = 0):
@@ -54,11 +61,11 @@ class FakeClock:
 class FeatureTests(unittest.TestCase):
     def test_history_and_latest_agree_float32_and_warmup_is_nan(self):
         ts, o, h, l, c, v = random_walk(5, 200)
-        X, ind = m.history_features(o, h, l, c, v)
+        X, ind = history_features(o, h, l, c, v)
         self.assertEqual(X.shape, (5, 200, F))
         self.assertEqual(X.dtype, np.float32)
-        latest = m.prepare_features({k: a[:, -1] for k, a in ind.items()},
-                                    c[:, -(m.HISTORY_NEEDED + 1):])
+        latest = prepare_features({k: a[:, -1] for k, a in ind.items()},
+                                    c[:, -(HISTORY_NEEDED + 1):])
         np.testing.assert_array_equal(latest, X[:, -1])
         finite = np.isfinite(X).all(axis=-1)
         self.assertFalse(finite[:, :40].any())        # EMA50 and friends still warming up
@@ -67,7 +74,7 @@ class FeatureTests(unittest.TestCase):
 
     def test_features_at_t_ignore_every_later_candle(self):
         ts, o, h, l, c, v = random_walk(3, 260, seed=1)
-        base, _ = m.history_features(o, h, l, c, v)
+        base, _ = history_features(o, h, l, c, v)
         rng = np.random.default_rng(2)
         for change in (70, 150, 259):
             for suffix in (False, True):
@@ -76,7 +83,7 @@ class FeatureTests(unittest.TestCase):
                 factor = rng.uniform(0.8, 1.2, c2[:, cols].shape)
                 for a in (o2, h2, l2, c2, v2):
                     a[:, cols] *= factor
-                X2, _ = m.history_features(o2, h2, l2, c2, v2)
+                X2, _ = history_features(o2, h2, l2, c2, v2)
                 np.testing.assert_array_equal(X2[:, :change], base[:, :change])
                 self.assertFalse(np.array_equal(X2[:, change], base[:, change]))
 
@@ -84,9 +91,9 @@ class FeatureTests(unittest.TestCase):
 class LabelTests(unittest.TestCase):
     def test_labels_ignore_candles_after_their_window(self):
         ts, o, h, l, c, v = random_walk(3, 300, seed=3)
-        _, ind = m.history_features(o, h, l, c, v)
+        _, ind = history_features(o, h, l, c, v)
         horizon = 20
-        base = m.triple_barrier_labels(h, l, c, ind["atr"], 3.0, 2.0, horizon, 0.001, open_=o)
+        base = triple_barrier_labels(h, l, c, ind["atr"], 3.0, 2.0, horizon, FEE, open_=o)
         t = np.arange(300)
         rng = np.random.default_rng(4)
         for change in (90, 180, 299):
@@ -94,8 +101,8 @@ class LabelTests(unittest.TestCase):
             factor = rng.uniform(0.9, 1.1, (3, 300 - change))
             for a in (o2, h2, l2, c2, v2):
                 a[:, change:] *= factor
-            _, ind2 = m.history_features(o2, h2, l2, c2, v2)
-            new = m.triple_barrier_labels(h2, l2, c2, ind2["atr"], 3.0, 2.0, horizon, 0.001,
+            _, ind2 = history_features(o2, h2, l2, c2, v2)
+            new = triple_barrier_labels(h2, l2, c2, ind2["atr"], 3.0, 2.0, horizon, FEE,
                                           open_=o2)
             window_before = np.broadcast_to(t + horizon < change, (3, 300))
             decided_before = (base.end >= 0) & (base.end < change)
@@ -118,7 +125,7 @@ class LabelTests(unittest.TestCase):
         close[3, 3] = 100.5                         # time limit, +0.5 % - 0.2 % fees -> 1
         close[4, 3] = 100.1                         # time limit, +0.1 % - 0.2 % fees -> 0
         open_[5, 1], low[5, 1] = 95.0, 94.0         # gap through the stop fills at the open
-        lab = m.triple_barrier_labels(high, low, close, atr, 3.0, 2.0, 3, 0.001, open_=open_)
+        lab = triple_barrier_labels(high, low, close, atr, 3.0, 2.0, 3, FEE, open_=open_)
         np.testing.assert_array_equal(lab.label[:, 0], [0, 1, 0, 1, 0, 0])
         np.testing.assert_array_equal(lab.end[:, 0], [1, 2, 1, 3, 3, 1])
         np.testing.assert_allclose(lab.ret[:, 0], [-0.022, 0.028, 0.0003 - 0.002, 0.003,
@@ -127,7 +134,7 @@ class LabelTests(unittest.TestCase):
         self.assertTrue((lab.end[:, 2:] == -1).all())
 
     def test_samples_are_sorted_labelled_after_their_time_and_unique(self):
-        s = m.samples_from_candles(candle_dict(4, 400), m.LabelParams(max_hold_candles=24))
+        s = samples_from_candles(candle_dict(4, 400), LabelParams(max_hold_candles=24))
         self.assertGreater(len(s.y), 1000)
         self.assertTrue(np.isfinite(s.X).all())
         self.assertTrue(set(np.unique(s.y)) <= {0, 1})
@@ -140,7 +147,7 @@ class LabelTests(unittest.TestCase):
 class PredictionCacheTests(unittest.TestCase):
     def test_ttl_expiry_on_the_injected_clock(self):
         clock = FakeClock(0.0)
-        cache = m.PredictionCache(ttl=300, clock=clock)
+        cache = PredictionCache(ttl=300, clock=clock)
         key = cache.round_keys([(50.0, 0.01, 0.5, 1.0)])
         cache.put_many(key, [0.7], generation=0)
         clock.now = 300.0
@@ -151,7 +158,7 @@ class PredictionCacheTests(unittest.TestCase):
         self.assertEqual((s["hits"], s["misses"], s["expired"], s["size"]), (1, 1, 1, 0))
 
     def test_rounding_groups_close_states(self):
-        cache = m.PredictionCache(decimals=1)
+        cache = PredictionCache(decimals=1)
         a, b, c = cache.round_keys([(50.04, 0.0101, 0.501, 1.004), (50.01, 0.0104, 0.504, 1.001),
                                     (50.04, 0.0120, 0.501, 1.004)])
         self.assertEqual(a, b)
@@ -163,7 +170,7 @@ class PredictionCacheTests(unittest.TestCase):
         self.assertEqual(len(set(many)), 400)
 
     def test_size_bound_and_lru_order(self):
-        cache = m.PredictionCache(max_size=1000)
+        cache = PredictionCache(max_size=1000)
         keys = [(float(i), 0.0, 0.0, 0.0) for i in range(1001)]
         cache.put_many(keys[:1000], np.linspace(0, 1, 1000), 0)
         self.assertEqual(len(cache), 1000)
@@ -177,9 +184,9 @@ class PredictionCacheTests(unittest.TestCase):
         self.assertEqual(got[2], 0.5)
 
     def test_swap_clears_and_old_generation_is_never_served(self):
-        model = m.MLModel(m.PredictionCache())
+        model = MLModel(PredictionCache())
         X, y, ret, t, end = records(400, 0.4, 0, seed=5)
-        est, meta = m.train_model(X, y, t, end, ret)
+        est, meta = train_model(X, y, t, end, ret)
         model.swap(est, meta)
         keys = [(float(i), 0.0, 0.0, 1.0) for i in range(10)]
         model.predict_proba(X[:10], keys)
@@ -194,13 +201,13 @@ class PredictionCacheTests(unittest.TestCase):
 class ModelTests(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        s = m.samples_from_candles(candle_dict(4, 500, seed=6))
+        s = samples_from_candles(candle_dict(4, 500, seed=6))
         cls.samples = s
-        cls.trained = m.train_model(s.X, s.y, s.time_ms, s.label_end_ms, s.ret)
+        cls.trained = train_model(s.X, s.y, s.time_ms, s.label_end_ms, s.ret)
 
     def test_training_reports_out_of_sample_quality_and_versions(self):
         est, meta = self.trained
-        self.assertEqual(tuple(meta["feature_names"]), m.FEATURE_NAMES)
+        self.assertEqual(tuple(meta["feature_names"]), FEATURE_NAMES)
         self.assertEqual(meta["samples"], len(self.samples.y))
         self.assertTrue(0 < meta["validation_samples"] < meta["samples"])
         for k in ("auc", "base_rate", "precision_at_threshold", "sklearn", "numpy"):
@@ -208,7 +215,7 @@ class ModelTests(unittest.TestCase):
         self.assertTrue(0.0 <= meta["auc"] <= 1.0)
 
     def test_batched_prediction_equals_single_predictions(self):
-        model = m.MLModel()
+        model = MLModel()
         model.swap(*self.trained)
         X = self.samples.X[:50]
         keys = [tuple(r) for r in X[:, [0, 1, 2, 3]].astype(float)]
@@ -223,48 +230,49 @@ class ModelTests(unittest.TestCase):
 
     def test_save_load_round_trip_and_json_status(self):
         with tempfile.TemporaryDirectory() as d:
-            m.save_model(d, *self.trained)
-            est, meta = m.load_model(d)
+            save_model(d, *self.trained)
+            est, meta = load_model(d)
             X = self.samples.X[:20]
-            np.testing.assert_array_equal(m.positive_proba(est, X),
-                                          m.positive_proba(self.trained[0], X))
-            self.assertEqual(m.saved_model_status(d)["samples"], meta["samples"])
+            np.testing.assert_array_equal(positive_proba(est, X),
+                                          positive_proba(self.trained[0], X))
+            self.assertEqual(saved_model_status(d)["samples"], meta["samples"])
 
     def test_corrupt_or_incompatible_model_file_warns_and_returns_none(self):
         with tempfile.TemporaryDirectory() as d:
-            self.assertIsNone(m.load_model(d))                  # missing: quietly None
-            Path(d, m.MODEL_FILE).write_bytes(b"\x80\x04 definitely not a pickle")
+            self.assertIsNone(load_model(d))                  # missing: quietly None
+            Path(d, MODEL_FILE).write_bytes(b"\x80\x04 definitely not a pickle")
             with self.assertLogs("ml_model", "WARNING") as logs:
-                self.assertIsNone(m.load_model(d))
+                self.assertIsNone(load_model(d))
             self.assertIn("retrained", logs.output[0])
             est, meta = self.trained
-            m.save_model(d, est, {**meta, "feature_names": ["rsi", "something_else"]})
+            save_model(d, est, {**meta, "feature_names": ["rsi", "something_else"]})
             with self.assertLogs("ml_model", "WARNING"):
-                self.assertIsNone(m.load_model(d))
+                self.assertIsNone(load_model(d))
 
     def test_corrupt_model_file_then_retrainer_trains_and_saves_a_good_one(self):
         with tempfile.TemporaryDirectory() as d:
-            Path(d, m.MODEL_FILE).write_bytes(b"garbage")
-            Path(d, m.TRAINING_FILE).write_bytes(b"garbage too")
-            model = m.MLModel()
+            Path(d, MODEL_FILE).write_bytes(b"garbage")
+            Path(d, TRAINING_FILE).write_bytes(b"garbage too")
+            model = MLModel()
             ohlcv = candle_dict(3, 400, seed=7)
-            retrainer = m.Retrainer(model, m.TrainingData(), d,
-                                    lambda: m.samples_from_candles(ohlcv))
-            with self.assertLogs("ml_model", "WARNING") as logs:
+            retrainer = Retrainer(model, TrainingData(), d, lambda: samples_from_candles(ohlcv))
+            with (self.assertLogs("ml_model", "WARNING") as model_logs,
+                  self.assertLogs("model_training", "WARNING") as data_logs):
                 retrainer.start()
                 self.assertTrue(retrainer.wait_idle(30))
             retrainer.stop()
-            self.assertEqual(len(logs.output), 2)   # the model file and the training file
+            self.assertEqual(len(model_logs.output), 1)   # the model file
+            self.assertEqual(len(data_logs.output), 1)    # the training file
             self.assertTrue(model.is_ready())
             self.assertEqual(model.status()["version"], 1)
-            self.assertIsNotNone(m.load_model(d))
-            reloaded = m.TrainingData()
-            self.assertGreater(reloaded.load(Path(d, m.TRAINING_FILE)), 0)
+            self.assertIsNotNone(load_model(d))
+            reloaded = TrainingData()
+            self.assertGreater(reloaded.load(Path(d, TRAINING_FILE)), 0)
 
 
 class TrainingDataTests(unittest.TestCase):
     def test_trim_past_20000_to_15000_keeps_extremes_drops_oldest(self):
-        td = m.TrainingData()
+        td = TrainingData()
         nbytes = td.nbytes
         rng = np.random.default_rng(8)
         for i in range(4):
@@ -286,7 +294,7 @@ class TrainingDataTests(unittest.TestCase):
         self.assertTrue((np.diff(kept.time_ms) > 0).all())
 
     def test_save_keeps_5000_most_important_and_reloads(self):
-        td = m.TrainingData()
+        td = TrainingData()
         X, y, ret, t, end = records(12_000, 0.4, 0, seed=10)
         td.add(X, y, ret, t, end, keys=np.arange(12_000, dtype=np.uint64))
         td.add_trade("ETH/USDT", X[0], 0.0, int(t[0]), int(end[0]))   # old, not extreme
@@ -294,7 +302,7 @@ class TrainingDataTests(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             path = Path(d, "training.npz")
             self.assertEqual(td.save(path), 5000)
-            back = m.TrainingData()
+            back = TrainingData()
             self.assertEqual(back.load(path), 5000)
         snap, saved = td.snapshot(), back.snapshot()
         order = np.argsort(-np.abs(snap.ret))
@@ -312,8 +320,8 @@ class TrainingDataTests(unittest.TestCase):
         np.testing.assert_array_equal(saved.X[i], X[1])
 
     def test_duplicate_samples_are_not_added_twice(self):
-        s = m.samples_from_candles(candle_dict(2, 300, seed=11))
-        td = m.TrainingData()
+        s = samples_from_candles(candle_dict(2, 300, seed=11))
+        td = TrainingData()
         self.assertEqual(td.add_samples(s), len(s.y))
         self.assertEqual(td.add_samples(s), 0)
         self.assertEqual(len(td), len(s.y))
@@ -321,8 +329,6 @@ class TrainingDataTests(unittest.TestCase):
 
 class RetrainerTests(unittest.TestCase):
     def test_cycles_never_wait_for_training_nor_see_a_half_swapped_model(self):
-        from sklearn.dummy import DummyClassifier
-
         entered, gate = threading.Event(), threading.Event()
 
         class GatedDummy(DummyClassifier):
@@ -334,16 +340,16 @@ class RetrainerTests(unittest.TestCase):
                     raise TimeoutError("gate never opened")
                 return super().fit(X, y, sample_weight)
 
-        data = m.TrainingData()
+        data = TrainingData()
         data.add(*records(1000, 0.3, 0, seed=12))
-        model = m.MLModel()
+        model = MLModel()
         gate.set()
         snap = data.snapshot()
-        model.swap(*m.train_model(snap.X, snap.y, snap.time_ms, snap.end_ms,
+        model.swap(*train_model(snap.X, snap.y, snap.time_ms, snap.end_ms,
                                   factory=lambda: GatedDummy()))
         gate.clear()
         entered.clear()
-        retrainer = m.Retrainer(model, data, "unused", factory=lambda: GatedDummy(),
+        retrainer = Retrainer(model, data, "unused", factory=lambda: GatedDummy(),
                                 persist=False).start(load=False)
         self.assertTrue(retrainer.wait_idle(10))
 
@@ -394,10 +400,10 @@ class RetrainerTests(unittest.TestCase):
 
     def test_maybe_retrain_on_interval_or_new_samples(self):
         clock = FakeClock(0.0)
-        data = m.TrainingData()
+        data = TrainingData()
         data.add(*records(400, 0.4, 0, seed=14))
-        model = m.MLModel()
-        retrainer = m.Retrainer(model, data, "unused", retrain_interval=3600,
+        model = MLModel()
+        retrainer = Retrainer(model, data, "unused", retrain_interval=3600,
                                 min_new_samples=100, clock=clock, persist=False)
         retrainer.start(load=False)            # no model: trains at once
         try:

@@ -1,4 +1,5 @@
-"""Tests of sim_exchange: the market model, and an unmodified ccxt.binance over 127.0.0.1."""
+"""Tests of sim_market (the market model) and sim_exchange (an unmodified ccxt.binance
+over 127.0.0.1)."""
 import hashlib
 import hmac
 import http.client
@@ -17,8 +18,8 @@ from urllib.parse import urlencode, urlsplit
 import ccxt
 import numpy as np
 
-from sim_exchange import (SimExchangeServer, SimMarket, ccxt_overrides, simulated_ohlcv,
-                          synthetic_order_book)
+from sim_exchange import SimExchangeServer, ccxt_overrides
+from sim_market import SimMarket, simulated_ohlcv, synthetic_order_book
 
 START_MS = 1_717_200_000_000 + 150_000     # 2024-06-01 00:02:30 UTC, inside a 5m candle
 KEY, SECRET = "test-key", "test-secret"

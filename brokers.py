@@ -1,0 +1,277 @@
+"""Brokers: where an order becomes a fill. One interface, three venues.
+
+- `PaperBroker` (DRY_RUN): walks the exchange's live order book, pays the market's taker fee.
+- `LiveBroker`: real orders through ccxt, each with a client order id so that a retried
+  order is never placed twice, and an order whose answer was lost can be looked up.
+- `BacktestBroker`: walks the simulated exchange's book model at the replayed price.
+
+Every broker rounds and checks an order with the market's `MarketRules` before it fills,
+and returns a `domain.Fill`: a buy spends `cost + fee` quote and adds `amount` base; a sell
+removes `amount` base and adds `cost - fee` quote; `fee` is always in quote. Brokers move
+no money: the ledger does, from the fill.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import ccxt
+import numpy as np
+
+from domain import ExchangeError, Fill, OrderNotFound, OrderRejected
+from exchange import CLIENT_ORDER_ID_RE, ExchangeClient
+from ledger import Ledger
+from market_rules import MarketRules
+
+log = logging.getLogger(__name__)
+
+PAPER_BOOK_DEPTH = 100   # levels the paper and backtest brokers walk
+
+
+class Broker(Protocol):
+    def rules(self, symbol: str) -> MarketRules: ...
+
+    def round_order(self, symbol: str, side: str, amount: float,
+                    price: float) -> tuple[float, float]: ...
+
+    def market_order(self, symbol: str, side: str, amount: float, client_order_id: str) -> Fill: ...
+
+    def find_order(self, symbol: str, client_order_id: str) -> Fill | None: ...
+
+    def free_cash(self) -> float | None:
+        """The venue's free quote balance, or None where the ledger's cash is the truth."""
+
+
+def walk_book(levels: Any, amount: float) -> tuple[float, float]:
+    """(average price, filled amount) taking `amount` from [price, qty] levels, best first.
+
+    filled < amount means the book is too thin; the average is NaN when nothing fills.
+    """
+    book = np.asarray(levels, dtype=np.float64).reshape(-1, 2)
+    if amount <= 0 or book.shape[0] == 0:
+        return math.nan, 0.0
+    qty = np.maximum(book[:, 1], 0.0)
+    before = np.cumsum(qty) - qty
+    take = np.clip(amount - before, 0.0, qty)
+    taken = float(take.sum())
+    if taken <= 0:
+        return math.nan, 0.0
+    filled = float(amount) if float(qty.sum()) >= amount else taken  # no float dust short
+    return float(take @ book[:, 0]) / taken, filled
+
+
+def book_fill(rules: MarketRules, side: str, amount: float, levels: Any, timestamp_ms: int,
+              order_id: str, client_order_id: str) -> Fill:
+    """A market order of a rounded `amount` filled against `levels`, with the taker fee."""
+    price, filled = walk_book(levels, amount)
+    if filled < amount:
+        raise OrderRejected(f"{rules.symbol}: order book too thin: {filled:.10g} of "
+                            f"{amount:.10g} within {len(levels)} levels")
+    cost = amount * price
+    return Fill(rules.symbol, side, amount, price, cost, cost * rules.taker, timestamp_ms,
+                order_id, client_order_id)
+
+
+def check_funds(ledger: Ledger, fill: Fill) -> None:
+    """A simulated account cannot spend more than its cash nor sell more than it holds."""
+    if fill.side == "buy" and ledger.cash < fill.cost + fill.fee:
+        raise OrderRejected(f"{fill.symbol}: insufficient cash: need {fill.cost + fill.fee:.2f}, "
+                            f"have {ledger.cash:.2f}")
+    held = ledger.positions.get(fill.symbol)
+    if fill.side == "sell" and (held is None or fill.amount > held.amount * (1 + 1e-9)):
+        raise OrderRejected(f"{fill.symbol}: cannot sell {fill.amount:.10g}, holding "
+                            f"{held.amount if held else 0:.10g}")
+
+
+class PaperBroker:
+    """DRY_RUN: fills against the exchange's live order book; the account is the ledger."""
+
+    def __init__(self, client: ExchangeClient, ledger: Ledger, book_depth: int = PAPER_BOOK_DEPTH):
+        self.client, self.ledger, self.book_depth = client, ledger, book_depth
+        self._ids = itertools.count(1)
+
+    def rules(self, symbol: str) -> MarketRules:
+        return self.client.rules(symbol)
+
+    def round_order(self, symbol: str, side: str, amount: float, price: float) -> tuple[float, float]:
+        return self.rules(symbol).round_order(side, amount, price)
+
+    def market_order(self, symbol: str, side: str, amount: float, client_order_id: str) -> Fill:
+        book = self.client.fetch_order_book(symbol, self.book_depth)
+        levels = book["asks"] if side == "buy" else book["bids"]
+        if not levels:
+            raise OrderRejected(f"{symbol}: the order book has no {side} side to fill against")
+        rules = self.rules(symbol)
+        amount, _ = rules.round_order(side, amount, float(levels[0][0]))
+        fill = book_fill(rules, side, amount, levels, int(self.client.clock() * 1000),
+                         f"paper-{next(self._ids)}", client_order_id)
+        check_funds(self.ledger, fill)
+        return fill
+
+    def find_order(self, symbol: str, client_order_id: str) -> Fill | None:
+        """A paper order exists only in memory: one whose fill was not recorded never filled."""
+        return None
+
+    def free_cash(self) -> float | None:
+        return None
+
+
+@dataclass(frozen=True)
+class Quote:
+    """The backtest's market at one step: the price an order meets, and the book model."""
+    price: float
+    timestamp_ms: int
+    levels: Callable[[str], Sequence] | None = None   # side -> [price, qty] levels; None: no slippage
+
+
+class BacktestBroker:
+    """Fills at the replayed price on the simulated exchange's book model; the replay sets
+    `quotes` for the step before it sends orders."""
+
+    def __init__(self, rules_by_symbol: Mapping[str, MarketRules], ledger: Ledger):
+        self._rules = dict(rules_by_symbol)
+        self.ledger = ledger
+        self.quotes: dict[str, Quote] = {}
+        self._ids = itertools.count(1)
+
+    def rules(self, symbol: str) -> MarketRules:
+        return self._rules[symbol]
+
+    def round_order(self, symbol: str, side: str, amount: float, price: float) -> tuple[float, float]:
+        return self._rules[symbol].round_order(side, amount, price)
+
+    def market_order(self, symbol: str, side: str, amount: float, client_order_id: str) -> Fill:
+        quote = self.quotes[symbol]
+        rules = self._rules[symbol]
+        amount, _ = rules.round_order(side, amount, quote.price)
+        fill = book_fill(rules, side, amount, self._levels(quote, side), quote.timestamp_ms,
+                         f"bt-{next(self._ids)}", client_order_id)
+        check_funds(self.ledger, fill)
+        return fill
+
+    def liquidate(self, symbol: str, amount: float, client_order_id: str) -> Fill:
+        """Sell all of `amount` at the end of the data, whatever the limits and the depth
+        (at the average of what the book holds)."""
+        quote, rules = self.quotes[symbol], self._rules[symbol]
+        price, filled = walk_book(self._levels(quote, "sell"), amount)
+        price = price if filled > 0 and math.isfinite(price) else quote.price
+        cost = amount * price
+        return Fill(symbol, "sell", amount, price, cost, cost * rules.taker, quote.timestamp_ms,
+                    f"bt-{next(self._ids)}", client_order_id)
+
+    @staticmethod
+    def _levels(quote: Quote, side: str) -> Sequence:
+        return quote.levels(side) if quote.levels is not None else [[quote.price, math.inf]]
+
+    def find_order(self, symbol: str, client_order_id: str) -> Fill | None:
+        return None
+
+    def free_cash(self) -> float | None:
+        return None
+
+
+class LiveBroker:
+    """Real orders through ccxt, each with a client order id so a retry never doubles it."""
+
+    def __init__(self, client: ExchangeClient, quote: str | None = None):
+        self.client = client
+        self.quote = quote or client.quote
+
+    def rules(self, symbol: str) -> MarketRules:
+        return self.client.rules(symbol)
+
+    def round_order(self, symbol: str, side: str, amount: float, price: float) -> tuple[float, float]:
+        return self.rules(symbol).round_order(side, amount, price)
+
+    def free_cash(self) -> float:
+        """Free quote balance on the exchange."""
+        balance = self.client.call("fetch_balance")
+        return float((balance.get("free") or {}).get(self.quote) or 0.0)
+
+    def market_order(self, symbol: str, side: str, amount: float, client_order_id: str) -> Fill:
+        book = self.client.fetch_order_book(symbol, 5)
+        levels = book["asks"] if side == "buy" else book["bids"]
+        reference = float(levels[0][0]) if levels else math.nan
+        amount, _ = self.round_order(symbol, side, amount, reference)
+        order = self._place(symbol, side, amount, client_order_id)
+        if order.get("status") != "closed" or not order.get("filled"):
+            order = self.client.call("fetch_order", order["id"], symbol)
+        if not order.get("filled"):
+            raise OrderRejected(f"{symbol}: market order {client_order_id} filled nothing "
+                                f"(status {order.get('status')})")
+        return self._fill(order, symbol, side, client_order_id)
+
+    def find_order(self, symbol: str, client_order_id: str) -> Fill | None:
+        """The fill of an earlier order with this client order id; None if nothing filled."""
+        try:
+            order = self.client.call("fetch_order", None, symbol,
+                                     {"origClientOrderId": client_order_id})
+        except OrderNotFound:
+            return None
+        if not order.get("filled"):
+            return None
+        return self._fill(order, symbol, order["side"], client_order_id)
+
+    def _place(self, symbol: str, side: str, amount: float, client_order_id: str) -> dict:
+        """create_order, retried safely: before each retry, look the order up by its id."""
+        if not CLIENT_ORDER_ID_RE.match(client_order_id):
+            raise OrderRejected(f"{symbol}: client order id {client_order_id!r} is not valid")
+        ex = self.client.ccxt
+
+        def attempt(i: int) -> dict:
+            if i > 0:
+                try:
+                    found = ex.fetch_order(None, symbol, {"origClientOrderId": client_order_id})
+                    log.info("%s: order %s had reached the exchange; not placing it again",
+                             symbol, client_order_id)
+                    return found
+                except ccxt.OrderNotFound:
+                    pass
+            return ex.create_order(symbol, "market", side, amount, None,
+                                   {"newClientOrderId": client_order_id})
+
+        return self.client.with_retries("create_order", attempt, idempotent=True)
+
+    def _fill(self, order: dict, symbol: str, side: str, client_order_id: str) -> Fill:
+        market = self.client.market(symbol)
+        filled = float(order.get("filled") or 0.0)
+        cost = float(order.get("cost") or 0.0)
+        price = float(order.get("average") or (cost / filled if filled else order.get("price") or 0))
+        cost = cost or filled * price
+        fee_quote, fee_base = self._fees(order, symbol, market, price)
+        if side == "buy" and fee_base:  # the fee came out of the bought coin
+            filled -= fee_base
+            cost = filled * price
+        return Fill(symbol, side, filled, price, cost, fee_quote,
+                    int(order.get("lastTradeTimestamp") or order.get("timestamp") or
+                        self.client.clock() * 1000), str(order["id"]), client_order_id)
+
+    def _fees(self, order: dict, symbol: str, market: Mapping, price: float) -> tuple[float, float]:
+        """(all fees in quote, the part paid in the base coin) of an order."""
+        fees = [f for f in (order.get("fees") or [order.get("fee")]) if f and f.get("cost") is not None]
+        if not fees:
+            trades = self.client.call("fetch_my_trades", symbol, None, None, {"orderId": order["id"]})
+            fees = [t["fee"] for t in trades if t.get("fee") and t["fee"].get("cost") is not None]
+        fee_quote, fee_base = 0.0, 0.0
+        for f in fees:
+            amount = float(f["cost"])
+            if f.get("currency") == market["base"]:
+                fee_base += amount
+                fee_quote += amount * price
+            else:
+                fee_quote += self._to_quote(amount, f.get("currency"), market)
+        return fee_quote, fee_base
+
+    def _to_quote(self, amount: float, currency: str | None, market: Mapping) -> float:
+        """A fee in quote (as is), or converted at the fee currency's last price (e.g. BNB)."""
+        if not amount or currency in (None, market["quote"]):
+            return amount
+        try:
+            return amount * float(self.client.fetch_ticker(f"{currency}/{market['quote']}")["last"])
+        except (ExchangeError, TypeError, ValueError) as exc:
+            log.warning("fee of %g %s not converted to %s (%s); counted as 0", amount, currency,
+                        market["quote"], exc)
+            return 0.0

@@ -1,0 +1,183 @@
+"""Value types shared by every layer: bars, the market view, intents, fills, positions,
+trades, and the errors an order can meet. Imports nothing of the project and no numpy
+at run time, so the store, the reporter and the API can use them cheaply.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+class ExchangeError(Exception):
+    """The exchange failed or is unreachable; the message says what and where."""
+
+
+class OrderRejected(ExchangeError):
+    """The order was refused (limits, funds, precision, a thin book): it did not execute."""
+
+
+class OrderNotFound(ExchangeError):
+    """The exchange does not know this order."""
+
+
+@dataclass(frozen=True)
+class StrategyParams:
+    """What a strategy's entries and exits are parameterised by."""
+    timeframe_ms: int
+    stop_loss_atr: float = 2.0
+    take_profit_atr: float = 3.0
+    max_hold_candles: int = 48
+    min_confidence: float = 0.55
+    rsi_overbought: float = 70.0
+    min_volume_ratio: float = 1.0
+    cooldown_candles: int = 1
+
+    @classmethod
+    def from_config(cls, config) -> "StrategyParams":
+        return cls(timeframe_ms=int(config.timeframe_seconds * 1000),
+                   stop_loss_atr=config.stop_loss_atr, take_profit_atr=config.take_profit_atr,
+                   max_hold_candles=config.max_hold_candles,
+                   min_confidence=config.ml_min_confidence,
+                   cooldown_candles=config.cooldown_candles)
+
+
+@dataclass(frozen=True)
+class Bar:
+    """Prices seen since the last check: a closed candle, or a fresh price (all four equal)."""
+    open: float
+    high: float
+    low: float
+    close: float
+
+    @classmethod
+    def at(cls, price: float) -> "Bar":
+        return cls(price, price, price, price)
+
+
+@dataclass(frozen=True)
+class MarketView:
+    """What the strategy sees at one decision point, for P pairs.
+
+    `latest` maps indicator names to (P,) values at the latest closed candle; `recent_close`
+    holds the last K+1 closes (P, K+1), the last column being the latest close; `now_ms` is
+    the close time of the latest closed candle (data time, not a clock).
+    """
+    symbols: tuple[str, ...]
+    latest: Mapping[str, "np.ndarray"]
+    recent_close: "np.ndarray"
+    now_ms: int
+
+    @property
+    def close(self) -> "np.ndarray":
+        return self.recent_close[:, -1]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    symbol: str
+    price: float
+    atr: float
+    score: float
+    probability: float | None
+    features: tuple[float, ...] | None
+
+
+@dataclass(frozen=True)
+class EntryIntent:
+    symbol: str
+    price: float
+    amount: float
+    stop_loss: float
+    take_profit: float
+    score: float
+    probability: float | None
+    features: tuple[float, ...] | None
+    reason: str  # "rule" | "model"
+
+
+@dataclass(frozen=True)
+class ExitIntent:
+    symbol: str
+    price: float
+    reason: str  # "stop_loss" | "take_profit" | "time_limit" | ...
+
+
+@dataclass(frozen=True)
+class Decisions:
+    candidates: tuple[Candidate, ...]
+    entries: tuple[EntryIntent, ...]
+    skipped: tuple[tuple[str, str], ...]  # (symbol, reason)
+    used_model: bool
+
+
+@dataclass(frozen=True)
+class Fill:
+    """An executed order. Buy: spent cost + fee quote, got amount base. Sell: the reverse."""
+    symbol: str
+    side: str
+    amount: float
+    price: float          # average fill price
+    cost: float           # amount * price, in quote, fee excluded
+    fee: float            # in quote
+    timestamp_ms: int
+    order_id: str
+    client_order_id: str
+
+
+@dataclass(frozen=True)
+class Position:
+    symbol: str
+    amount: float
+    entry_price: float
+    entry_time_ms: int
+    stop_loss: float
+    take_profit: float
+    entry_fee: float = 0.0
+    group: str = "other"
+    features: tuple[float, ...] | None = None
+    entry_client_order_id: str = ""
+    entry_reason: str = "rule"
+    probability: float | None = None
+
+    def reduced(self, amount_sold: float) -> "Position":
+        """What is left after selling `amount_sold`; the entry fee shrinks in proportion."""
+        left = self.amount - amount_sold
+        return replace(self, amount=left, entry_fee=self.entry_fee * left / self.amount)
+
+
+@dataclass(frozen=True)
+class Trade:
+    """A closed round trip (or the closed part of one); profit is net of both fees and
+    return_pct is on cost plus entry fee."""
+    symbol: str
+    amount: float
+    entry_price: float
+    exit_price: float
+    entry_time_ms: int
+    exit_time_ms: int
+    entry_fee: float
+    exit_fee: float
+    profit: float
+    return_pct: float
+    exit_reason: str
+    entry_reason: str = "rule"
+    probability: float | None = None
+    features: tuple[float, ...] | None = None
+    entry_client_order_id: str = ""
+    exit_client_order_id: str = ""
+
+    @classmethod
+    def closing(cls, position: Position, fill: Fill, reason: str) -> "Trade":
+        """The trade a sell `fill` makes of `position` (profit on the amount sold, with the
+        matching share of the entry fee)."""
+        entry_fee = position.entry_fee * min(1.0, fill.amount / position.amount)
+        cost = fill.amount * position.entry_price
+        profit = fill.amount * fill.price - cost - entry_fee - fill.fee
+        return cls(position.symbol, fill.amount, position.entry_price, fill.price,
+                   position.entry_time_ms, fill.timestamp_ms, entry_fee, fill.fee, profit,
+                   100.0 * profit / (cost + entry_fee), reason, position.entry_reason,
+                   position.probability, position.features, position.entry_client_order_id,
+                   fill.client_order_id)

@@ -1,0 +1,57 @@
+"""The one accountant: fills open and close positions, closing makes a Trade, cash moves.
+
+The live trader and the backtester both keep their books here, so a position's stops, a
+trade's profit and the cash after a fill are computed in one place. The ledger does no
+I/O: the order executor persists what it returns.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from domain import EntryIntent, Fill, Position, Trade
+
+DUST = 1e-9   # a remainder this small (relative to the position) counts as sold out
+
+
+class Ledger:
+    """Cash in the quote currency, the open positions by symbol, and when each pair was last
+    sold (the strategy's cooldown reads it)."""
+
+    def __init__(self, cash: float, positions: Iterable[Position] = (),
+                 last_exits: Mapping[str, int] | None = None):
+        self.cash = float(cash)
+        self.positions: dict[str, Position] = {p.symbol: p for p in positions}
+        self.last_exits: dict[str, int] = dict(last_exits or {})
+
+    def open(self, fill: Fill, intent: EntryIntent, group: str) -> Position:
+        """A buy fill opens a position; its stops keep the intent's distances from the
+        actual fill price."""
+        position = Position(
+            fill.symbol, fill.amount, fill.price, fill.timestamp_ms,
+            stop_loss=fill.price - (intent.price - intent.stop_loss),
+            take_profit=fill.price + (intent.take_profit - intent.price),
+            entry_fee=fill.fee, group=group, features=intent.features,
+            entry_client_order_id=fill.client_order_id, entry_reason=intent.reason,
+            probability=intent.probability)
+        self.positions[fill.symbol] = position
+        self.cash -= fill.cost + fill.fee
+        return position
+
+    def close(self, fill: Fill, reason: str) -> tuple[Trade, Position | None]:
+        """A sell fill closes the position, or the part of it that was sold: returns the trade
+        and what is left open (None when nothing is)."""
+        position = self.positions[fill.symbol]
+        trade = Trade.closing(position, fill, reason)
+        self.cash += fill.cost - fill.fee
+        self.last_exits[fill.symbol] = fill.timestamp_ms
+        if fill.amount >= position.amount * (1.0 - DUST):
+            del self.positions[fill.symbol]
+            return trade, None
+        left = position.reduced(fill.amount)
+        self.positions[fill.symbol] = left
+        return trade, left
+
+    def equity(self, prices: Mapping[str, float]) -> float:
+        """Cash plus the open positions at these prices (entry price where none is known)."""
+        return self.cash + sum(p.amount * prices.get(s, p.entry_price)
+                               for s, p in self.positions.items())

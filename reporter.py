@@ -1,0 +1,42 @@
+"""What the terminal shows: the banner, fills, the status line, reports.
+
+The trader hands every event to a `Reporter`; `bot.py` writes the lines with click, tests
+collect them in a list (so a test run prints no trades).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from domain import Fill, Position, Trade
+
+
+class Reporter:
+    def __init__(self, echo: Callable[[str], None]):
+        self.echo = echo
+
+    def banner(self, mode: str, venue: str, preset: str, timeframe: str, interval: float,
+               database: str) -> None:
+        self.echo(f"{mode} trading on {venue} | preset {preset} | timeframe {timeframe} | "
+                  f"every {interval:g}s of market time | database {database}")
+
+    def opened(self, position: Position) -> None:
+        self.echo(f"OPEN  {position.symbol:<12} {position.amount:.8g} @ {position.entry_price:.8g} "
+                  f"(fee {position.entry_fee:.4f}) stop {position.stop_loss:.8g} target "
+                  f"{position.take_profit:.8g}")
+
+    def closed(self, fill: Fill, trade: Trade, left: Position | None) -> None:
+        rest = f" ({left.amount:.8g} left open)" if left is not None else ""
+        self.echo(f"CLOSE {fill.symbol:<12} {fill.amount:.8g} @ {fill.price:.8g} "
+                  f"{trade.exit_reason:<11} PnL {trade.profit:+.2f} ({trade.return_pct:+.2f}%){rest}")
+
+    def status(self, cycle: int, seconds: float, pairs: int, cached: bool, candidates: int,
+               positions: int, max_positions: int, equity: float, quote: str, start_equity: float,
+               model_state: str) -> None:
+        pnl = equity - start_equity
+        self.echo(
+            f"cycle {cycle:>4} | {seconds:5.2f}s | pairs {pairs}{' cached' if cached else ''} | "
+            f"candidates {candidates} | positions {positions}/{max_positions} | equity "
+            f"{equity:,.2f} {quote} | PnL {pnl:+,.2f} ({pnl / start_equity:+.2%}) | {model_state}")
+
+    def text(self, text: str) -> None:
+        self.echo(text)
