@@ -45,7 +45,6 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -387,9 +386,12 @@ class _Replay:
         self.last_close = np.full(len(data.symbols), np.nan)
         self._orders = itertools.count(1)
         self.g = 0
+        self.times: list[int] = []        # per step: candle open time,
+        self.curve: list[float] = []      # equity at its close,
+        self.exposed: list[bool] = []     # a position was held during it
 
     # -- orders
-    def _order(self, p: int, book_row: int, price: float, timestamp_ms: int) -> str:
+    def _prepare_order(self, p: int, book_row: int, price: float, timestamp_ms: int) -> str:
         """Quote pair p at `price` on the book of `book_row`'s inputs; a new client order id."""
         d = self.d
         symbol = d.symbols[p]
@@ -413,7 +415,7 @@ class _Replay:
             if r < 0 or decided_ms != t:
                 self.events.append(("entry_dropped", t, intent.symbol, "no candle after the decision"))
                 continue
-            cid = self._order(p, r - 1, float(self.d.o[r]), t)
+            cid = self._prepare_order(p, r - 1, float(self.d.o[r]), t)
             try:
                 fill = self.broker.market_order(intent.symbol, "buy", intent.amount, cid)
             except OrderRejected as exc:
@@ -433,7 +435,7 @@ class _Replay:
         for intent in check_exits(positions, bars, close_ms, self.params):
             self.events.append(("exit", close_ms, intent.symbol, intent.price, intent.reason))
             p = self.index[intent.symbol]
-            cid = self._order(p, max(int(col[p]) - 1, int(d.first[p])), intent.price, close_ms)
+            cid = self._prepare_order(p, max(int(col[p]) - 1, int(d.first[p])), intent.price, close_ms)
             try:
                 fill = self.broker.market_order(intent.symbol, "sell",
                                                 positions[intent.symbol].amount, cid)
@@ -449,7 +451,7 @@ class _Replay:
             p = self.index[s]
             price = float(self.last_close[p])
             self.events.append(("exit", close_ms, s, price, reason))
-            cid = self._order(p, max(self._last_row(p) - 1, int(self.d.first[p])), price, close_ms)
+            cid = self._prepare_order(p, max(self._last_row(p) - 1, int(self.d.first[p])), price, close_ms)
             self._sold(self.broker.liquidate(s, self.ledger.positions[s].amount, cid), reason)
 
     def _last_row(self, p: int) -> int:
@@ -510,9 +512,9 @@ class _Replay:
         return set(self.ledger.positions) | cooling_down(clock, self.params, self.ledger.last_exits)
 
     # -- the loop
-    def step(self, g: int) -> tuple[int, float, bool]:
-        """Replay step g: fills, exits, pairs that end, the model's refit, equity, entries.
-        Returns (candle open time, equity at its close, a position was held)."""
+    def step(self, g: int) -> None:
+        """Replay step g: fills, exits, pairs that end, the model's refit, the equity at the
+        close (appended to the curve), then the entries decided at that close."""
         d = self.d
         self.g = g
         t = int(d.grid[g])
@@ -533,36 +535,34 @@ class _Replay:
         if self.model is not None and self.model.due(g):
             self.model.update(g)
         eq = self.equity()
+        self.times.append(t)
+        self.curve.append(eq)
+        self.exposed.append(held)
         if not final:
             self.decide(col, here, close_ms, eq)
-        return t, eq, held
 
-    def run(self, g0: int, progress: Callable[[int], None] | None) -> tuple[list, list, list, bool]:
-        """Every step from g0; (times, equity, exposed, interrupted). Open positions are
-        closed at the end (`end_of_backtest`), also after Ctrl-C."""
+    def run(self, g0: int, progress: Callable[[int], None] | None) -> bool:
+        """Every step from g0 (fills `times`, `curve`, `exposed`); True if interrupted. Open
+        positions are closed at the end (`end_of_backtest`), also after Ctrl-C."""
         steps = len(self.d.grid)
-        equity, exposed, times = [], [], []
-        interrupted = False
         reported = g0
         try:
             for g in range(g0, steps):
-                t, eq, held = self.step(g)
-                times.append(t)
-                equity.append(eq)
-                exposed.append(held)
+                self.step(g)
                 if progress is not None and g + 1 - reported >= PROGRESS_EVERY:
                     progress(g + 1 - reported)
                     reported = g + 1
             if progress is not None and reported < steps:
                 progress(steps - reported)
+            interrupted = False
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: reporting the replay up to here")
-        if times:
-            self.close_all("end_of_backtest", times[-1] + self.d.tf_ms)
-            equity[-1] = self.ledger.cash
+        if self.times:
+            self.close_all("end_of_backtest", self.times[-1] + self.d.tf_ms)
+            self.curve[-1] = self.ledger.cash
         self.pending = []
-        return times, equity, exposed, interrupted
+        return interrupted
 
 
 # --------------------------------------------------------------------------- entry point
@@ -597,17 +597,19 @@ def run_backtest(candles: Mapping[str, np.ndarray], config: Any = None, use_mode
     model = _WalkForward(data, params, settings, g0) if use_model else None
     replay = _Replay(data, params, risk, settings, model)
     try:
-        times, equity, exposed, interrupted = replay.run(g0, progress)
+        interrupted = replay.run(g0, progress)
     finally:
         if model is not None:
             model.close()
+    steps = len(replay.times)
     return BacktestResult(
         symbols=data.symbols, quote=quote_of(data.symbols[0]), timeframe_ms=data.tf_ms,
-        starting_balance=settings.starting_balance, times_ms=np.asarray(times, dtype=np.int64),
-        equity=np.asarray(equity, dtype=np.float64),
-        buy_hold=_buy_and_hold(data, g0, len(times), settings),
-        exposed=np.asarray(exposed, dtype=bool), trades=replay.trades, events=replay.events,
-        pair_info=_pair_info(data, g0, len(times), settings), used_model=use_model,
+        starting_balance=settings.starting_balance,
+        times_ms=np.asarray(replay.times, dtype=np.int64),
+        equity=np.asarray(replay.curve, dtype=np.float64),
+        buy_hold=_buy_and_hold(data, g0, steps, settings),
+        exposed=np.asarray(replay.exposed, dtype=bool), trades=replay.trades,
+        events=replay.events, pair_info=_pair_info(data, g0, steps, settings), used_model=use_model,
         trainings=model.trainings if model else 0, model_misses=model.misses if model else 0,
         interrupted=interrupted)
 

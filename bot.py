@@ -11,11 +11,10 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import click
 
-from backtest import backtest_command
-from candle_files import download_data_command
 from config import ConfigError, check_exchange_id, load_config
 
 log = logging.getLogger("bot")
@@ -175,8 +174,124 @@ def status(ctx: click.Context, n_trades: int) -> None:
         fail(str(exc))
 
 
-cli.add_command(backtest_command)
-cli.add_command(download_data_command)
+@cli.command("backtest")
+@click.option("--data-dir", default="user_data/data", show_default=True,
+              type=click.Path(path_type=Path), help="Folder with the candle files.")
+@click.option("--timeframe", default="5m", show_default=True)
+@click.option("--pairs", help="Comma-separated pairs (default: every file of the timeframe).")
+@click.option("--start", help="First day to trade, YYYY-MM-DD UTC (earlier candles warm up).")
+@click.option("--end", help="Stop before this day, YYYY-MM-DD UTC (exclusive).")
+@click.option("--report-dir", default="user_data/backtest", show_default=True,
+              type=click.Path(path_type=Path, file_okay=False))
+@click.option("--simulated", is_flag=True, help="Use the simulated market's candles instead.")
+@click.option("--sim-pairs", default=10, show_default=True, type=click.IntRange(1, 200),
+              help="With --simulated: how many pairs.")
+@click.option("--sim-days", default=14.0, show_default=True,
+              type=click.FloatRange(min=1), help="With --simulated: how many days.")
+@click.option("--no-model", is_flag=True, help="Fallback rule only: no walk-forward model.")
+@click.option("--starting-balance", type=click.FloatRange(min=0, min_open=True),
+              help="Quote balance to start with (default: STARTING_BALANCE).")
+@click.pass_context
+def backtest_command(ctx: click.Context, data_dir: Path, timeframe: str, pairs: str | None,
+                     start: str | None, end: str | None, report_dir: Path, simulated: bool,
+                     sim_pairs: int, sim_days: float, no_model: bool,
+                     starting_balance: float | None) -> None:
+    """Replay candle files through the live strategy, risk rules and model; write a report."""
+    import backtest
+    from backtest_report import format_report, write_report
+    from candle_files import CandleFileError, setup_cli_logging, split_pairs
+
+    config = load_or_fail(ctx.obj["env_file"])
+    setup_cli_logging(config.log_level)
+    if report_dir.exists() and not report_dir.is_dir():
+        fail(f"--report-dir {report_dir} is a file; pass a directory")
+    try:
+        job = backtest.backtest_job(
+            config, data_dir=data_dir, timeframe=timeframe, pairs=split_pairs(pairs),
+            start=start, end=end, simulated=simulated, sim_pairs=sim_pairs, sim_days=sim_days,
+            use_model=not no_model, starting_balance=starting_balance)
+        with click.progressbar(length=backtest.step_count(job.candles), label="replaying",
+                               file=sys.stderr) as bar:
+            result = backtest.run_backtest(job.candles, config, job.use_model, params=job.params,
+                                           settings=job.settings, progress=bar.update)
+    except (ValueError, CandleFileError) as exc:
+        fail(str(exc))
+    click.echo(format_report(result))
+    try:
+        json_path, png_path = write_report(result, report_dir)
+    except OSError as exc:
+        fail(f"--report-dir {report_dir}: cannot write the report ({exc.strerror or exc})")
+    click.echo(f"\nreport: {json_path}\nchart:  {png_path}")
+
+
+@cli.command("download-data")
+@click.option("--exchange", default="binance", show_default=True,
+              help="A ccxt exchange id, or 'simulated' for the built-in simulated market.")
+@click.option("--pairs", help="Comma-separated pairs, e.g. ETH/USDT,BTC/USDT "
+                              "(default: PAIR_ALLOWLIST).")
+@click.option("--timeframe", default="5m", show_default=True)
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=30.0,
+              show_default=True, help="How much history to have in each file.")
+@click.option("--data-dir", default="user_data/data", show_default=True,
+              type=click.Path(path_type=Path), help="Where the candle files are kept.")
+@click.pass_context
+def download_data_command(ctx: click.Context, exchange: str, pairs: str | None, timeframe: str,
+                          days: float, data_dir: Path) -> None:
+    """Download candles into CSV files; re-running extends them (and resumes after Ctrl-C)."""
+    from dataclasses import replace
+
+    import candle_files as cf
+    from exchange import ExchangeError, create_client
+
+    config = load_or_fail(ctx.obj["env_file"])
+    cf.setup_cli_logging(config.log_level)
+    try:
+        cf.timeframe_to_ms(timeframe)
+    except ValueError as exc:
+        fail(f"--timeframe: {exc}")
+    if data_dir.exists() and not data_dir.is_dir():
+        fail(f"--data-dir {data_dir} is a file; pass a directory")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"--data-dir {data_dir} cannot be created ({exc.strerror or exc})")
+    symbols = cf.split_pairs(pairs) or list(config.pair_allowlist)
+    if not symbols:
+        fail("no pairs: pass --pairs ETH/USDT,BTC/USDT (or set PAIR_ALLOWLIST)")
+    config = replace(config, exchange=exchange.strip().lower(), api_key="", api_secret="",
+                     dry_run=True)      # public candles only: no keys are sent
+    try:
+        check_exchange_id(config)
+        client = create_client(config)
+    except ConfigError as exc:
+        fail(str(exc).replace("EXCHANGE=", "--exchange "))
+    except ExchangeError as exc:
+        fail(f"--exchange {exchange}: {exc}")
+    try:
+        problem = cf.download_problem(client, symbols, timeframe, exchange)
+        if problem:
+            fail(problem)
+        with click.progressbar(length=1, label=f"{exchange} {timeframe}", file=sys.stderr,
+                               show_pos=True) as bar:
+            def progress(slots: int, total: int) -> None:
+                bar.length = max(total, 1)
+                bar.update(slots)
+
+            results = cf.download(client, symbols, timeframe, days, data_dir, progress)
+    except ExchangeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except cf.CandleFileError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: every page written so far is kept; run the same command "
+                   "again to resume", err=True)
+        sys.exit(130)
+    finally:
+        client.close()
+    for r in results:
+        click.echo(cf.describe_download(r))
+
 
 if __name__ == "__main__":
     cli(obj={})

@@ -12,8 +12,7 @@ a warning because the repair cannot change any candle's values:
 - a last line that is cut short and does not parse (an interrupted write) is ignored.
 Gaps (missing candles) are not errors: exchanges skip candles with no trades and have outages.
 
-Importing this module costs only the standard library and click (the CLI starts fast):
-numpy and ccxt are imported inside the functions that use them.
+`bot.py download-data` is the command line over `download`.
 """
 from __future__ import annotations
 
@@ -25,15 +24,12 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import click
-
-if TYPE_CHECKING:
-    import numpy as np
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +116,7 @@ def _read_text(path: Path) -> str:
                               f"Download it again") from None
 
 
-def read_candles(path: str | os.PathLike, timeframe: str | None = None) -> "np.ndarray":
+def read_candles(path: str | os.PathLike, timeframe: str | None = None) -> np.ndarray:
     """A candle file (CSV or freqtrade JSON, optionally gzipped) -> validated (T, 6) float64
     [ts_ms, open, high, low, close, volume], strictly increasing timestamps.
 
@@ -136,9 +132,7 @@ def read_candles(path: str | os.PathLike, timeframe: str | None = None) -> "np.n
     return validate_candles(arr, lambda i: f"{path}:{lines[i]}", tf_ms, str(path))
 
 
-def _parse_csv(path: Path, text: str) -> tuple["np.ndarray", list[int]]:
-    import numpy as np
-
+def _parse_csv(path: Path, text: str) -> tuple[np.ndarray, list[int]]:
     lines = text.split("\n")
     header = lines[0].strip().replace(" ", "").lower() if lines else ""
     if header != CSV_HEADER:
@@ -181,9 +175,7 @@ def _looks_numeric(line: str) -> bool:
     return len(parts) >= 2 and all(_is_number(p) for p in parts)
 
 
-def _parse_json(path: Path, text: str) -> tuple["np.ndarray", list[int]]:
-    import numpy as np
-
+def _parse_json(path: Path, text: str) -> tuple[np.ndarray, list[int]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -232,12 +224,10 @@ def _json_row_line(text: str, index: int) -> int:
 
 # --------------------------------------------------------------------------- validation
 
-def validate_candles(arr: "np.ndarray", where: Callable[[int], str], tf_ms: int | None = None,
-                     name: str = "candles") -> "np.ndarray":
+def validate_candles(arr: np.ndarray, where: Callable[[int], str], tf_ms: int | None = None,
+                     name: str = "candles") -> np.ndarray:
     """Check (T, 6) candles; raise CandleFileError at the first bad row (`where(i)` names it:
     'path:line'), drop exact duplicate rows with a warning. Returns the checked array."""
-    import numpy as np
-
     arr = np.asarray(arr, dtype=np.float64).reshape(-1, 6)
     if not len(arr):
         return arr
@@ -272,9 +262,7 @@ def validate_candles(arr: "np.ndarray", where: Callable[[int], str], tf_ms: int 
     return _check_order(arr, where, name)
 
 
-def _check_order(arr: "np.ndarray", where: Callable[[int], str], name: str) -> "np.ndarray":
-    import numpy as np
-
+def _check_order(arr: np.ndarray, where: Callable[[int], str], name: str) -> np.ndarray:
     ts = arr[:, 0]
     step = np.diff(ts)
     back = np.flatnonzero(step < 0)
@@ -297,19 +285,15 @@ def _check_order(arr: "np.ndarray", where: Callable[[int], str], name: str) -> "
     return np.delete(arr, same, axis=0)
 
 
-def _raise_at(bad: "np.ndarray", where: Callable[[int], str], what: Callable[[int], str],
+def _raise_at(bad: np.ndarray, where: Callable[[int], str], what: Callable[[int], str],
               fix: str) -> None:
-    import numpy as np
-
     rows = np.flatnonzero(bad)
     i = int(rows[0])
     more = f" ({rows.size - 1} more row(s) like it)" if rows.size > 1 else ""
     raise CandleFileError(f"{where(i)}: {what(i)}{more}; {fix}")
 
 
-def _first_bad(row: "np.ndarray") -> str:
-    import numpy as np
-
+def _first_bad(row: np.ndarray) -> str:
     j = int(np.flatnonzero(~np.isfinite(row))[0])
     return f"{COLUMNS[j]} {float(row[j])!r}"
 
@@ -328,10 +312,8 @@ def _tf_name(tf_ms: int) -> str:
     return f"{tf_ms}ms"
 
 
-def gaps(arr: "np.ndarray", tf_ms: int) -> list[tuple[int, int]]:
+def gaps(arr: np.ndarray, tf_ms: int) -> list[tuple[int, int]]:
     """(first missing ts, missing count) for every hole in a pair's candle sequence."""
-    import numpy as np
-
     ts = arr[:, 0].astype(np.int64)
     step = np.diff(ts)
     at = np.flatnonzero(step > tf_ms)
@@ -339,7 +321,7 @@ def gaps(arr: "np.ndarray", tf_ms: int) -> list[tuple[int, int]]:
 
 
 def load_candles(data_dir: str | os.PathLike, timeframe: str,
-                 pairs: Sequence[str] | None = None) -> dict[str, "np.ndarray"]:
+                 pairs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Symbol -> validated candles for the pairs (all files of the timeframe when None).
 
     CandleFileError when the directory has no such files or a requested pair has none.
@@ -366,7 +348,7 @@ def load_candles(data_dir: str | os.PathLike, timeframe: str,
 
 # --------------------------------------------------------------------------- writing
 
-def format_rows(arr: "np.ndarray") -> str:
+def format_rows(arr: np.ndarray) -> str:
     """CSV lines (each ending in a newline) with round-trip exact numbers."""
     return "".join(f"{int(r[0])},{r[1]!r},{r[2]!r},{r[3]!r},{r[4]!r},{r[5]!r}\n"
                    for r in arr.tolist())
@@ -385,7 +367,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_candles(path: str | os.PathLike, arr: "np.ndarray") -> None:
+def write_candles(path: str | os.PathLike, arr: np.ndarray) -> None:
     """Write a whole CSV file atomically (temp file, fsync, rename)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -401,7 +383,7 @@ def write_candles(path: str | os.PathLike, arr: "np.ndarray") -> None:
     _fsync_dir(path.parent)
 
 
-def append_candles(path: str | os.PathLike, arr: "np.ndarray") -> None:
+def append_candles(path: str | os.PathLike, arr: np.ndarray) -> None:
     """Append rows to a CSV file (created atomically with its header if missing) and fsync,
     so an interruption loses at most the rows being written (see repair_tail)."""
     path = Path(path)
@@ -516,8 +498,6 @@ def _plan(data_dir: Path, symbol: str, timeframe: str, tf: int, start: int,
 
 def _download_one(client, plan: _Plan, timeframe: str, limit: int,
                   report: Callable[[int], None]) -> DownloadResult:
-    import numpy as np
-
     pages = written = 0
     exchange = getattr(client, "id", "exchange")
     first, last = plan.first_ms, plan.last_ms
@@ -553,10 +533,8 @@ def _download_one(client, plan: _Plan, timeframe: str, limit: int,
 
 
 def _pages(client, symbol: str, timeframe: str, tf: int, since: int, until: int, limit: int,
-           exchange: str) -> Iterator[tuple["np.ndarray", int]]:
+           exchange: str) -> Iterator[tuple[np.ndarray, int]]:
     """(validated page of closed candles with since <= ts < until, slots covered) per request."""
-    import numpy as np
-
     while since < until:
         rows = client.fetch_ohlcv(symbol, timeframe, since=since, limit=limit)
         page = np.asarray(rows or [], dtype=np.float64).reshape(-1, 6)
@@ -574,7 +552,7 @@ def _pages(client, symbol: str, timeframe: str, tf: int, since: int, until: int,
         since = nxt
 
 
-# --------------------------------------------------------------------------- CLI
+# --------------------------------------------------------------------------- for the command line
 
 class _CurrentStderr:
     """Writes to whatever sys.stderr is at the time (a CLI test runner swaps it)."""
@@ -596,107 +574,42 @@ def setup_cli_logging(level: str = "INFO") -> None:
                             datefmt="%H:%M:%S")
 
 
-def _fail(message: str) -> None:
-    """A user-caused error: one line on stderr, exit code 2."""
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
-
-
-def _split_pairs(text: str | None) -> list[str]:
+def split_pairs(text: str | None) -> list[str]:
+    """'eth/usdt, BTC/USDT' -> ['ETH/USDT', 'BTC/USDT']."""
     return [p.strip().upper() for p in (text or "").split(",") if p.strip()]
 
 
-def _check_pairs(pairs: Iterable[str], markets: dict, exchange: str) -> None:
-    for pair in pairs:
-        if pair not in markets:
-            close = difflib.get_close_matches(pair, list(markets), n=1)
-            hint = f"did you mean {close[0]}?" if close else "pairs look like ETH/USDT"
-            _fail(f"--pairs: {pair} is not a market on {exchange} ({hint})")
-
-
-@click.command("download-data")
-@click.option("--exchange", default="binance", show_default=True,
-              help="A ccxt exchange id, or 'simulated' for the built-in simulated market.")
-@click.option("--pairs", help="Comma-separated pairs, e.g. ETH/USDT,BTC/USDT "
-                              "(default: PAIR_ALLOWLIST).")
-@click.option("--timeframe", default="5m", show_default=True)
-@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=30.0,
-              show_default=True, help="How much history to have in each file.")
-@click.option("--data-dir", default="user_data/data", show_default=True,
-              type=click.Path(path_type=Path), help="Where the candle files are kept.")
-@click.pass_context
-def download_data_command(ctx: click.Context, exchange: str, pairs: str | None, timeframe: str,
-                          days: float, data_dir: Path) -> None:
-    """Download candles into CSV files; re-running extends them (and resumes after Ctrl-C)."""
-    from config import ConfigError, check_exchange_id, load_config
-    from exchange import ExchangeError, create_client
-
-    env_file = (ctx.obj or {}).get("env_file", ".env")
-    try:
-        config = load_config(env_file)
-    except ConfigError as exc:
-        _fail(str(exc))
-    setup_cli_logging(config.log_level)
-    try:
-        timeframe_to_ms(timeframe)
-    except ValueError as exc:
-        _fail(f"--timeframe: {exc}")
-    if data_dir.exists() and not data_dir.is_dir():
-        _fail(f"--data-dir {data_dir} is a file; pass a directory")
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        _fail(f"--data-dir {data_dir} cannot be created ({exc.strerror or exc})")
-    symbols = _split_pairs(pairs) or list(config.pair_allowlist)
-    if not symbols:
-        _fail("no pairs: pass --pairs ETH/USDT,BTC/USDT (or set PAIR_ALLOWLIST)")
-    config = replace(config, exchange=exchange.strip().lower(), api_key="", api_secret="",
-                     dry_run=True)      # public candles only: no keys are sent
-    try:
-        check_exchange_id(config)
-        client = create_client(config)
-    except ConfigError as exc:
-        _fail(str(exc).replace("EXCHANGE=", "--exchange "))
-    except ExchangeError as exc:
-        _fail(f"--exchange {exchange}: {exc}")
-    try:
-        _run_download(client, exchange, symbols, timeframe, days, data_dir)
-    except ExchangeError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except CandleFileError as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: every page written so far is kept; run the same command "
-                   "again to resume", err=True)
-        sys.exit(130)
-    finally:
-        client.close()
-
-
-def _run_download(client, exchange: str, symbols: list[str], timeframe: str, days: float,
-                  data_dir: Path) -> None:
+def download_problem(client: Any, symbols: Sequence[str], timeframe: str,
+                     exchange: str) -> str | None:
+    """Why download-data cannot fetch these pairs at this timeframe from the client's
+    exchange (one line naming the option), or None. Loads the exchange's markets."""
     markets = client.load_markets()
-    _check_pairs(symbols, markets, exchange)
+    for pair in symbols:
+        if pair not in markets:
+            return f"--pairs: {_not_a_market(pair, markets, exchange)}"
     offered = getattr(client.ccxt, "timeframes", None) or {}
     if offered and timeframe not in offered:
-        _fail(f"--timeframe {timeframe} is not offered by {exchange} (offered: "
-              f"{', '.join(offered)})")
-    with click.progressbar(length=1, label=f"{exchange} {timeframe}", file=sys.stderr,
-                           show_pos=True) as bar:
-        def progress(slots: int, total: int) -> None:
-            bar.length = max(total, 1)
-            bar.update(slots)
+        return (f"--timeframe {timeframe} is not offered by {exchange} (offered: "
+                f"{', '.join(offered)})")
+    return None
 
-        results = download(client, symbols, timeframe, days, data_dir, progress)
-    for r in results:
-        span = (f"{_utc(r.first_ms)} .. {_utc(r.last_ms)} UTC" if r.first_ms is not None
-                and r.last_ms is not None else "no candles")
-        click.echo(f"{r.symbol:<14} +{r.written:>6} candles in {r.pages:>3} page(s)  "
-                   f"{r.path}  ({span})")
+
+def _not_a_market(pair: str, markets: Mapping[str, Any], exchange: str) -> str:
+    close = difflib.get_close_matches(pair, list(markets), n=1)
+    hint = f"did you mean {close[0]}?" if close else "pairs look like ETH/USDT"
+    return f"{pair} is not a market on {exchange} ({hint})"
+
+
+def describe_download(result: DownloadResult) -> str:
+    """One line per pair for the end of download-data."""
+    span = (f"{_utc(result.first_ms)} .. {_utc(result.last_ms)} UTC"
+            if result.first_ms is not None and result.last_ms is not None else "no candles")
+    return (f"{result.symbol:<14} +{result.written:>6} candles in {result.pages:>3} page(s)  "
+            f"{result.path}  ({span})")
 
 
 __all__ = ["CandleFileError", "CSV_HEADER", "DownloadResult", "append_candles", "candle_path",
-           "download", "download_data_command", "file_stem", "find_candle_files", "gaps",
-           "load_candles", "parse_file_name", "read_candles", "repair_tail", "setup_cli_logging",
-           "timeframe_to_ms", "validate_candles", "write_candles"]
+           "describe_download", "download", "download_problem", "file_stem", "find_candle_files",
+           "gaps", "load_candles", "parse_file_name", "read_candles", "repair_tail",
+           "setup_cli_logging", "split_pairs", "timeframe_to_ms", "validate_candles",
+           "write_candles"]

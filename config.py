@@ -256,6 +256,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("SIM_SPEED", 60.0, *_real(1, 10000)),
     Var("SIM_SEED", 1, *_whole(0)),
     Var("SIM_PAIRS", 50, *_whole(1, 200)),
+    Var("SIM_URL", "", *_url()),
     Var("ENABLE_PERFORMANCE_MONITORING", True, *_boolean()),
     Var("SLOW_OPERATION_THRESHOLD", 5.0, *_real(0, open_lo=True)),
     Var("PERFORMANCE_REPORT_INTERVAL", 10, *_whole(1)),
@@ -330,6 +331,7 @@ class Config:
     sim_speed: float
     sim_seed: int
     sim_pairs: int
+    sim_url: str
     enable_performance_monitoring: bool
     slow_operation_threshold: float
     performance_report_interval: int
@@ -482,6 +484,10 @@ def _check_combinations(config: Config) -> None:
                 raise ConfigError(
                     f"{name} is not set (required when DRY_RUN=false on EXCHANGE="
                     f"{config.exchange}: set {name}, or set DRY_RUN=true)", name)
+    if config.sim_url and not config.is_simulated:
+        raise ConfigError(f"SIM_URL is set but EXCHANGE={config.exchange}: SIM_URL points the bot "
+                          "at a running simulated exchange, so set EXCHANGE=simulated or unset "
+                          "SIM_URL", "SIM_URL")
     if config.llm_provider != "none":
         for name in ("LLM_MODEL", "LLM_BASE_URL"):
             if not getattr(config, name.lower()):

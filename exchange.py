@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import json
 import logging
 import random
 import re
 import secrets
 import threading
 import time
+import urllib.request
 from typing import Any, Callable, Mapping, TypeVar
 
 import ccxt
@@ -92,9 +94,12 @@ class ExchangeClient:
 
     def __init__(self, exchange: Any, *, sim: SimMarket | None = None,
                  sim_server: SimExchangeServer | None = None, owns_server: bool = False,
+                 clock: Callable[[], float] | None = None,
                  quote: str = "USDT", attempts: int = 5, base_delay: float = 0.5,
                  max_delay: float = 30.0, max_retry_after: float = 120.0):
         self.ccxt = exchange
+        # Market time in seconds: the simulated market's clock, else the wall clock.
+        self.clock: Callable[[], float] = clock or (sim.now if sim is not None else time.time)
         self.quote = quote
         self.sim = sim
         self.sim_server = sim_server
@@ -129,11 +134,6 @@ class ExchangeClient:
             return original(code, reason, url, method, headers, body, *rest)
 
         ex.on_rest_response = on_rest_response
-
-    # -- clock ------------------------------------------------------------------------
-    def clock(self) -> float:
-        """Market time in seconds: the simulated market's clock, else the wall clock."""
-        return self.sim.now() if self.sim is not None else time.time()
 
     # -- the retry policy -------------------------------------------------------------
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -342,6 +342,13 @@ def create_client(config: Any, *, timeout_ms: int = DEFAULT_TIMEOUT_MS, **retry:
     retry: attempts, base_delay, max_delay, max_retry_after (see ExchangeClient).
     """
     exchange_id = str(config.exchange).strip().lower()
+    if exchange_id == "simulated" and config.sim_url:
+        overrides = ccxt_overrides(config.sim_url)
+        settings = _ccxt_config(config.api_key or "sim-key", config.api_secret or "sim-secret",
+                                timeout_ms)
+        settings["options"] = {**overrides["options"], **settings["options"]}
+        return ExchangeClient(ccxt.binance({**overrides, **settings}), quote=config.quote_currency,
+                              clock=RemoteSimClock(config.sim_url, timeout_ms / 1000), **retry)
     if exchange_id == "simulated":
         quote = config.quote_currency
         market = SimMarket(pairs=config.sim_pairs, seed=config.sim_seed, speed=config.sim_speed,
@@ -356,6 +363,24 @@ def create_client(config: Any, *, timeout_ms: int = DEFAULT_TIMEOUT_MS, **retry:
     cls = getattr(ccxt, exchange_id)  # config.check_exchange_id vetted the id
     exchange = cls(_ccxt_config(config.api_key, config.api_secret, timeout_ms))
     return ExchangeClient(exchange, quote=config.quote_currency, **retry)
+
+
+class RemoteSimClock:
+    """The market clock of a simulated exchange in another process: read once from its
+    /api/v3/sim/clock, then run on at the market's speed."""
+
+    def __init__(self, url: str, timeout: float = 10.0):
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + "/api/v3/sim/clock", timeout=timeout) as r:
+                answer = json.loads(r.read())
+        except (OSError, ValueError) as exc:
+            raise ExchangeError(f"no simulated exchange answers at SIM_URL={url} ({exc}); start "
+                                "one with `python sim_exchange.py` or fix SIM_URL") from exc
+        self.speed = float(answer["speed"])
+        self._market0, self._wall0 = answer["marketTime"] / 1000.0, time.monotonic()
+
+    def __call__(self) -> float:
+        return self._market0 + (time.monotonic() - self._wall0) * self.speed
 
 
 def make_client_order_id(prefix: str, symbol: str, sequence: int) -> str:

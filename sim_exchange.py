@@ -524,6 +524,7 @@ def _symbols_weight(params: dict, one: int, few: int, many: int, all_: int) -> i
 _ROUTES: dict[tuple[str, str], tuple[Callable[[dict], int], bool]] = {
     ("GET", "/api/v3/ping"): (lambda p: 1, False),
     ("GET", "/api/v3/time"): (lambda p: 1, False),
+    ("GET", "/api/v3/sim/clock"): (lambda p: 1, False),   # not Binance: the market clock
     ("GET", "/api/v3/exchangeInfo"): (lambda p: 20, False),
     ("GET", "/api/v3/klines"): (lambda p: 2, False),
     ("GET", "/api/v3/depth"): (_depth_weight, False),
@@ -821,6 +822,8 @@ class SimExchangeServer:
             return b"{}"
         if name == "time":
             return json.dumps({"serverTime": int(time.time() * 1000)}).encode()
+        if name == "sim/clock":   # the simulator's own: a remote bot follows the market clock
+            return json.dumps({"marketTime": self.market.now_ms(), "speed": self.market.speed}).encode()
         if name == "exchangeInfo":
             return self._exchange_info_body(params)
         if name == "klines":

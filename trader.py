@@ -59,7 +59,8 @@ class Trader:
             self.close()
             prefix = f"{config.exchange}: " if isinstance(exc, ExchangeError) else ""
             raise StartupError(f"{prefix}{exc}") from exc
-        self.time_scale = config.sim_speed if config.is_simulated else 1.0
+        self.time_scale = getattr(self.clock, "speed", None) or (
+            config.sim_speed if config.is_simulated else 1.0)
         self.params = StrategyParams.from_config(config)
         self.scanner = MarketScanner(self.client, config, cancel=self.stop)
         self.risk = RiskManager.from_config(config, fee_rate=self._fee_rate())
@@ -105,8 +106,8 @@ class Trader:
 
     def _resume(self) -> None:
         """Reload open positions; settle orders whose outcome a crash left unrecorded."""
-        self._sync_cash()
         self.orders.reconcile()
+        self._sync_cash()
         start = self.store.get_meta("start_equity")
         if start is None:
             self.store.set_meta("start_equity", repr(self.ledger.cash))
@@ -185,8 +186,9 @@ class Trader:
 
     def _banner(self) -> None:
         c = self.config
-        venue = (f"simulated exchange at {self.client.sim_server.url} ({c.sim_pairs} pairs, "
-                 f"market clock x{c.sim_speed:g})" if c.is_simulated else c.exchange)
+        server = self.client.sim_server
+        venue = (f"simulated exchange at {server.url if server else c.sim_url} (market clock "
+                 f"x{self.time_scale:g})" if c.is_simulated else c.exchange)
         self.reporter.banner("PAPER" if c.dry_run else "LIVE", venue, c.account_size, c.timeframe,
                              c.check_interval, str(self.store.path))
 

@@ -45,6 +45,7 @@ BAD_VALUES = {
     "TAKE_PROFIT_ATR": ["-1"],
     "MAX_HOLD_CANDLES": ["0"],
     "COOLDOWN_CANDLES": ["-1", "1001", "1.5"],
+    "SIM_URL": ["ftp://x", "localhost:8765"],
     "DATA_DIR": [""],
     "LOG_LEVEL": ["TRACE"],
     "SIM_SPEED": ["0.5", "20000"],

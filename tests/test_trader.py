@@ -1,10 +1,23 @@
-"""The trading loop in-process: LLM gating, exchange outages, the live path on the sim."""
+"""The trading loop: LLM gating, the model, outages, the live path and a SIGKILL restart."""
+import json
+import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 import unittest
+from pathlib import Path
 
 from config import load_config
+from reporter import Reporter
+from sim_exchange import SimExchangeServer
+from sim_market import SimMarket
+from store import Store
 from tests.chat_server import ChatServer
 from trader import Trader
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def trader_config(data_dir: str, **overrides):
@@ -28,9 +41,17 @@ class TraderCase(unittest.TestCase):
     def start(self, **overrides) -> Trader:
         tmp = tempfile.TemporaryDirectory()
         self.addCleanup(tmp.cleanup)
-        trader = Trader(trader_config(tmp.name, **overrides))
+        self.lines: list[str] = []
+        trader = Trader(trader_config(tmp.name, **overrides), reporter=Reporter(self.lines.append))
         self.addCleanup(trader.close)
         return trader
+
+    def recorded_verdicts(self, trader: Trader) -> dict[str, bool]:
+        """symbol -> the LLM's last verdict, from the decision record."""
+        verdicts: dict[str, bool] = {}
+        for _cycle, _ts, _view, inputs in trader.store.recorded_cycles():
+            verdicts.update(json.loads(inputs).get("verdicts", {}))
+        return verdicts
 
 
 class TestLLMGate(TraderCase):
@@ -52,12 +73,40 @@ class TestLLMGate(TraderCase):
             self.cycle_until(trader, lambda: trader.decisions and unconfirmed())
             self.assertEqual(trader.positions, {}, "a failing LLM confirms nothing")
 
+            self.assertIn("http_error", trader.advisor.report())
+
             chat.set_mode("ok")
-            before = chat.request_count
-            self.cycle_until(trader, lambda: chat.request_count > before)
-            self.assertFalse(unconfirmed() & set(trader.positions), "no refused symbol was bought")
-            answered = trader.advisor.report()
-            self.assertIn("http_error", answered)
+            self.cycle_until(trader, lambda: trader.positions, max_cycles=40)
+            verdicts = self.recorded_verdicts(trader)
+            for symbol in trader.positions:
+                self.assertTrue(verdicts.get(symbol), f"{symbol} was bought without a yes")
+            refused = {s for s, take in verdicts.items() if not take}
+            self.assertFalse(refused & set(trader.positions), "no refused symbol was bought")
+            opened = [line for line in self.lines if line.startswith("OPEN")]
+            self.assertEqual(len(opened), len(trader.positions), "each entry was reported once")
+
+
+class TestModelOn(TraderCase):
+    def test_the_trader_trains_its_model_and_trades_on_it(self):
+        trader = self.start(ML_ENABLED="true", CANDLE_HISTORY="400", ML_MIN_CONFIDENCE="0.3",
+                            MAX_HOLD_CANDLES="12")
+        trader.run_cycle()
+        self.assertIsNotNone(trader.retrainer, "the default (ML on) starts the retrainer")
+        self.assertTrue(trader.retrainer.wait_idle(timeout=120), "the first training ended")
+        self.assertTrue(trader.model.is_ready(), "a model was trained from the scanner's candles")
+        self.assertIn("model v1", trader._model_state())
+        for _ in range(40):
+            trader.client.sim.advance(300)
+            trader.run_cycle()
+            if any(p.entry_reason == "model" for p in trader.positions.values()):
+                break
+        self.assertTrue(trader.decisions.used_model, "decisions come from the model")
+        held = [p for p in trader.positions.values() if p.entry_reason == "model"]
+        self.assertTrue(held, "the model opened a position")
+        self.assertIsNotNone(held[0].probability)
+        self.assertGreaterEqual(held[0].probability, 0.3)
+        stored = {p.symbol: p for p in trader.store.open_positions()}
+        self.assertEqual(stored[held[0].symbol].entry_reason, "model")
 
 
 class TestOutage(TraderCase):
@@ -73,8 +122,22 @@ class TestOutage(TraderCase):
         self.assertEqual(set(trader.positions), held, "nothing changed while the exchange was down")
         server.set_faults()
         trader.run_cycle()  # the 1-candle time limit has passed: every old position exits
-        self.assertFalse(held & set(trader.positions))
+        self.assertFalse(held & set(trader.positions), "nothing exited is bought again at once")
         self.assertGreaterEqual(trader.store.totals().trades, len(held))
+
+
+class TestCooldown(TraderCase):
+    def test_a_pair_just_sold_is_not_bought_on_the_same_candle(self):
+        trader = self.start(MAX_HOLD_CANDLES="1", COOLDOWN_CANDLES="1")
+        self.run_until_positions(trader)
+        held = set(trader.positions)
+        trader.client.sim.advance(300)
+        trader.run_cycle()     # every position hits its 1-candle time limit and exits
+        self.assertFalse(held & set(trader.positions))
+        skipped = {s for s, _ in trader.decisions.skipped}
+        candidates = {c.symbol for c in trader.decisions.candidates}
+        self.assertFalse(held & candidates, "sold pairs are no candidates on that candle")
+        self.assertFalse(held & skipped)
 
 
 class TestLiveOnTheSim(TraderCase):
@@ -91,6 +154,61 @@ class TestLiveOnTheSim(TraderCase):
         cost = sum(p.amount * p.entry_price + p.entry_fee for p in trader.positions.values())
         self.assertAlmostEqual(spent, cost, delta=cost * 1e-6)
         self.assertEqual(trader.store.path.name, "trades-live.sqlite")
+
+
+CRASH_CHILD = """
+import os, signal, sys
+import brokers
+from config import load_config
+from trader import Trader
+
+real = brokers.LiveBroker.market_order
+
+def market_order_then_die(self, *args, **kwargs):
+    real(self, *args, **kwargs)          # the order executed on the exchange ...
+    os.kill(os.getpid(), signal.SIGKILL)  # ... and the bot dies before booking its fill
+
+brokers.LiveBroker.market_order = market_order_then_die
+Trader(load_config(None)).run(cycles=int(sys.argv[1]))
+"""
+
+
+class TestLiveCrashRestart(unittest.TestCase):
+    """A live bot SIGKILLed between committing a pending order and committing its fill."""
+
+    def test_the_restarted_bot_books_the_fill_once_from_the_exchange(self):
+        market = SimMarket(pairs=15, seed=3, speed=600)
+        with SimExchangeServer(market, api_key="k", api_secret="s",
+                               balances={"USDT": 10_000.0}) as server, \
+                tempfile.TemporaryDirectory() as tmp:
+            env = {"EXCHANGE": "simulated", "SIM_URL": server.url, "API_KEY": "k",
+                   "API_SECRET": "s", "DRY_RUN": "false", "DATA_DIR": tmp, "MAX_PAIRS": "15",
+                   "CHECK_INTERVAL": "300", "CANDLE_HISTORY": "150", "ML_ENABLED": "false",
+                   "MARKET_SCAN_CACHE_DURATION": "0", "ENABLE_PERFORMANCE_MONITORING": "false",
+                   "LOG_LEVEL": "WARNING"}
+            child = subprocess.run([sys.executable, "-c", CRASH_CHILD, "60"], cwd=ROOT,
+                                   env={**os.environ, **env}, capture_output=True, timeout=240)
+            self.assertEqual(child.returncode, -signal.SIGKILL, child.stderr.decode()[-2000:])
+            with Store.open(tmp, "live") as store:
+                pending = store.pending_orders()
+                self.assertEqual([o.side for o in pending], ["buy"])
+                self.assertEqual(store.open_positions(), [])
+            symbol = pending[0].symbol
+            base = symbol.split("/")[0]
+            self.assertGreater(server.balances.get(base, 0.0), 0, "the exchange filled the buy")
+
+            trader = Trader(load_config(None, env), reporter=Reporter(lambda line: None))
+            try:
+                self.assertEqual(list(trader.positions), [symbol], "exactly one position")
+                self.assertAlmostEqual(trader.positions[symbol].amount, server.balances[base],
+                                       places=9, msg="the position is what the exchange holds")
+                self.assertEqual(trader.store.pending_orders(), [])
+                self.assertEqual(trader.store.order(pending[0].client_order_id).status, "filled")
+                self.assertAlmostEqual(trader.ledger.cash, server.balances["USDT"], places=6)
+            finally:
+                trader.close()
+            with Store.open(tmp, "live") as store:   # a second restart changes nothing
+                self.assertEqual([p.symbol for p in store.open_positions()], [symbol])
 
 
 if __name__ == "__main__":
