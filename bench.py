@@ -118,7 +118,8 @@ def print_table(sections: list[tuple[str, list[Row]]]) -> None:
 def simulated_exchange(pairs: int = 50, seed: int = 1, speed: float = 60.0) -> Iterator[tuple]:
     """(market, server, client): an ExchangeClient on ccxt.binance against an in-process sim."""
     from exchange import sim_client
-    from sim_exchange import SimExchangeServer, SimMarket
+    from sim_exchange import SimExchangeServer
+    from sim_market import SimMarket
 
     market = SimMarket(pairs=pairs, seed=seed, speed=speed)
     with SimExchangeServer(market) as server:
@@ -259,7 +260,8 @@ def _round_trip_rows(url: str) -> list[Row]:
 
 def bench_sim() -> list[Row]:
     """Klines served per second (vs ping), ccxt round-trip (vs a bare HTTP GET)."""
-    from sim_exchange import SimExchangeServer, SimMarket
+    from sim_exchange import SimExchangeServer
+    from sim_market import SimMarket
 
     with SimExchangeServer(SimMarket(pairs=50, seed=1, speed=60),
                            weight_limit_per_minute=10 ** 9) as server:
@@ -349,7 +351,7 @@ def bench_indicators() -> list[Row]:
 # ------------------------------------------------------------------------------ risk: groups
 
 def bench_groups() -> list[Row]:
-    """RiskManager.group_of (dict cache) vs _compute_group, over 1,000 symbols."""
+    """RiskManager.group_of (dict cache) vs compute_group, over 1,000 symbols."""
     from risk_manager import DEFAULT_GROUPS, RiskManager
 
     risk = RiskManager(0.01, 5, 0.2, 2)
@@ -365,11 +367,11 @@ def bench_groups() -> list[Row]:
 
     def computed() -> None:
         for s in symbols:
-            risk._compute_group(s)
+            risk.compute_group(s)
 
     t_cached, t_computed = (t / len(symbols) for t in median_times(cached, computed, number=20))
     return [time_row(f"symbol-group lookup, group_of (cached), {len(symbols)} symbols",
-                     t_cached, "_compute_group (uncached)", t_computed, "ns")]
+                     t_cached, "compute_group (uncached)", t_computed, "ns")]
 
 
 # ------------------------------------------------------------------------------ scan
@@ -466,8 +468,8 @@ class _CycleBench:
 
     def __init__(self, client, config, candles: dict[str, np.ndarray]):
         from market_scanner import MarketScanner
+        from domain import StrategyParams
         from risk_manager import RiskManager
-        from strategy import StrategyParams
 
         self.client, self.candles = client, candles
         self.symbols = list(candles)
@@ -478,7 +480,7 @@ class _CycleBench:
         for scanner in self.scanners.values():
             for s in self.symbols:
                 scanner.store.merge(s, candles[s][:config.candle_history])
-        self.scanners["streaming"]._sync_indicators(self.symbols)
+        self.scanners["streaming"].sync_indicators(self.symbols)
 
     def _merge_next(self, way: str) -> None:
         t = self.cursor[way]
@@ -490,10 +492,10 @@ class _CycleBench:
         self._merge_next(way)
         scanner = self.scanners[way]
         if way == "streaming":
-            scanner._sync_indicators(self.symbols)
-            return scanner._build_view()
+            scanner.sync_indicators(self.symbols)
+            return scanner.build_view()
+        from domain import MarketView
         from indicators import compute_all
-        from strategy import MarketView
 
         arr = np.stack([scanner.store.get(s) for s in self.symbols])       # (P, T, 6)
         ind = compute_all(*(arr[..., k] for k in range(1, 6)))
@@ -501,11 +503,16 @@ class _CycleBench:
         return MarketView(tuple(self.symbols), {n: v[:, -1] for n, v in ind.items()},
                           arr[:, -k:, 4], int(arr[0, -1, 0]) + scanner.tf_ms)
 
+    def round_order(self, symbol: str, side: str, amount: float, price: float
+                    ) -> tuple[float, float]:
+        """The exchange's rounding, as the brokers do it: the market's MarketRules."""
+        return self.client.rules(symbol).round_order(side, amount, price)
+
     def cycle(self, way: str, predict) -> None:
         from strategy import decide_entries
 
         decide_entries(self.view(way), {}, 10_000.0, 10_000.0, self.params, self.risk,
-                       self.client.prepare_order, predict)
+                       self.round_order, predict)
 
     def check_agreement(self) -> None:
         """Both ways must see the same indicators, or the comparison means nothing."""
@@ -517,7 +524,8 @@ class _CycleBench:
 
 def _trained_model_pair(candles: dict[str, np.ndarray], risk):
     """Two MLModels (separate prediction caches) sharing one estimator trained on `candles`."""
-    from ml_model import LabelParams, MLModel, samples_from_candles, train_model
+    from labels import LabelParams, samples_from_candles
+    from ml_model import MLModel, train_model
 
     s = samples_from_candles(candles, LabelParams(timeframe_ms=300_000, fee_rate=risk.fee_rate))
     estimator, meta = train_model(s.X, s.y, s.time_ms, s.label_end_ms, s.ret)
@@ -529,7 +537,7 @@ def _trained_model_pair(candles: dict[str, np.ndarray], risk):
 
 def bench_cycle() -> list[Row]:
     """One cycle's in-process work for 50 pairs: streaming update vs whole-history recompute."""
-    from sim_exchange import simulated_ohlcv
+    from sim_market import simulated_ohlcv
 
     with simulated_exchange() as (_, _, client), tempfile.TemporaryDirectory() as tmp:
         config = bot_config(tmp)
@@ -585,12 +593,14 @@ def _synthetic_ohlcv(pairs: int, candles: int, seed: int = 0) -> dict[str, np.nd
     return {f"C{i}/USDT": np.stack([ts, o[i], h[i], l[i], c[i], v[i]], axis=1) for i in range(pairs)}
 
 
-def _ml_feature_rows(m, latest: dict, recent: np.ndarray) -> list[Row]:
+def _ml_feature_rows(latest: dict, recent: np.ndarray) -> list[Row]:
+    from features import prepare_features
+
     def per_pair() -> None:
         for i in range(len(recent)):
-            m.prepare_features({k: v[i:i + 1] for k, v in latest.items()}, recent[i:i + 1])
+            prepare_features({k: v[i:i + 1] for k, v in latest.items()}, recent[i:i + 1])
 
-    batched, looped = median_times(lambda: m.prepare_features(latest, recent), per_pair,
+    batched, looped = median_times(lambda: prepare_features(latest, recent), per_pair,
                                    number=(200, 10))
     return [time_row("ml features, 50 pairs, one batched call", batched, "per-pair loop", looped)]
 
@@ -608,13 +618,15 @@ def _ml_predict_rows(model, X50: np.ndarray, kind: str) -> list[Row]:
             time_row("ml prediction, cache hit", hit, "uncached single prediction", miss, "us")]
 
 
-def _ml_fit_rows(m, X: np.ndarray, y: np.ndarray, t, end, ret) -> list[Row]:
+def _ml_fit_rows(X: np.ndarray, y: np.ndarray, t, end, ret) -> list[Row]:
+    from ml_model import DEFAULT_MODEL_KIND, make_estimator, train_model
+
     X64 = X.astype(np.float64)     # train_model fits on float64, as here
     fit, train, forest = median_times(
-        lambda: m.make_estimator().fit(X64, y), lambda: m.train_model(X, y, t, end, ret),
-        lambda: m.make_estimator("forest").fit(X64, y), repeat=3, warmup=False)
+        lambda: make_estimator().fit(X64, y), lambda: train_model(X, y, t, end, ret),
+        lambda: make_estimator("forest").fit(X64, y), repeat=3, warmup=False)
     base = "RandomForest(100 trees) fit"
-    return [time_row(f"ml fit, {len(y):,} records ({m.DEFAULT_MODEL_KIND})", fit, base, forest, "s"),
+    return [time_row(f"ml fit, {len(y):,} records ({DEFAULT_MODEL_KIND})", fit, base, forest, "s"),
             time_row(f"ml train_model, {len(y):,} records (holdout fit + refit)", train, base,
                      forest, "s")]
 
@@ -630,16 +642,19 @@ def _traced_mib(build: Callable[[], object]) -> float:
     return used / 2 ** 20
 
 
-def _ml_memory_rows(m, samples, n: int) -> list[Row]:
+def _ml_memory_rows(samples, n: int) -> list[Row]:
+    from features import FEATURE_NAMES
+    from model_training import TrainingData
+
     X, y, ret, t = samples.X[-n:], samples.y[-n:], samples.ret[-n:], samples.time_ms[-n:]
 
     def training_data():
-        data = m.TrainingData()
+        data = TrainingData()
         data.add(X, y, ret, t, samples.label_end_ms[-n:], keys=samples.key[-n:])
         return data
 
     def dicts():
-        return [{**dict(zip(m.FEATURE_NAMES, X[i].tolist())), "label": int(y[i]),
+        return [{**dict(zip(FEATURE_NAMES, X[i].tolist())), "label": int(y[i]),
                  "return": float(ret[i]), "time": int(t[i]), "source": "history"} for i in range(n)]
 
     return [Row(f"ml training data, {n:,} records (TrainingData, 20,000 preallocated)",
@@ -649,25 +664,27 @@ def _ml_memory_rows(m, samples, n: int) -> list[Row]:
 
 def bench_ml() -> list[Row]:
     """Features, batched prediction, prediction cache, training time and training memory."""
-    import ml_model as m
+    from features import HISTORY_NEEDED, prepare_features
     from indicators import compute_all
+    from labels import samples_from_candles
+    from ml_model import DEFAULT_MODEL_KIND, MLModel, train_model
 
     candles = _synthetic_ohlcv(50, 500)
     arr = np.stack(list(candles.values()))
     ind = compute_all(*(arr[..., i] for i in range(1, 6)))
     latest = {k: v[:, -1] for k, v in ind.items()}
-    recent = arr[:, -(m.HISTORY_NEEDED + 1):, 4]
-    samples = m.samples_from_candles(candles)
+    recent = arr[:, -(HISTORY_NEEDED + 1):, 4]
+    samples = samples_from_candles(candles)
     n = 15_000
     X, y = samples.X[-n:], samples.y[-n:]
     t, end, ret = samples.time_ms[-n:], samples.label_end_ms[-n:], samples.ret[-n:]
-    model = m.MLModel()
-    model.swap(*m.train_model(X, y, t, end, ret))
-    X50 = m.prepare_features(latest, recent)
-    return (_ml_feature_rows(m, latest, recent)
-            + _ml_predict_rows(model, X50, m.DEFAULT_MODEL_KIND)
-            + _ml_fit_rows(m, X, y, t, end, ret)
-            + _ml_memory_rows(m, samples, n))
+    model = MLModel()
+    model.swap(*train_model(X, y, t, end, ret))
+    X50 = prepare_features(latest, recent)
+    return (_ml_feature_rows(latest, recent)
+            + _ml_predict_rows(model, X50, DEFAULT_MODEL_KIND)
+            + _ml_fit_rows(X, y, t, end, ret)
+            + _ml_memory_rows(samples, n))
 
 
 # ------------------------------------------------------------------------------ LLM
@@ -770,6 +787,7 @@ def bench_llm() -> list[Row]:
 # ------------------------------------------------------------------------------ backtest
 
 BT_PAIRS, BT_CANDLES = 10, 5760
+SHARED_OHLCV = ROOT.parent / "shared" / "ohlcv"   # the layout: the repository and shared/ side by side
 FREQTRADE_SECONDS, FREQTRADE_MIB = 4.2, 436.0     # quoted in issue 5 (freqtrade 2026.9)
 QUOTED = "freqtrade 2026.9, no ML (QUOTED from issue 5, not measured here)"
 
@@ -780,26 +798,26 @@ import json, re, statistics, sys, time
 from pathlib import Path
 import numpy as np
 import backtest as bt
+from domain import StrategyParams
 from risk_manager import RiskManager
-from strategy import StrategyParams
 
 PAIRS, CANDLES, REPEATS = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[4])
 USE_MODEL = sys.argv[3] == "1"
+SHARED = Path(sys.argv[5])          # bench.SHARED_OHLCV: ../shared/ohlcv beside the repository
 
 def data():
     from candle_files import find_candle_files, read_candles
-    for d in (Path.cwd().parent / "shared" / "ohlcv", Path("/work/shared/ohlcv")):
-        if d.is_dir():
-            files = [p for s, p in sorted(find_candle_files(d, "5m").items()) if s.endswith("/BTC")]
-            real = [a for a in (read_candles(p, "5m") for p in files) if len(a) >= CANDLES - 100]
-            if real:
-                out = {}
-                for k in range(PAIRS):      # repeat the files, each copy's prices scaled
-                    a = real[k % len(real)][-CANDLES:].copy()
-                    a[:, 1:5] *= 1.0 + 0.01 * k
-                    out[f"P{k:02d}/BTC"] = a
-                return out, "real files in shared/ohlcv, repeated", 1.0
-    from sim_exchange import simulated_ohlcv
+    if SHARED.is_dir():
+        files = [p for s, p in sorted(find_candle_files(SHARED, "5m").items()) if s.endswith("/BTC")]
+        real = [a for a in (read_candles(p, "5m") for p in files) if len(a) >= CANDLES - 100]
+        if real:
+            out = {}
+            for k in range(PAIRS):      # repeat the files, each copy's prices scaled
+                a = real[k % len(real)][-CANDLES:].copy()
+                a[:, 1:5] *= 1.0 + 0.01 * k
+                out[f"P{k:02d}/BTC"] = a
+            return out, "real files in shared/ohlcv, repeated", 1.0
+    from sim_market import simulated_ohlcv
     return simulated_ohlcv(PAIRS, 1, "5m", CANDLES), "simulated_ohlcv", 10_000.0
 
 candles, source, balance = data()
@@ -829,7 +847,7 @@ _BT_NAIVE = r"""
 import json, sys, time
 import numpy as np
 from indicators import compute_all
-from sim_exchange import simulated_ohlcv
+from sim_market import simulated_ohlcv
 
 PAIRS, CANDLES = int(sys.argv[1]), int(sys.argv[2])
 arr = np.stack(list(simulated_ohlcv(PAIRS, 1, "5m", CANDLES).values()))
@@ -855,15 +873,21 @@ def _bt_run(code: str, *args: object) -> dict:
 
 def bench_backtest() -> list[Row]:
     """Candles/s and peak memory for 10 pairs x 5,760 5m candles, with and without the model."""
-    rule = _bt_run(_BT_CASE, BT_PAIRS, BT_CANDLES, 0, repeats(3))
-    model = _bt_run(_BT_CASE, BT_PAIRS, BT_CANDLES, 1, repeats(3))
-    loaded = _bt_run(_BT_CASE, BT_PAIRS, BT_CANDLES, 0, 0)
-    loaded_ml = _bt_run(_BT_CASE, BT_PAIRS, BT_CANDLES, 1, 0)
+    rule = _bt_run(_BT_CASE, BT_PAIRS, BT_CANDLES, 0, repeats(3), SHARED_OHLCV)
+    model = _bt_run(_BT_CASE, BT_PAIRS, BT_CANDLES, 1, repeats(3), SHARED_OHLCV)
+    loaded = _bt_run(_BT_CASE, BT_PAIRS, BT_CANDLES, 0, 0, SHARED_OHLCV)
+    loaded_ml = _bt_run(_BT_CASE, BT_PAIRS, BT_CANDLES, 1, 0, SHARED_OHLCV)
     naive = _bt_run(_BT_NAIVE, BT_PAIRS, BT_CANDLES)
     n = rule["candles"]
     rule_rate, model_rate = n / rule["seconds"], n / model["seconds"]
     quoted_rate = BT_PAIRS * BT_CANDLES / FREQTRADE_SECONDS
     tag = f"{BT_PAIRS}x{BT_CANDLES} 5m"
+    if rule["source"] == "simulated_ohlcv":
+        why = ("is absent" if not SHARED_OHLCV.is_dir() else
+               f"holds no 5m */BTC file of at least {BT_CANDLES - 100} candles")
+        NOTES.append(f"backtest: {SHARED_OHLCV} (shared/ohlcv beside the repository) {why}; "
+                     f"fell back to simulated_ohlcv ({BT_PAIRS} pairs), so the backtest figures "
+                     "are not comparable with a run on the real files.")
     NOTES.append(f"backtest data: {rule['source']}; the model run made {model['trainings']} "
                  f"walk-forward fits per replay.")
     rule_name, model_name = f"backtest no model, {tag}", f"backtest walk-forward model, {tag}"
@@ -913,6 +937,10 @@ def _rss_by_cycle(stdout: str) -> dict[int, float]:
 def _run_summary(stdout: str, cycles: int, wall: float) -> str:
     """How long the run took and where the time went, from the bot's status lines."""
     status = re.findall(r"^cycle\s+\d+ \|\s*([\d.]+)s \| pairs \d+( cached)? \|", stdout, re.M)
+    if not status:
+        return (f"memory: the {cycles}-cycle bot run took {wall:.0f} s wall but printed no "
+                "`cycle N | ...` status lines on stdout, so its cycles and scan times could not "
+                "be read.")
     scans = [float(sec) for sec, cached in status if not cached]
     scan_s = f"{statistics.median(scans):.2f} s" if scans else "n/a"
     return (f"memory: the {cycles}-cycle bot run (SIM_SPEED 10000, CHECK_INTERVAL 60, 50 pairs, "

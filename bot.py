@@ -127,13 +127,14 @@ def run(ctx: click.Context, cycles: int | None, assume_yes: bool) -> None:
             fail("live trading on a real exchange needs confirmation: run in a terminal "
                  "or pass --yes")
         click.confirm(f"Trade with REAL money on {config.exchange}?", abort=True)
+    from reporter import Reporter
     from trader import StartupError, Trader
 
     limit_malloc_arenas()
     stop = StopSignals()
     stop.install()
     try:
-        trader = Trader(config, stop.event)
+        trader = Trader(config, stop.event, Reporter(click.echo))
     except StartupError as exc:
         fail(str(exc))
     from store import StoreError
@@ -145,6 +146,30 @@ def run(ctx: click.Context, cycles: int | None, assume_yes: bool) -> None:
     finally:
         trader.close()
     exit_without_stray_requests()
+
+
+@cli.command()
+@click.pass_context
+def parity(ctx: click.Context) -> None:
+    """Replay this account's decision record through the backtester; list every difference.
+
+    Exit code 1 when a decision or the books differ, 0 when only fills do (or nothing).
+    """
+    config = load_or_fail(ctx.obj["env_file"])
+    from parity import check_parity
+    from store import Store, StoreError, store_path
+
+    if not store_path(config.data_dir, config.mode).exists():
+        fail(f"no {config.mode} database in {config.data_dir}: run the bot first (or set "
+             "DATA_DIR / DRY_RUN to the run to check)")
+    try:
+        with Store.open(config.data_dir, config.mode) as store:
+            report = check_parity(store)
+    except (StoreError, ValueError) as exc:
+        fail(str(exc))
+    click.echo(report.format())
+    if report.of_kind("decision") or report.of_kind("books"):
+        sys.exit(1)
 
 
 @cli.command("config")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -229,10 +229,8 @@ class _Replay:
             if view is None:
                 return
         predictions = rec.get("predictions") or {}
-        predict = None
-        if rec.get("used_model"):
-            def predict(X, keys):
-                return np.array([predictions.get(feature_key(x), np.nan) for x in X])
+        predict = (lambda X, keys: np.array([predictions.get(feature_key(x), np.nan) for x in X])
+                   ) if rec.get("used_model") else None
         verdicts = rec.get("verdicts") or {}
         confirm = (lambda states: {s["symbol"]: verdicts.get(s["symbol"], False)
                                    for s in states}) if "verdicts" in rec and verdicts else None
@@ -250,7 +248,7 @@ class _Replay:
             elif not (_close(mine.amount, amount) and _close(mine.price, price)):
                 self.note(cycle, "decision", symbol, f"entry {amount:.10g} @ {price:.10g}; replay "
                                                      f"{mine.amount:.10g} @ {mine.price:.10g}")
-            self._book(cycle, symbol, "buy", cid, view_ms)
+            self._book(cycle, symbol, "buy", cid, view_ms, decided_price=price)
         for symbol in sorted(set(replayed) - seen):
             e = replayed[symbol]
             self.note(cycle, "decision", symbol, f"the replay would enter {e.amount:.10g} @ "
@@ -258,7 +256,7 @@ class _Replay:
 
     # -- fills
     def _book(self, cycle: int, symbol: str, side: str, cid: str | None, at_ms: int,
-              reason: str = "") -> None:
+              reason: str = "", decided_price: float = 0.0) -> None:
         """Book the recorded fill in the replay's ledger; compare the fill model with it."""
         order = self.store.order(cid) if cid else None
         if order is None or order.status != "filled":
@@ -266,8 +264,9 @@ class _Replay:
         fill = Fill(symbol, side, order.amount, order.price, order.amount * order.price,
                     order.fee, order.updated_ms, order.exchange_order_id or "", cid)
         self._compare_fill(cycle, order, fill, at_ms)
-        if side == "buy":
-            self.ledger.open(fill, intent_of(order), self.risk.group_of(symbol))
+        if side == "buy":   # the stops travel with the order; its price is now the fill's
+            intent = replace(intent_of(order), price=decided_price)
+            self.ledger.open(fill, intent, self.risk.group_of(symbol))
         elif symbol in self.ledger.positions:
             self.ledger.close(fill, reason)
 

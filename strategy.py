@@ -10,8 +10,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from domain import (Bar, Candidate, Decisions, EntryIntent, ExitIntent, MarketView, Position,
-                    StrategyParams)
+from domain import Bar, Candidate, Decisions, ExitIntent, MarketView, Position, StrategyParams
 from features import prepare_features
 from risk_manager import RiskManager, RoundOrder
 

@@ -15,6 +15,11 @@ What counts as an import (decided here, used by every check below):
   annotations``), but the layering checks of domain.py and market_rules.py count them:
   the bottom layer depends on nothing of the project, not even for type hints.
 * Relative imports do not occur in flat modules and are ignored.
+
+The fee check looks for 0.001 written as a float (``0.001``, ``1e-3``) or as
+``Decimal("0.001")`` / ``float("0.001")``, given to a name containing "fee" in an
+assignment, a keyword argument, a parameter default or a dict key, or returned by a
+function whose name contains "fee". Other 0.001s (timeouts, lot sizes) are not the fee.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The backtester: exact accounting on a hand-built market, no look-ahead, gaps, the report."""
+"""The backtester: exact accounting on a hand-built market, no look-ahead, gaps, the
+cooldown, the ledger's books, the report and the command."""
 import json
 import math
 import tempfile
@@ -9,9 +10,13 @@ import numpy as np
 from click.testing import CliRunner
 
 import backtest as bt
-from exchange import OrderRejected
+import backtest_report as report
+import bot
+from brokers import BacktestBroker
+from domain import StrategyParams
+from ledger import Ledger
+from market_rules import MarketRules
 from risk_manager import RiskManager
-from strategy import StrategyParams
 from tests.test_candle_files import RootLogging
 
 TF = 300_000                          # 5m
@@ -76,17 +81,17 @@ def risk() -> RiskManager:
                        max_positions_per_group=2, fee_rate=FEE)
 
 
-def cents(symbol, side, amount, price):
-    """A deterministic round_order: amounts truncated to 0.01, prices as they are."""
-    if amount < 0.01:
-        raise OrderRejected(f"{symbol}: amount {amount} below minimum 0.01")
-    return math.floor(amount * 100) / 100, price
+def cents(candles) -> dict[str, MarketRules]:
+    """Deterministic markets: amounts truncated to 0.01 (the minimum), prices to 0.01 (the
+    hand-built prices are on that grid)."""
+    return {s: MarketRules(s, amount_precision=0.01, price_precision=0.01, min_amount=0.01,
+                           taker=FEE, maker=FEE) for s in candles}
 
 
-def run(candles, use_model=False, **settings):
+def run(candles, use_model=False, strategy=None, **settings):
     s = dict(starting_balance=START, slippage=False, fee_rate=FEE) | settings
-    return bt.run_backtest(candles, use_model=use_model, params=params(), risk=risk(),
-                           settings=bt.BacktestSettings(**s), round_order=cents)
+    return bt.run_backtest(candles, use_model=use_model, params=strategy or params(), risk=risk(),
+                           settings=bt.BacktestSettings(**s), rules=cents(candles))
 
 
 class TestHandBuiltMarket(unittest.TestCase):
@@ -152,7 +157,7 @@ class TestHandBuiltMarket(unittest.TestCase):
 
     def test_metrics_and_report(self):
         result = run(scenario())
-        m = bt.compute_metrics(result)
+        m = report.compute_metrics(result)
         self.assertEqual(m["trades"], 4)
         self.assertEqual(m["win_rate_pct"], 25.0)
         self.assertEqual(m["exit_reasons"], {"stop_loss": 2, "take_profit": 1, "time_limit": 1})
@@ -167,20 +172,22 @@ class TestHandBuiltMarket(unittest.TestCase):
                  for a in scenario().values())
         self.assertAlmostEqual(m["buy_hold_return_pct"], 100 * (bh / START - 1))
         self.assertGreater(m["max_drawdown_pct"], 0)
-        text = bt.format_report(result)
+        text = report.format_report(result)
         for needle in ("win rate 25.0%", "AAA/USDT", "buy & hold", "Sharpe", "Sortino",
                        "profit factor", "exposure", "fees paid"):
             self.assertIn(needle, text)
         with tempfile.TemporaryDirectory() as tmp:
-            json_path, png_path = bt.write_report(result, Path(tmp) / "rep")
-            report = json.loads(json_path.read_text())
+            json_path, png_path = report.write_report(result, Path(tmp) / "rep")
+            written = json.loads(json_path.read_text())
             self.assertEqual(png_path.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
-        self.assertEqual(len(report["trades"]), 4)
-        self.assertEqual(set(report["trades"][0]) >= {"symbol", "entry_time_ms", "exit_time_ms",
-                                                      "entry_price", "exit_price", "amount",
-                                                      "entry_fee", "exit_fee", "profit",
-                                                      "exit_reason"}, True)
-        self.assertEqual([r["pair"] for r in report["pairs"]], sorted(scenario()))
+        self.assertEqual(len(written["trades"]), 4)
+        self.assertEqual(set(written["trades"][0]), {
+            "symbol", "entry_time_ms", "exit_time_ms", "entry_price", "exit_price", "amount",
+            "entry_fee", "exit_fee", "profit", "return_pct", "exit_reason", "entry_reason",
+            "probability"})
+        self.assertEqual([r["pair"] for r in written["pairs"]], sorted(scenario()))
+        self.assertEqual(set(written), {"summary", "conventions", "pairs", "trades",
+                                        "equity_curve"})
 
 
 class TestGapsAndMisalignedPairs(unittest.TestCase):
@@ -219,7 +226,7 @@ class TestGapsAndMisalignedPairs(unittest.TestCase):
         trade = result.trades[0]
         self.assertEqual((trade.symbol, trade.exit_reason), ("EEE/USDT", "end_of_data"))
         self.assertEqual(trade.exit_time_ms, T0 + 306 * TF)
-        self.assertEqual(trade.exit_price, late[-1, 4])
+        self.assertAlmostEqual(trade.exit_price, late[-1, 4], places=9)
         # its buy-and-hold share waits in cash until the pair starts
         self.assertAlmostEqual(result.buy_hold[0], START / 2 + START / 2 * (1 - FEE)
                                * candles["AAA/USDT"][0, 4] / candles["AAA/USDT"][0, 1])
@@ -247,17 +254,19 @@ def perturbed(candles: dict, cut: int, seed: int = 7) -> dict:
 class TestNoLookAhead(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        from sim_exchange import simulated_ohlcv
+        from sim_market import simulated_ohlcv
 
         cls.candles = simulated_ohlcv(4, 11, "5m", 1400)
         cls.cut = 1000
         cls.cut_ms = int(next(iter(cls.candles.values()))[cls.cut, 0])
 
-    def replay(self, candles, use_model):
-        s = bt.BacktestSettings(starting_balance=10_000.0, retrain_interval_ms=12 * 3_600_000)
+    def replay(self, candles, use_model, cooldown=1, skip=True):
+        s = bt.BacktestSettings(starting_balance=10_000.0, retrain_interval_ms=12 * 3_600_000,
+                                skip_idle_steps=skip)
         r = RiskManager(0.01, 3, 0.3, 2, fee_rate=FEE)
         return bt.run_backtest(candles, use_model=use_model,
-                               params=StrategyParams(timeframe_ms=TF, min_confidence=0.45),
+                               params=StrategyParams(timeframe_ms=TF, min_confidence=0.45,
+                                                     cooldown_candles=cooldown),
                                risk=r, settings=s)
 
     def before_cut(self, result):
@@ -284,14 +293,13 @@ class TestNoLookAhead(unittest.TestCase):
                             for e in full.events))
 
     def test_skipping_idle_steps_changes_nothing(self):
-        for use_model in (False, True):
-            s = bt.BacktestSettings(retrain_interval_ms=12 * 3_600_000, skip_idle_steps=False)
-            slow = bt.run_backtest(self.candles, use_model=use_model,
-                                   params=StrategyParams(timeframe_ms=TF, min_confidence=0.45),
-                                   risk=RiskManager(0.01, 3, 0.3, 2, fee_rate=FEE), settings=s)
-            fast = self.replay(self.candles, use_model)
-            self.assertEqual([t for t in fast.trades], [t for t in slow.trades])
-            self.assertEqual(fast.final_equity, slow.final_equity)
+        for use_model, cooldown in ((False, 0), (False, 1), (True, 1), (True, 3)):
+            with self.subTest(use_model=use_model, cooldown=cooldown):
+                slow = self.replay(self.candles, use_model, cooldown, skip=False)
+                fast = self.replay(self.candles, use_model, cooldown)
+                self.assertEqual(fast.trades, slow.trades)
+                self.assertEqual(fast.events, slow.events)
+                self.assertEqual(fast.final_equity, slow.final_equity)
 
 
 class TestInterrupt(unittest.TestCase):
@@ -306,25 +314,116 @@ class TestInterrupt(unittest.TestCase):
         s = bt.BacktestSettings(starting_balance=START, slippage=False)
         with self.assertLogs("backtest", "WARNING"):
             result = bt.run_backtest(scenario(), use_model=False, params=params(), risk=risk(),
-                                     settings=s, round_order=cents, progress=progress)
+                                     settings=s, rules=cents(scenario()), progress=progress)
         self.assertTrue(result.interrupted)
         self.assertLess(len(result.times_ms), N)
         self.assertEqual(result.trades[-1].exit_reason, "end_of_backtest")
         self.assertAlmostEqual(result.final_equity, result.equity[-1])
-        self.assertIn("INTERRUPTED", bt.format_report(result))
+        self.assertIn("INTERRUPTED", report.format_report(result))
 
 
-class TestMarketSpec(unittest.TestCase):
-    def test_rounding_and_limits(self):
-        spec = bt.MarketSpec.for_price(3012.5, "USDT")
-        self.assertEqual((spec.tick, spec.step, spec.min_notional), (0.01, 0.0001, 5.0))
-        self.assertEqual(spec.round_order("ETH/USDT", "buy", 0.123456, 3012.3456), (0.1234, 3012.35))
-        with self.assertRaisesRegex(OrderRejected, "notional .* below minimum 5"):
-            spec.round_order("ETH/USDT", "buy", 0.001, 3000.0)
-        with self.assertRaisesRegex(OrderRejected, "amount .* below minimum"):
-            spec.round_order("ETH/USDT", "buy", 0.00001, 3000.0)
-        eth_btc = bt.MarketSpec.for_price(0.0984, "BTC")
-        self.assertEqual((eth_btc.tick, eth_btc.step, eth_btc.min_notional), (1e-7, 1e-4, 1e-4))
+def cooldown_market() -> dict[str, np.ndarray]:
+    """One pair whose rule fires at the closes of 150, 154 and 155 (volume spikes after up
+    candles; 155 is made an up candle). With a 4-candle time limit the entry filled at 151
+    is sold at the close of 154, right when the rule fires again."""
+    a = build(100, 150, {155: lambda p: (p, p + 1, p, p + 1)})
+    a[[154, 155], 5] = 10_000.0
+    return {"AAA/USDT": a}
+
+
+class TestCooldown(unittest.TestCase):
+    def entries(self, cooldown: int) -> list[tuple[int, int]]:
+        """(decision close, fill open) of every entry, in candle indices."""
+        result = run(cooldown_market(), strategy=params(max_hold_candles=4,
+                                                        cooldown_candles=cooldown))
+        first = result.trades[0]
+        self.assertEqual((first.entry_time_ms, first.exit_time_ms, first.exit_reason),
+                         (T0 + 151 * TF, T0 + 155 * TF, "time_limit"))
+        return [((e[1] - T0) // TF - 1, (f[1] - T0) // TF)
+                for e, f in zip([e for e in result.events if e[0] == "entry"],
+                                [e for e in result.events if e[0] == "fill_buy"])]
+
+    def test_a_pair_is_not_re_entered_on_the_close_it_was_sold_at(self):
+        self.assertEqual(self.entries(1)[:2], [(150, 151), (155, 156)])   # the next close may
+
+    def test_without_the_cooldown_it_is_bought_back_at_once(self):
+        self.assertEqual(self.entries(0)[:2], [(150, 151), (154, 155)])
+
+    def test_a_longer_cooldown_waits_longer(self):
+        self.assertNotIn(155, [d for d, _ in self.entries(2)])
+
+    def test_skipping_idle_steps_respects_the_cooldown(self):
+        for cooldown in (0, 1, 2):
+            strategy = params(max_hold_candles=4, cooldown_candles=cooldown)
+            fast = run(cooldown_market(), strategy=strategy)
+            slow = run(cooldown_market(), strategy=strategy, skip_idle_steps=False)
+            self.assertEqual(fast.events, slow.events)
+
+
+class TestBooks(unittest.TestCase):
+    """Fills come from the broker, books from the ledger: cash is the balance plus the
+    trades' profits, and every fill event is one side of a trade."""
+
+    @classmethod
+    def setUpClass(cls):
+        from sim_market import simulated_ohlcv
+
+        cls.candles = simulated_ohlcv(4, 5, "5m", 1500)
+        s = bt.BacktestSettings(starting_balance=10_000.0, retrain_interval_ms=12 * 3_600_000)
+        cls.results = [bt.run_backtest(cls.candles, use_model=m, settings=s,
+                                       params=StrategyParams(timeframe_ms=TF, min_confidence=0.45),
+                                       risk=RiskManager(0.01, 3, 0.3, 2, fee_rate=FEE))
+                       for m in (False, True)]
+
+    def test_cash_is_the_starting_balance_plus_the_profits(self):
+        for result in self.results:
+            self.assertGreater(len(result.trades), 10)
+            profits = math.fsum(t.profit for t in result.trades)
+            self.assertAlmostEqual(result.final_equity, 10_000.0 + profits, places=6)
+
+    def test_every_fill_is_a_side_of_a_trade(self):
+        for result in self.results:
+            buys = [e for e in result.events if e[0] == "fill_buy"]
+            sells = [e for e in result.events if e[0] == "fill_sell"]
+            self.assertEqual(len(buys), len(result.trades))
+            self.assertEqual(sorted((e[2], e[1], e[3], e[4], e[5]) for e in buys),
+                             sorted((t.symbol, t.entry_time_ms, t.amount, t.entry_price,
+                                     t.entry_fee) for t in result.trades))
+            self.assertEqual([(e[2], e[1], e[4], e[5], e[6]) for e in sells],
+                             [(t.symbol, t.exit_time_ms, t.exit_price, t.exit_fee, t.exit_reason)
+                              for t in result.trades])
+            self.assertAlmostEqual(result.fees, sum(e[5] for e in buys + sells), places=9)
+            for t in result.trades:
+                self.assertAlmostEqual(t.entry_fee, t.amount * t.entry_price * FEE, places=9)
+
+    def test_each_pair_trades_on_the_simulated_exchange_rules_of_its_price(self):
+        data = bt._prepare(self.candles, StrategyParams(timeframe_ms=TF), bt.BacktestSettings())
+        for symbol, rules in zip(data.symbols, data.rules):
+            self.assertEqual(rules, MarketRules.for_price(symbol, self.candles[symbol][0, 4]))
+        for t in self.results[0].trades:
+            rules = data.rules[data.symbols.index(t.symbol)]
+            self.assertEqual(rules.round_amount(t.amount), t.amount)   # on the amount step
+
+
+class TestBookQuote(unittest.TestCase):
+    def test_orders_walk_the_synthetic_book_around_the_price(self):
+        a = build(100, None)
+        vol, qv = bt.book_inputs(a, TF)
+        self.assertEqual((vol.shape, qv.shape), ((N,), (N,)))
+        self.assertTrue((vol > 0).all() and (qv > 0).all())
+        rules = MarketRules.for_price("AAA/USDT", 250.0, fee=FEE)
+        quote = bt.book_quote(250.0, T0, float(vol[-1]), float(qv[-1]), rules)
+        self.assertEqual((quote.price, quote.timestamp_ms), (250.0, T0))
+        self.assertGreater(quote.levels("buy")[0][0], 250.0)
+        self.assertLess(quote.levels("sell")[0][0], 250.0)
+        broker = BacktestBroker({"AAA/USDT": rules}, Ledger(1e7))
+        broker.quotes["AAA/USDT"] = quote
+        buy = broker.market_order("AAA/USDT", "buy", 10.0, "t-1")
+        self.assertGreater(buy.price, 250.0)
+        self.assertAlmostEqual(buy.fee, buy.cost * FEE)
+        broker.quotes["AAA/USDT"] = bt.book_quote(250.0, T0, 1.0, 1.0, rules, slippage=False)
+        flat = broker.market_order("AAA/USDT", "buy", 1e4, "t-2")
+        self.assertAlmostEqual(flat.price, 250.0, places=9)     # no slippage, whatever the size
 
 
 class TestCommand(RootLogging, unittest.TestCase):
@@ -332,12 +431,12 @@ class TestCommand(RootLogging, unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             runner = CliRunner()
             for data_dir in (str(Path(tmp) / "missing"), tmp):
-                res = runner.invoke(bt.backtest_command, ["--data-dir", data_dir],
+                res = runner.invoke(bot.backtest_command, ["--data-dir", data_dir],
                                     env={"DATA_DIR": tmp}, obj={"env_file": None})
                 self.assertEqual(res.exit_code, 2, res.output)
                 self.assertEqual(len(res.output.strip().splitlines()), 1, res.output)
                 self.assertIn("error:", res.output)
-            res = runner.invoke(bt.backtest_command, ["--data-dir", tmp, "--start", "2024-13-01"],
+            res = runner.invoke(bot.backtest_command, ["--data-dir", tmp, "--start", "2024-13-01"],
                                 env={"DATA_DIR": tmp}, obj={"env_file": None})
             self.assertEqual(res.exit_code, 2)
 
@@ -350,7 +449,7 @@ class TestCommand(RootLogging, unittest.TestCase):
             for s, a in scenario().items():
                 write_candles(data / f"{s.replace('/', '_')}-5m.csv", a)
             res = CliRunner().invoke(
-                bt.backtest_command, ["--data-dir", str(data), "--no-model", "--report-dir",
+                bot.backtest_command, ["--data-dir", str(data), "--no-model", "--report-dir",
                                       str(Path(tmp) / "rep"), "--pairs", "AAA/USDT,BBB/USDT"],
                 env={"DATA_DIR": tmp}, obj={"env_file": None})
             self.assertEqual(res.exit_code, 0, res.output)
@@ -362,7 +461,7 @@ class TestCommand(RootLogging, unittest.TestCase):
     def test_simulated(self):
         with tempfile.TemporaryDirectory() as tmp:
             res = CliRunner().invoke(
-                bt.backtest_command, ["--simulated", "--sim-pairs", "2", "--sim-days", "2",
+                bot.backtest_command, ["--simulated", "--sim-pairs", "2", "--sim-days", "2",
                                       "--no-model", "--report-dir", tmp],
                 env={"DATA_DIR": tmp}, obj={"env_file": None})
             self.assertEqual(res.exit_code, 0, res.output)

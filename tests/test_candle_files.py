@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
+import bot
 import candle_files as cf
 from exchange import sim_client
-from sim_exchange import SimExchangeServer, SimMarket
+from sim_exchange import SimExchangeServer
+from sim_market import SimMarket
 
 TF = 300_000
 T0 = 1_704_067_200_000
@@ -298,7 +300,7 @@ class TestDownloadCommand(RootLogging, FileCase):
         env = {"DATA_DIR": str(self.dir), "SIM_PAIRS": "3", "EXCHANGE": "simulated"}
         if "--data-dir" not in args:
             args += ("--data-dir", str(self.dir / "data"))
-        return CliRunner().invoke(cf.download_data_command, list(args), env=env,
+        return CliRunner().invoke(bot.download_data_command, list(args), env=env,
                                   obj={"env_file": None})
 
     def test_simulated_download(self):
@@ -315,6 +317,7 @@ class TestDownloadCommand(RootLogging, FileCase):
                  ("--exchange", "no_such_exchange", "--pairs", "BTC/USDT"),
                  ("--exchange", "simulated"),
                  ("--exchange", "simulated", "--pairs", "BTC/USDT", "--timeframe", "7x"),
+                 ("--exchange", "simulated", "--pairs", "BTC/USDT", "--timeframe", "7m"),
                  ("--exchange", "simulated", "--pairs", "BTC/USDT", "--data-dir",
                   str(self.write("a-file", "x")))]
         for args in cases:
@@ -323,7 +326,15 @@ class TestDownloadCommand(RootLogging, FileCase):
                 self.assertEqual(res.exit_code, 2, res.output)
                 self.assertEqual(len(res.output.strip().splitlines()), 1, res.output)
                 self.assertTrue(res.output.startswith("error: "), res.output)
-        self.assertIn("FOO/USDT is not a market", self.invoke(*cases[0]).output)
+        self.assertIn("--pairs: FOO/USDT is not a market", self.invoke(*cases[0]).output)
+        self.assertIn("--timeframe 7m is not offered", self.invoke(*cases[4]).output)
+
+    def test_the_summary_names_each_file(self):
+        res = self.invoke("--exchange", "simulated", "--pairs", "BTC/USDT", "--days", "0.5")
+        self.assertEqual(res.exit_code, 0, res.output)
+        line = next(x for x in res.output.splitlines() if x.startswith("BTC/USDT"))
+        self.assertRegex(line, r"^BTC/USDT +\+ *\d+ candles in +\d+ page\(s\)  .*BTC_USDT-5m\.csv  "
+                               r"\(\d{4}-\d\d-\d\d \d\d:\d\d \.\. .* UTC\)$")
 
 
 if __name__ == "__main__":

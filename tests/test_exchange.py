@@ -1,8 +1,8 @@
 """exchange.py against the simulated exchange: real ccxt over 127.0.0.1, real threads."""
 from __future__ import annotations
 
+import email.utils
 import logging
-import math
 import threading
 import time
 import types
@@ -11,10 +11,15 @@ import unittest
 import ccxt
 import numpy as np
 
-from exchange import (CLIENT_ORDER_ID_RE, ExchangeClient, ExchangeError, LiveBroker,
-                      OrderRejected, PaperBroker, create_client, make_client_order_id,
-                      sim_client, walk_book)
-from sim_exchange import SimExchangeServer, SimMarket
+import exchange
+from brokers import LiveBroker
+from clock import ManualClock
+from domain import ExchangeError, OrderNotFound, OrderRejected
+from exchange import (CLIENT_ORDER_ID_RE, ExchangeClient, RateLimiter, create_client,
+                      make_client_order_id, sim_client)
+from market_rules import TICK_SIZE, MarketRules
+from sim_exchange import SimExchangeServer
+from sim_market import SimMarket
 
 PAIRS = 4
 FAST = dict(attempts=5, base_delay=0.01, max_delay=0.05)
@@ -23,7 +28,7 @@ FAST = dict(attempts=5, base_delay=0.01, max_delay=0.05)
 def sim_config(**overrides) -> types.SimpleNamespace:
     values = dict(exchange="simulated", api_key="", api_secret="", dry_run=True,
                   starting_balance=10_000.0, sim_speed=1.0, sim_seed=3, sim_pairs=PAIRS,
-                  quote_currency="USDT", timeframe="5m")
+                  quote_currency="USDT", timeframe="5m", sim_url="")
     values.update(overrides)
     return types.SimpleNamespace(**values)
 
@@ -62,22 +67,33 @@ def shared_client() -> ExchangeClient:
 
 
 class PureHelpersTest(unittest.TestCase):
-    def test_walk_book_averages_levels_in_order(self):
-        asks = np.array([[100.0, 1.0], [101.0, 2.0], [103.0, 5.0]])
-        self.assertEqual(walk_book(asks, 0.5), (100.0, 0.5))
-        price, filled = walk_book(asks, 2.0)
-        self.assertAlmostEqual(price, (100.0 + 101.0) / 2)
-        self.assertEqual(filled, 2.0)
-        price, filled = walk_book(asks.tolist(), 4.0)
-        self.assertAlmostEqual(price, (100 + 2 * 101 + 103) / 4)
+    def test_domain_errors_are_the_ones_exchange_raises(self):
+        self.assertIs(exchange.ExchangeError, ExchangeError)
+        self.assertTrue(issubclass(OrderRejected, ExchangeError))
+        self.assertTrue(issubclass(OrderNotFound, ExchangeError))
 
-    def test_walk_book_flags_a_thin_book(self):
-        price, filled = walk_book([[100.0, 1.0], [101.0, 1.0]], 5.0)
-        self.assertEqual(filled, 2.0)
-        self.assertAlmostEqual(price, 100.5)
-        price, filled = walk_book(np.empty((0, 2)), 1.0)
-        self.assertEqual(filled, 0.0)
-        self.assertTrue(math.isnan(price))
+    def test_retry_after_in_seconds_or_as_an_http_date(self):
+        parse = exchange._retry_after_seconds
+        self.assertIsNone(parse(None))
+        self.assertIsNone(parse({}))
+        self.assertEqual(parse({"Retry-After": "7"}), 7.0)
+        self.assertEqual(parse({"retry-after": "1.5"}), 1.5)
+        self.assertEqual(parse({"Retry-After": "-3"}), 0.0)
+        later = email.utils.formatdate(time.time() + 30, usegmt=True)
+        self.assertAlmostEqual(parse({"Retry-After": later}), 30.0, delta=2.0)
+        self.assertIsNone(parse({"Retry-After": "soon"}))
+
+    def test_rate_limiter_reserves_consecutive_slots_and_holds_off(self):
+        limiter = RateLimiter(lambda: 20.0)   # 20 ms per unit of cost
+        start = time.monotonic()
+        for cost in (1, 1, 2, 1):
+            limiter.throttle(cost)
+        # four requests took slots at 0, 20, 40 (cost 2) and 80 ms
+        self.assertGreaterEqual(time.monotonic() - start, 0.080 - 1e-3)
+        limiter.hold_off(0.1)
+        before = time.monotonic()
+        limiter.throttle()
+        self.assertGreaterEqual(time.monotonic() - before, 0.1 - 1e-3)
 
     def test_client_order_ids_are_deterministic_and_valid(self):
         a = make_client_order_id("tb", "BTC/USDT", 17)
@@ -106,6 +122,13 @@ class CreateClientTest(unittest.TestCase):
         self.assertLess(abs(client.clock() - time.time()), 60)
         client.close()
 
+    def test_a_client_can_be_given_its_clock(self):
+        clock = ManualClock(1_000.0)
+        client = ExchangeClient(ccxt.kraken(), clock=clock)
+        self.assertEqual(client.clock(), 1_000.0)
+        clock.advance(5)
+        self.assertEqual(client.clock(), 1_005.0)
+
     def test_simulated_runs_an_in_process_sim_with_session_keys_and_its_clock(self):
         with create_client(sim_config(sim_speed=600.0)) as client:
             server = client.sim_server
@@ -114,7 +137,7 @@ class CreateClientTest(unittest.TestCase):
             self.assertNotEqual(client.ccxt.apiKey, "sim-key")
             self.assertEqual(client.quote, "USDT")
             self.assertAlmostEqual(client.clock(), client.sim.now(), delta=600.0)
-            self.assertAlmostEqual(LiveBroker(client).cash, 10_000.0)
+            self.assertAlmostEqual(LiveBroker(client).free_cash(), 10_000.0)
         self.assertRaises(ccxt.NetworkError, client.ccxt.fetch_time)  # stopped with the client
 
 
@@ -168,223 +191,34 @@ class MarketDataTest(unittest.TestCase):
         self.assertLess(bids[0, 0], asks[0, 0])
         self.assertTrue(np.all(np.diff(bids[:, 0]) < 0) and np.all(np.diff(asks[:, 0]) > 0))
 
-    def test_prepare_order_rounds_to_step_and_tick(self):
-        m = self.markets[self.symbol]
-        step, tick = m["precision"]["amount"], m["precision"]["price"]
-        price = self.client.sim.last_price(m["id"])
-        amount = max(m["limits"]["amount"]["min"], 2 * m["limits"]["cost"]["min"] / price)
-        raw_amount = (math.floor(amount / step) + 3.7) * step
-        got_amount, got_price = self.client.prepare_order(self.symbol, "buy", raw_amount,
-                                                          price + 0.4 * tick)
-        self.assertAlmostEqual(got_amount, (math.floor(amount / step) + 3) * step, delta=step * 1e-6)
-        self.assertLessEqual(got_amount, raw_amount)
-        self.assertAlmostEqual(got_price / tick, round(got_price / tick), places=6)
-        self.assertAlmostEqual(got_price, price + 0.4 * tick, delta=tick * 0.5 + 1e-12)
+    def test_rules_are_the_markets_precision_limits_and_fees(self):
+        for spec in self.client.sim.specs:
+            rules = self.client.rules(spec.symbol)
+            self.assertEqual(rules, MarketRules.from_ccxt(self.markets[spec.symbol], TICK_SIZE))
+            # what the simulated exchange's exchangeInfo filters say, through ccxt's parser
+            self.assertEqual((rules.step, rules.tick), (spec.step, spec.tick))
+            self.assertEqual((rules.min_amount, rules.max_amount), (spec.step, spec.max_qty))
+            self.assertEqual((rules.min_price, rules.max_price), (spec.tick, spec.max_price))
+            self.assertEqual((rules.min_notional, rules.max_notional), (spec.min_notional, 9e6))
+            self.assertEqual((rules.taker, rules.maker), (0.001, 0.001))
 
-    def test_prepare_order_rejects_below_minimum_amount_and_notional(self):
-        m = self.markets[self.symbol]
-        price = self.client.sim.last_price(m["id"])
-        tiny = m["limits"]["amount"]["min"] / 10
-        with self.assertRaises(OrderRejected) as cm:
-            self.client.prepare_order(self.symbol, "buy", tiny, price)
-        self.assertIn(self.symbol, str(cm.exception))
-        self.assertIn("below minimum", str(cm.exception))
-        min_cost = m["limits"]["cost"]["min"]
-        # enough coins for the lot size, too little value for the NOTIONAL filter
-        amount = max(m["limits"]["amount"]["min"], m["precision"]["amount"])
-        cheap = min_cost / amount / 2
-        with self.assertRaises(OrderRejected) as cm:
-            self.client.prepare_order(self.symbol, "buy", amount, cheap)
-        self.assertIn("notional", str(cm.exception))
-        self.assertIn(f"{min_cost:.10g}", str(cm.exception))
-        with self.assertRaises(OrderRejected):
-            self.client.prepare_order(self.symbol, "hold", amount, price)
+    def test_rules_are_cached_and_cost_no_request(self):
+        self.client.rules(self.symbol)
+        self.client.sim_server.reset_counters()
+        self.assertIs(self.client.rules(self.symbol), self.client.rules(self.symbol))
+        self.client.rules(self.client.sim.symbols[1])
+        self.assertEqual(self.client.sim_server.request_count(), 0)
 
+    def test_rules_load_the_markets_on_first_use(self):
+        with shared_client() as client:
+            client.sim_server.reset_counters()
+            rules = client.rules(client.sim.symbols[2])
+            self.assertEqual(rules.symbol, client.sim.symbols[2])
+            self.assertEqual(client.sim_server.request_count("/api/v3/exchangeInfo"), 1)
 
-class PaperBrokerTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.client = shared_client()
-        cls.client.load_markets()
-        cls.symbol = cls.client.sim.symbols[0]
-        cls.market = cls.client.market(cls.symbol)
-        cls.price = cls.client.sim.last_price(cls.market["id"])
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
-
-    def min_amount(self) -> float:
-        lim = self.market["limits"]
-        return max(lim["amount"]["min"], 1.5 * lim["cost"]["min"] / self.price)
-
-    def largest_amount(self) -> float:
-        """The largest order the market's limits allow (amount and notional)."""
-        lim = self.market["limits"]
-        return 0.9 * min(lim["amount"]["max"], lim["cost"]["max"] / (self.price * 1.05))
-
-    def test_size_costs_slippage_and_every_fill_pays_the_taker_fee(self):
-        broker = PaperBroker(self.client, cash=1e12)
-        small = broker.market_order(self.symbol, "buy", self.min_amount(), "t-small")
-        large = broker.market_order(self.symbol, "buy", self.largest_amount(), "t-large")
-        self.assertGreater(large.price, small.price)
-        sold = broker.market_order(self.symbol, "sell", self.largest_amount(), "t-sell")
-        self.assertLess(sold.price, small.price)
-        for fill in (small, large, sold):
-            self.assertAlmostEqual(fill.cost, fill.amount * fill.price, delta=fill.cost * 1e-9)
-            self.assertAlmostEqual(fill.fee, fill.cost * self.market["taker"], delta=fill.fee * 1e-9)
-            self.assertGreater(fill.fee, 0)
-        spent = small.cost + small.fee + large.cost + large.fee - (sold.cost - sold.fee)
-        self.assertAlmostEqual(broker.cash, 1e12 - spent, delta=1e-3)
-        self.assertEqual(small.client_order_id, "t-small")
-
-    def test_order_larger_than_the_book_is_refused(self):
-        broker = PaperBroker(self.client, cash=1e15, book_depth=5)
-        book = self.client.fetch_order_book(self.symbol, 5)
-        depth = sum(q for _, q in book["asks"])
-        self.assertLess(2 * depth, self.largest_amount())
-        with self.assertRaisesRegex(OrderRejected, "too thin"):
-            broker.market_order(self.symbol, "buy", 2 * depth, "t-thin")
-        self.assertEqual(broker.cash, 1e15)
-
-    def test_orders_beyond_the_market_limits_are_refused(self):
-        with self.assertRaisesRegex(OrderRejected, "above maximum"):
-            self.client.prepare_order(self.symbol, "buy", self.largest_amount() * 3, self.price)
-
-    def test_insufficient_paper_cash_is_rejected(self):
-        amount = self.min_amount()
-        broker = PaperBroker(self.client, cash=amount * self.price * 0.5)
-        before = broker.cash
-        with self.assertRaisesRegex(OrderRejected, "insufficient paper cash"):
-            broker.market_order(self.symbol, "buy", amount, "t-poor")
-        self.assertEqual(broker.cash, before)
-        with self.assertRaisesRegex(OrderRejected, "insufficient paper cash"):
-            broker.limit_order(self.symbol, "buy", amount, self.price, "t-poor-limit")
-        self.assertEqual(broker.cash, before)
-
-    def test_limit_orders_fill_when_crossed_at_the_limit_with_maker_fee(self):
-        broker = PaperBroker(self.client, cash=10_000.0)
-        amount = self.min_amount()
-        buy = broker.limit_order(self.symbol, "buy", amount, self.price * 0.98, "t-lb")
-        sell = broker.limit_order(self.symbol, "sell", amount, self.price * 1.02, "t-ls")
-        reserved = 10_000.0 - broker.cash
-        self.assertAlmostEqual(reserved, buy.amount * buy.price * (1 + self.market["maker"]))
-        self.assertEqual(broker.poll_limit_orders({self.symbol: self.price}), [])
-        self.assertEqual(broker.poll_limit_orders({self.symbol: buy.price}), [])  # touch, no cross
-        fills = broker.poll_limit_orders({self.symbol: buy.price * 0.999})
-        self.assertEqual([f.client_order_id for f in fills], ["t-lb"])
-        fill = fills[0]
-        self.assertEqual(fill.price, buy.price)
-        self.assertAlmostEqual(fill.fee, fill.cost * self.market["maker"])
-        self.assertAlmostEqual(broker.cash, 10_000.0 - fill.cost - fill.fee)
-        fills = broker.poll_limit_orders({self.symbol: sell.price * 1.001})
-        self.assertEqual([f.side for f in fills], ["sell"])
-        self.assertEqual(broker.open_orders, [])
-        self.assertAlmostEqual(broker.cash, 10_000.0 - fill.cost - fill.fee + fills[0].cost - fills[0].fee)
-
-    def test_cancel_returns_reserved_cash(self):
-        broker = PaperBroker(self.client, cash=10_000.0)
-        order = broker.limit_order(self.symbol, "buy", self.min_amount(), self.price * 0.9, "t-c")
-        self.assertLess(broker.cash, 10_000.0)
-        self.assertTrue(broker.cancel_order(order.order_id))
-        self.assertFalse(broker.cancel_order(order.order_id))
-        self.assertAlmostEqual(broker.cash, 10_000.0)
-        self.assertEqual(broker.poll_limit_orders({self.symbol: 0.0001}), [])
-
-
-class LiveBrokerTest(unittest.TestCase):
-    def setUp(self):
-        self.client = create_client(sim_config(dry_run=False), timeout_ms=5000, **FAST)
-        self.addCleanup(self.client.close)
-        self.server = self.client.sim_server
-        self.symbol = self.client.sim.symbols[1]
-        self.market = self.client.market(self.symbol)
-        self.broker = LiveBroker(self.client, quote="USDT")
-
-    def amount(self) -> float:
-        lim = self.market["limits"]
-        price = self.client.sim.last_price(self.market["id"])
-        return max(lim["amount"]["min"], 3 * lim["cost"]["min"] / price)
-
-    def stop_faults_on_retry(self) -> StopFaultsOnRetry:
-        handler = StopFaultsOnRetry(self.server)
-        logger = logging.getLogger("exchange")
-        logger.addHandler(handler)
-        self.addCleanup(logger.removeHandler, handler)
-        return handler
-
-    def test_signed_buy_and_sell_move_the_sim_balances_by_cost_and_fee(self):
-        base, quote = self.market["base"], self.market["quote"]
-        start_quote = self.server.balances[quote]
-        self.assertAlmostEqual(self.broker.cash, start_quote)
-        buy = self.broker.market_order(self.symbol, "buy", self.amount(), "t-buy-1")
-        self.assertEqual(buy.client_order_id, "t-buy-1")
-        # Binance takes a buy's fee in the coin bought: amount is what the account holds
-        self.assertAlmostEqual(buy.fee, (buy.cost + buy.fee) * self.market["taker"], delta=1e-6)
-        self.assertAlmostEqual(self.server.balances[quote], start_quote - buy.cost - buy.fee, delta=1e-6)
-        self.assertAlmostEqual(self.server.balances[base], buy.amount, delta=1e-8)
-        sell = self.broker.market_order(self.symbol, "sell", buy.amount, "t-sell-1")
-        self.assertAlmostEqual(sell.fee, sell.cost * self.market["taker"], delta=1e-6)
-        self.assertLessEqual(sell.amount, buy.amount)  # truncated to the lot size
-        self.assertAlmostEqual(self.server.balances[quote],
-                               start_quote - buy.cost - buy.fee + sell.cost - sell.fee, delta=1e-6)
-        self.assertAlmostEqual(self.server.balances[base], buy.amount - sell.amount, delta=1e-8)
-        self.assertAlmostEqual(self.broker.cash, self.server.balances[quote])
-
-    def test_a_lost_answer_after_the_order_reached_the_sim_does_not_place_it_twice(self):
-        self.client.ccxt.timeout = 400
-        real_create = self.client.ccxt.create_order
-        posts = []
-
-        def create_and_lose_the_answer(*args, **kwargs):
-            posts.append(args)  # the sim places the order, then hangs up without answering
-            self.server.set_faults(hang_rate=1.0, hang_seconds=2.0, after_processing=True)
-            return real_create(*args, **kwargs)
-
-        self.client.ccxt.create_order = create_and_lose_the_answer
-        handler = self.stop_faults_on_retry()
-        before = self.server.balances[self.market["quote"]]
-        self.server.reset_counters()
-        fill = self.broker.market_order(self.symbol, "buy", self.amount(), "t-dup-1")
-        self.assertEqual(len(posts), 1)
-        self.assertEqual(len(handler.messages), 1)
-        self.assertIn("RequestTimeout", handler.messages[0])
-        self.assertEqual(self.server.request_count("/api/v3/order"), 2)  # one POST, one lookup
-        trades = self.client.call("fetch_my_trades", self.symbol)
-        self.assertEqual({t["order"] for t in trades}, {fill.order_id})
-        self.assertAlmostEqual(self.server.balances[self.market["quote"]],
-                               before - fill.cost - fill.fee, delta=1e-6)
-        self.assertEqual(self.broker.find_order(self.symbol, "t-dup-1"), fill)
-        self.assertIsNone(self.broker.find_order(self.symbol, "t-never-sent"))
-
-    def test_insufficient_balance_is_refused_at_once(self):
-        price = self.client.sim.last_price(self.market["id"])
-        amount = 1.5 * self.server.balances["USDT"] / price
-        self.server.reset_counters()
-        with self.assertRaisesRegex(OrderRejected, "insufficient funds"):
-            self.broker.market_order(self.symbol, "buy", amount, "t-poor-1")
-        self.assertEqual(self.server.request_count("/api/v3/order"), 1)
-
-    def test_plain_create_order_is_not_retried_when_its_fate_is_unknown(self):
-        self.server.set_faults(error_rate=1.0, after_processing=True)
-        self.server.reset_counters()
-        with self.assertRaisesRegex(ExchangeError, "may or may not have been placed"):
-            self.client.call("create_order", self.symbol, "market", "buy", self.amount())
-        self.assertEqual(self.server.request_count("/api/v3/order"), 1)
-
-    def test_resting_limit_order_fills_when_the_market_crosses_it(self):
-        price = self.client.sim.last_price(self.market["id"])
-        order = self.broker.limit_order(self.symbol, "buy", self.amount(), price * 0.999, "t-lim-1")
-        self.assertEqual(self.broker.poll_limit_orders(), [])
-        self.assertGreater(self.server.locked[self.market["quote"]], 0)
-        self.client.sim.advance(6 * 3600)  # six hours of market: the price dips below the limit
-        fills = self.broker.poll_limit_orders()
-        self.assertEqual([f.client_order_id for f in fills], ["t-lim-1"])
-        self.assertEqual(fills[0].price, order.price)
-        self.assertAlmostEqual(fills[0].fee, order.amount * order.price * self.market["maker"],
-                               delta=1e-6)
-        self.assertEqual(self.broker.open_orders, [])
-        self.assertAlmostEqual(self.server.balances[self.market["base"]], fills[0].amount, delta=1e-8)
+    def test_rules_of_an_unknown_symbol(self):
+        with self.assertRaisesRegex(ExchangeError, "unknown symbol NOPE/USDT"):
+            self.client.rules("NOPE/USDT")
 
 
 class FailureModesTest(unittest.TestCase):
@@ -422,6 +256,47 @@ class FailureModesTest(unittest.TestCase):
         self.assertEqual(len(handler.messages), 1)
         self.assertIn("RequestTimeout", handler.messages[0])
         self.assertEqual(self.server.request_count("/api/v3/depth"), 2)
+
+    def test_plain_create_order_is_not_retried_when_its_fate_is_unknown(self):
+        self.server.set_faults(error_rate=1.0, after_processing=True)
+        self.server.reset_counters()
+        with self.assertRaisesRegex(ExchangeError, "may or may not have been placed"):
+            self.client.call("create_order", self.symbol, "market", "buy", self.amount())
+        self.assertEqual(self.server.request_count("/api/v3/order"), 1)
+
+    def amount(self) -> float:
+        market = self.client.market(self.symbol)
+        price = self.client.sim.last_price(market["id"])
+        return float(self.client.ccxt.amount_to_precision(
+            self.symbol, max(market["limits"]["amount"]["min"],
+                             3 * market["limits"]["cost"]["min"] / price)))
+
+    def test_refusals_are_translated_to_order_rejected_in_one_line(self):
+        price = self.client.sim.last_price(self.client.market(self.symbol)["id"])
+        cases = [
+            ((self.symbol, "market", "buy", 2 * 10_000.0 / price), "insufficient funds"),
+            ((self.symbol, "market", "buy", self.amount() / 10), "order refused"),  # NOTIONAL
+        ]
+        for args, fragment in cases:
+            self.server.reset_counters()
+            with self.assertRaises(OrderRejected) as cm:
+                self.client.call("create_order", *args)
+            self.assertIn(f"binance create_order: {fragment}", str(cm.exception))
+            self.assertNotIn("\n", str(cm.exception))
+            self.assertEqual(self.server.request_count("/api/v3/order"), 1, "not retried")
+
+    def test_an_unknown_order_is_order_not_found(self):
+        with self.assertRaises(OrderNotFound) as cm:
+            self.client.call("fetch_order", "999999", self.symbol)
+        self.assertNotIsInstance(cm.exception, OrderRejected)
+        with self.assertRaises(OrderNotFound):
+            self.client.call("fetch_order", None, self.symbol, {"origClientOrderId": "never-sent"})
+
+    def test_an_unknown_symbol_is_named(self):
+        with self.assertRaisesRegex(ExchangeError, "unknown symbol"):
+            self.client.fetch_ticker("NOPE/USDT")
+        with self.assertRaisesRegex(ExchangeError, "unknown symbol NOPE/USDT"):
+            self.client.market("NOPE/USDT")
 
     def test_server_errors_are_retried_then_given_up_with_one_line(self):
         self.server.set_faults(error_rate=1.0)

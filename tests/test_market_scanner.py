@@ -7,9 +7,14 @@ import unittest
 import numpy as np
 
 from config import load_config
+from clock import ManualClock
 from exchange import sim_client
-from market_scanner import CandleStore, MarketScanner, TTLCache, run_parallel
-from sim_exchange import SimExchangeServer, SimMarket
+from market_scanner import (MIN_CANDLES, UNIVERSE_REFRESH, CandleStore, MarketScanner, TTLCache,
+                            run_parallel)
+from sim_exchange import SimExchangeServer
+from sim_market import SimMarket
+
+TF_MS = 300_000
 
 
 def scanner_config(**overrides):
@@ -21,7 +26,9 @@ def scanner_config(**overrides):
 
 
 class ScannerCase(unittest.TestCase):
-    speed = 60.0
+    """The market clock stands still (speed 0) and moves only by `self.market.advance`, so the
+    scan cache's TTL and the candles' closing times are under the test's control."""
+    speed = 0.0
 
     def setUp(self):
         self.market = SimMarket(pairs=12, seed=3, speed=self.speed)
@@ -44,7 +51,9 @@ class TestScan(ScannerCase):
         self.assertEqual(set(view.symbols), set(result.universe))
         now_ms = self.market.now_ms()
         self.assertLessEqual(view.now_ms, now_ms, "the view's newest candle must be closed")
+        self.assertEqual(view.now_ms, now_ms // TF_MS * TF_MS, "... and the newest one closed")
         self.assertTrue(np.isfinite(view.latest["rsi"]).all())
+        self.assertEqual(view.recent_close.shape[0], 12)
 
     def test_universe_is_ranked_by_quote_volume_with_allow_and_deny_lists(self):
         scanner = self.scanner(MAX_PAIRS=3)
@@ -69,16 +78,31 @@ class TestScan(ScannerCase):
         self.assertIs(second.view, first.view)
         self.assertEqual((scanner.cache.hits, scanner.cache.misses), (1, 1))
 
-    def test_the_universe_is_ranked_again_hourly_not_every_scan(self):
-        from market_scanner import UNIVERSE_REFRESH
+    def test_the_scan_cache_expires_after_its_ttl_of_market_time(self):
+        scanner = self.scanner(MARKET_SCAN_CACHE_DURATION=300)
+        first = scanner.scan()
+        self.market.advance(299.0)
+        self.server.reset_counters()
+        self.assertTrue(scanner.scan().from_cache)
+        self.assertEqual(self.server.request_count(), 0)
+        self.market.advance(1.0)
+        third = scanner.scan()
+        self.assertFalse(third.from_cache)
+        self.assertGreater(self.server.request_count("/api/v3/klines"), 0)
+        self.assertGreaterEqual(third.view.now_ms, first.view.now_ms)
+        self.assertEqual((scanner.cache.hits, scanner.cache.misses), (1, 2))
 
+    def test_the_universe_is_ranked_again_hourly_not_every_scan(self):
         scanner = self.scanner(MARKET_SCAN_CACHE_DURATION=0)
         scanner.scan()
         self.server.reset_counters()
         scanner.scan()
         self.assertEqual(self.server.request_count("/api/v3/ticker/24hr"), 0)
         self.assertGreater(self.server.request_count("/api/v3/klines"), 0, "candles still fresh")
-        self.market.advance(UNIVERSE_REFRESH)
+        self.market.advance(UNIVERSE_REFRESH - 1)
+        scanner.scan()
+        self.assertEqual(self.server.request_count("/api/v3/ticker/24hr"), 0)
+        self.market.advance(1)
         scanner.scan()
         self.assertEqual(self.server.request_count("/api/v3/ticker/24hr"), 1)
 
@@ -128,8 +152,6 @@ class TestHangingPair(ScannerCase):
 
 
 class TestIncremental(ScannerCase):
-    speed = 3000.0  # a 5m candle closes every 0.1 s of wall time
-
     def test_after_the_first_fetch_only_newer_candles_are_requested(self):
         scanner = self.scanner(MARKET_SCAN_CACHE_DURATION=0)
         calls = []
@@ -144,15 +166,17 @@ class TestIncremental(ScannerCase):
         first = {s: scanner.store.get(s).copy() for s in scanner.store.symbols()}
         last = {s: scanner.store.last_ts(s) for s in scanner.store.symbols()}
         self.assertTrue(all(limit == 151 for _, _, limit in calls), "first fetch: the whole history")
-        time.sleep(0.35)
+        self.market.advance(1050.0)   # 3.5 candles of market time
         calls.clear()
         result = scanner.scan()
-        tf = 300_000
+        tf = TF_MS
+        newest = self.market.now_ms() // tf * tf - tf   # the open time of the last closed candle
         for symbol, since, limit in calls:
             self.assertEqual(since, last[symbol] + tf)
             self.assertLess(limit, 151)
-        grown = [scanner.store.last_ts(s) - last[s] for s in last]
-        self.assertTrue(all(g >= tf for g in grown))
+        grown = {scanner.store.last_ts(s) - last[s] for s in last}
+        self.assertIn(grown, ({3 * tf}, {4 * tf}))
+        self.assertEqual({scanner.store.last_ts(s) for s in last}, {newest})
         for symbol in result.view.symbols:
             candles = scanner.store.get(symbol)
             self.assertTrue((np.diff(candles[:, 0]) == tf).all(), "no gaps, no duplicates")
@@ -164,6 +188,52 @@ class TestIncremental(ScannerCase):
         full = compute_all(*(seen[None, :, k] for k in range(1, 6)))
         for name, values in full.items():
             self.assertAlmostEqual(float(values[0, -1]), float(result.view.latest[name][i]), places=6)
+
+
+class TestIndicatorView(ScannerCase):
+    """sync_indicators and build_view on candles put into the store by hand."""
+
+    def closed_candles(self, symbol: str, limit: int = 150) -> np.ndarray:
+        rows = np.asarray(self.client.fetch_ohlcv(symbol, "5m", limit=limit), dtype=np.float64)
+        return rows[rows[:, 0] + TF_MS <= self.market.now_ms()]
+
+    def test_the_view_holds_the_pairs_up_to_date_with_the_newest_closed_candle(self):
+        from indicators import compute_all
+
+        scanner = self.scanner()
+        self.assertIsNone(scanner.build_view())
+        a, b, short, late = self.market.symbols[:4]
+        for symbol in (a, b):
+            scanner.store.merge(symbol, self.closed_candles(symbol))
+        scanner.store.merge(short, self.closed_candles(short)[-(MIN_CANDLES - 1):])
+        scanner.store.merge(late, self.closed_candles(late)[:-1])     # one candle behind
+        scanner.sync_indicators([a, b, short, late])
+        view = scanner.build_view()
+        self.assertEqual(view.symbols, (a, b))
+        candles = scanner.store.get(a)
+        self.assertEqual(view.now_ms, int(candles[-1, 0]) + TF_MS)
+        self.assertEqual(view.recent_close.shape, (2, scanner.history_needed + 1))
+        self.assertEqual(view.recent_close[0].tolist(), candles[-scanner.history_needed - 1:, 4].tolist())
+        full = compute_all(*(candles[None, :, k] for k in range(1, 6)))
+        for name, values in full.items():
+            self.assertAlmostEqual(float(values[0, -1]), float(view.latest[name][0]), places=6,
+                                   msg=name)
+
+    def test_new_candles_stream_in_and_pairs_leave_with_the_universe(self):
+        scanner = self.scanner()
+        a, b = self.market.symbols[:2]
+        for symbol in (a, b):
+            scanner.store.merge(symbol, self.closed_candles(symbol))
+        scanner.sync_indicators([a, b])
+        before = scanner.build_view()
+        self.market.advance(2 * TF_MS / 1000)
+        for symbol in (a, b):
+            scanner.store.merge(symbol, self.closed_candles(symbol, limit=5))
+        scanner.sync_indicators([a])
+        view = scanner.build_view()
+        self.assertEqual(view.symbols, (a,))
+        self.assertEqual(view.now_ms, before.now_ms + 2 * TF_MS)
+        self.assertNotEqual(float(view.latest["rsi"][0]), float(before.latest["rsi"][0]))
 
 
 class TestNoRateLimitHits(ScannerCase):
@@ -197,15 +267,18 @@ class TestHelpers(unittest.TestCase):
         self.assertEqual(out.timed_out, ["x"])
 
     def test_ttl_cache(self):
-        now = [0.0]
-        cache = TTLCache(10, lambda: now[0])
+        clock = ManualClock(0.0)
+        cache = TTLCache(10, clock)
         self.assertIsNone(cache.get())
         cache.put("v")
-        now[0] = 9.9
+        clock.advance(9.9)
         self.assertEqual(cache.get(), "v")
-        now[0] = 10.0
+        clock.advance(0.1)
         self.assertIsNone(cache.get())
         self.assertEqual((cache.hits, cache.misses), (1, 2))
+        cache.put("w")
+        cache.clear()
+        self.assertIsNone(cache.get())
 
     def test_candle_store_merges_only_newer_rows_and_is_bounded(self):
         store = CandleStore(max_candles=5)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import sqlite3
@@ -10,29 +11,14 @@ import sys
 import tempfile
 import threading
 import unittest
-from dataclasses import dataclass
 from pathlib import Path
 
-from strategy import Position
-from store import (SCHEMA_VERSION, Store, StoreError, TradeRow, blob_to_features,
-                   features_to_blob, store_path)
+from clock import ManualClock
+from domain import Fill, Position, Trade
+from store import (SCHEMA_VERSION, Store, StoreError, blob_to_features, features_to_blob,
+                   store_path)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@dataclass(frozen=True)
-class Fill:
-    """The fields of exchange.Fill the store reads."""
-
-    symbol: str
-    side: str
-    amount: float
-    price: float
-    cost: float
-    fee: float
-    timestamp_ms: int
-    order_id: str
-    client_order_id: str
 
 
 def fill(client_order_id: str, symbol: str = "BTC/USDT", side: str = "buy",
@@ -54,7 +40,7 @@ class StoreTestCase(unittest.TestCase):
     def setUp(self) -> None:
         self.tmp = tempfile.TemporaryDirectory()
         self.dir = Path(self.tmp.name)
-        self.now = 1_700_000_000.0
+        self.clock = ManualClock(1_700_000_000.0)
         self.store = self.open()
 
     def tearDown(self) -> None:
@@ -62,7 +48,7 @@ class StoreTestCase(unittest.TestCase):
         self.tmp.cleanup()
 
     def open(self, mode: str = "paper") -> Store:
-        return Store.open(self.dir, mode, clock=lambda: self.now)
+        return Store.open(self.dir, mode, clock=self.clock)
 
     def reopen(self) -> Store:
         self.store.close()
@@ -109,7 +95,7 @@ class RoundTripTest(StoreTestCase):
         self.assertEqual((first.symbol, first.side, first.amount, first.price, first.status,
                           first.reason, first.created_ms), ("ETH/USDT", "buy", 2.0, 10.0,
                                                             "pending", "rsi", 1_700_000_000_000))
-        self.now += 5
+        self.clock.advance(5)
         self.store.mark_order("c-1", "rejected", "min notional", exchange_order_id="E1")
         self.store.mark_order("c-2", "abandoned", "timeout")
         self.assertEqual(self.reopen().pending_orders(), [])
@@ -136,7 +122,7 @@ class RoundTripTest(StoreTestCase):
 
         store.add_pending_order("c-2", "BTC/USDT", "sell", 0.5, 120.0, reason="take_profit")
         exit_fill = fill("c-2", side="sell", price=120.0, fee=0.06, ts=9_000)
-        trade = TradeRow.from_exit(row, exit_fill, "take_profit")
+        trade = Trade.closing(row, exit_fill, "take_profit")
         self.assertAlmostEqual(trade.profit, 0.5 * 120 - 0.5 * 100 - 0.05 - 0.06)
         self.assertAlmostEqual(trade.return_pct, 100 * trade.profit / (50 + 0.05))
         store.record_exit(exit_fill, trade, cash=1009.94)
@@ -144,6 +130,8 @@ class RoundTripTest(StoreTestCase):
         store = self.reopen()
         self.assertEqual(store.open_positions(), [])
         self.assertEqual(store.recent_trades(5), [trade])
+        self.assertEqual(store.all_trades(), [trade])
+        self.assertEqual(store.last_exits(), {"BTC/USDT": 9_000})
         self.assertEqual(store.paper_cash(default=0.0), 1009.94)
         self.assertEqual(store.order("c-2").status, "filled")
         self.assertEqual(store.order("c-2").reason, "take_profit")
@@ -154,9 +142,10 @@ class RoundTripTest(StoreTestCase):
             symbol = f"S{i}/USDT"
             self.enter(self.store, f"in-{i}", symbol, cash=None)
             self.store.add_pending_order(f"out-{i}", symbol, "sell", 0.5, 100.0)
-            trade = TradeRow(symbol, 0.5, 100.0, 110.0, 1_000, 2_000 + i, 0.05, 0.06, profit,
-                             profit / 50 * 100, "time_limit", None if i else (0.1, 0.2),
-                             f"in-{i}", "ignored: taken from the fill")
+            trade = Trade(symbol, 0.5, 100.0, 110.0, 1_000, 2_000 + i, 0.05, 0.06, profit,
+                          profit / 50 * 100, "time_limit", features=None if i else (0.1, 0.2),
+                          entry_client_order_id=f"in-{i}",
+                          exit_client_order_id="ignored: taken from the fill")
             self.store.record_exit(fill(f"out-{i}", symbol, "sell"), trade)
         recent = self.reopen().recent_trades(3)
         self.assertEqual([t.symbol for t in recent], ["S3/USDT", "S2/USDT", "S1/USDT"])
@@ -230,6 +219,268 @@ class RoundTripTest(StoreTestCase):
         self.assertEqual(len(self.store.equity_curve()), 200)
 
 
+class TradesTest(StoreTestCase):
+    def test_entry_reason_and_probability_travel_from_position_to_trade(self) -> None:
+        self.store.add_pending_order("c-1", "ETH/USDT", "buy", 0.5, 100.0)
+        p = position("ETH/USDT", entry_reason="model", probability=0.73,
+                     entry_client_order_id="c-1")
+        self.store.record_entry(fill("c-1", "ETH/USDT"), p)
+        (row,) = self.reopen().open_positions()
+        self.assertEqual(row, p)
+        self.assertEqual((row.entry_reason, row.probability), ("model", 0.73))
+        self.store.add_pending_order("c-2", "ETH/USDT", "sell", 0.5, 90.0)
+        exit_fill = fill("c-2", "ETH/USDT", "sell", price=90.0, fee=0.045, ts=4_000)
+        trade = Trade.closing(row, exit_fill, "stop_loss")
+        self.store.record_exit(exit_fill, trade)
+        (saved,) = self.reopen().all_trades()
+        self.assertEqual(saved, trade)
+        self.assertEqual((saved.entry_reason, saved.probability, saved.exit_reason),
+                         ("model", 0.73, "stop_loss"))
+        self.assertLess(saved.profit, 0)
+
+    def test_a_partial_exit_reduces_the_position_and_records_its_trade(self) -> None:
+        _, p = self.enter(self.store, "c-1", cash=950.0)
+        (p,) = self.store.open_positions()
+        self.store.add_pending_order("c-2", "BTC/USDT", "sell", 0.2, 120.0, reason="scale_out")
+        part = fill("c-2", side="sell", amount=0.2, price=120.0, fee=0.024, ts=5_000)
+        first = Trade.closing(p, part, "scale_out")
+        left = p.reduced(0.2)
+        self.store.record_exit(part, first, remaining=left, cash=950.0 + 24.0 - 0.024)
+
+        store = self.reopen()
+        (row,) = store.open_positions()
+        self.assertAlmostEqual(row.amount, 0.3)
+        self.assertAlmostEqual(row.entry_fee, 0.05 * 0.3 / 0.5)
+        self.assertEqual(row, left)   # stops, entry, group and features unchanged
+        self.assertEqual(store.all_trades(), [first])
+        self.assertAlmostEqual(first.entry_fee, 0.02)
+        self.assertAlmostEqual(store.paper_cash(default=0.0), 973.976)
+        self.assertEqual(store.order("c-2").status, "filled")
+
+        store.add_pending_order("c-3", "BTC/USDT", "sell", 0.3, 90.0, reason="stop_loss")
+        rest = fill("c-3", side="sell", amount=0.3, price=90.0, fee=0.027, ts=8_000)
+        second = Trade.closing(row, rest, "stop_loss")
+        store.record_exit(rest, second, cash=973.976 + 27.0 - 0.027)
+        store = self.reopen()
+        self.assertEqual(store.open_positions(), [])
+        self.assertEqual(store.all_trades(), [first, second])
+        self.assertEqual(store.recent_trades(1), [second])
+        self.assertAlmostEqual(sum(t.entry_fee for t in store.all_trades()), 0.05)
+        self.assertAlmostEqual(store.totals().total_profit, first.profit + second.profit)
+        self.assertEqual(store.last_exits(), {"BTC/USDT": 8_000})
+
+    def test_a_partial_exit_without_a_position_writes_nothing(self) -> None:
+        self.store.add_pending_order("c-1", "ETH/USDT", "sell", 0.2, 10.0)
+        p = position("ETH/USDT")
+        trade = Trade.closing(p, fill("c-1", "ETH/USDT", "sell", amount=0.2), "scale_out")
+        with self.assertRaisesRegex(StoreError, "no open position in ETH/USDT"):
+            self.store.record_exit(fill("c-1", "ETH/USDT", "sell", amount=0.2), trade,
+                                   remaining=p.reduced(0.2), cash=5.0)
+        self.assertEqual(self.store.order("c-1").status, "pending")
+        self.assertEqual(self.store.all_trades(), [])
+        self.assertIsNone(self.store.get_meta("paper_cash"))
+
+    def test_last_exits_is_the_latest_sale_of_each_pair(self) -> None:
+        self.assertEqual(self.store.last_exits(), {})
+        for i, (symbol, ts) in enumerate([("A/USDT", 5_000), ("B/USDT", 3_000), ("A/USDT", 9_000),
+                                          ("A/USDT", 7_000)]):
+            self.enter(self.store, f"in-{i}", symbol, cash=None)
+            self.store.add_pending_order(f"out-{i}", symbol, "sell", 0.5, 100.0)
+            exit_fill = fill(f"out-{i}", symbol, "sell", ts=ts)
+            self.store.record_exit(exit_fill, Trade.closing(position(symbol), exit_fill, "x"))
+        self.assertEqual(self.reopen().last_exits(), {"A/USDT": 9_000, "B/USDT": 3_000})
+        self.assertEqual([t.exit_time_ms for t in self.store.all_trades()],
+                         [5_000, 3_000, 9_000, 7_000])  # in the order they were recorded
+
+
+class DecisionRecordTest(StoreTestCase):
+    def test_candles_are_kept_once_and_read_back_in_time_order(self) -> None:
+        rows = [[1_000 * k, 10.0 + k, 11.0 + k, 9.0 + k, 10.5 + k, 100.0 * k] for k in range(5)]
+        self.store.record_candles("B/USDT", rows[2:])
+        self.store.record_candles("B/USDT", rows[:3])          # 2000 again: kept once
+        self.store.record_candles("A/USDT", [[7_000, 1, 2, 0.5, 1.5, 3]])
+        self.store.record_candles("A/USDT", [])
+        candles = self.reopen().recorded_candles()
+        self.assertEqual(list(candles), ["A/USDT", "B/USDT"])
+        self.assertEqual(candles["A/USDT"], [(7_000, 1.0, 2.0, 0.5, 1.5, 3.0)])
+        self.assertEqual(candles["B/USDT"], [tuple(r) for r in rows])
+        self.assertIsInstance(candles["B/USDT"][0][0], int)
+
+    def test_cycles_and_decisions_round_trip(self) -> None:
+        inputs = json.dumps({"cash": 1000.0, "positions": []})
+        self.store.record_cycle(1, 300_000, inputs, [
+            ("entry", "A/USDT", 10.0, 2.0, "model", "tb-A-1"),
+            ("exit", "B/USDT", 5.0, 1.0, "stop_loss", None)])
+        self.clock.advance(60)
+        self.store.record_cycle(2, None, "{}", [])
+        store = self.reopen()
+        self.assertEqual(store.recorded_cycles(),
+                         [(1, 1_700_000_000_000, 300_000, inputs), (2, 1_700_000_060_000, None, "{}")])
+        self.assertEqual(json.loads(store.recorded_cycles()[0][3]), {"cash": 1000.0, "positions": []})
+        self.assertEqual(store.recorded_decisions(), [
+            (1, "entry", "A/USDT", 10.0, 2.0, "model", "tb-A-1"),
+            (1, "exit", "B/USDT", 5.0, 1.0, "stop_loss", None)])
+
+    def test_a_decision_of_an_unknown_kind_writes_nothing_of_its_cycle(self) -> None:
+        with self.assertRaisesRegex(StoreError, "record_cycle failed.*CHECK"):
+            self.store.record_cycle(3, 1, "{}", [("entry", "A/USDT", 1.0, 1.0, "r", "c"),
+                                                 ("hold", "A/USDT", 1.0, 1.0, "r", None)])
+        self.assertEqual(self.store.recorded_cycles(), [])
+        self.assertEqual(self.store.recorded_decisions(), [])
+
+    def test_recording_a_cycle_number_again_never_mixes_two_runs(self) -> None:
+        # A crash after record_cycle(n) but before the trader saves its cycle counter runs a
+        # cycle numbered n again after the restart. Whether the store refuses the second
+        # record or replaces the first, the cycle's inputs and decisions must stay together.
+        first = ('{"run": 1}', [("entry", "A/USDT", 1.0, 1.0, "rule", "c-1")])
+        second = ('{"run": 2}', [("entry", "B/USDT", 2.0, 1.0, "rule", "c-2")])
+        self.store.record_cycle(5, 1, *first)
+        try:
+            self.store.record_cycle(5, 2, *second)
+        except StoreError:
+            kept = first
+        else:
+            kept = second
+        self.assertEqual([c[3] for c in self.store.recorded_cycles()], [kept[0]])
+        self.assertEqual(self.store.recorded_decisions(), [(5, *d) for d in kept[1]])
+
+
+# The statements of schema version 1 as released (store.py before the decision record).
+V1_STATEMENTS = (
+    """CREATE TABLE orders (
+        id INTEGER PRIMARY KEY,
+        client_order_id TEXT NOT NULL UNIQUE,
+        symbol TEXT NOT NULL,
+        side TEXT NOT NULL CHECK (side IN ('buy', 'sell')),
+        amount REAL NOT NULL,
+        price REAL NOT NULL,
+        status TEXT NOT NULL
+            CHECK (status IN ('pending', 'filled', 'rejected', 'abandoned')),
+        exchange_order_id TEXT,
+        fee REAL NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        stop_loss REAL,
+        take_profit REAL)""",
+    "CREATE INDEX orders_pending ON orders (created_ms) WHERE status = 'pending'",
+    """CREATE TABLE positions (
+        symbol TEXT PRIMARY KEY,
+        amount REAL NOT NULL CHECK (amount > 0),
+        entry_price REAL NOT NULL,
+        entry_time_ms INTEGER NOT NULL,
+        stop_loss REAL NOT NULL,
+        take_profit REAL NOT NULL,
+        entry_fee REAL NOT NULL,
+        group_name TEXT NOT NULL,
+        entry_client_order_id TEXT NOT NULL,
+        features BLOB)""",
+    """CREATE TABLE trades (
+        id INTEGER PRIMARY KEY,
+        symbol TEXT NOT NULL,
+        amount REAL NOT NULL,
+        entry_price REAL NOT NULL,
+        exit_price REAL NOT NULL,
+        entry_time_ms INTEGER NOT NULL,
+        exit_time_ms INTEGER NOT NULL,
+        entry_fee REAL NOT NULL,
+        exit_fee REAL NOT NULL,
+        profit REAL NOT NULL,
+        return_pct REAL NOT NULL,
+        exit_reason TEXT NOT NULL,
+        features BLOB,
+        entry_client_order_id TEXT NOT NULL,
+        exit_client_order_id TEXT NOT NULL UNIQUE)""",
+    "CREATE INDEX trades_exit_time ON trades (exit_time_ms)",
+    """CREATE TABLE equity (
+        id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        equity REAL NOT NULL,
+        cash REAL NOT NULL,
+        open_positions INTEGER NOT NULL)""",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+
+
+class MigrationTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        self.path = store_path(self.tmp.name, "paper")
+
+    def build_v1(self, *extra: str) -> None:
+        """A version-1 database as the previous release left it, with some history."""
+        conn = sqlite3.connect(self.path)
+        for sql in V1_STATEMENTS + extra:
+            conn.execute(sql)
+        conn.execute("INSERT INTO orders (client_order_id, symbol, side, amount, price, status,"
+                     " exchange_order_id, fee, created_ms, updated_ms, reason, stop_loss,"
+                     " take_profit) VALUES ('o1', 'BTC/USDT', 'buy', 0.5, 100, 'filled', 'x1',"
+                     " 0.05, 1000, 1000, 'entry', 95, 110),"
+                     " ('o2', 'ETH/USDT', 'buy', 1, 10, 'pending', NULL, 0, 2000, 2000, '', 9, 12)")
+        conn.execute("INSERT INTO positions VALUES ('BTC/USDT', 0.5, 100, 1000, 95, 110, 0.05,"
+                     " 'majors', 'o1', ?)", (features_to_blob((1.5, -2.25)),))
+        conn.execute("INSERT INTO trades (symbol, amount, entry_price, exit_price, entry_time_ms,"
+                     " exit_time_ms, entry_fee, exit_fee, profit, return_pct, exit_reason,"
+                     " features, entry_client_order_id, exit_client_order_id) VALUES"
+                     " ('SOL/USDT', 2, 20, 22, 100, 900, 0.04, 0.044, 3.916, 9.78, 'take_profit',"
+                     " NULL, 'o0', 'o0-out')")
+        conn.execute("INSERT INTO equity (ts_ms, equity, cash, open_positions)"
+                     " VALUES (900, 1003.9, 953.9, 1)")
+        conn.execute("INSERT INTO meta VALUES ('paper_cash', '953.9'), ('seq:order', '2'),"
+                     " ('cycle', '17')")
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+        conn.close()
+
+    def test_a_version_1_database_is_upgraded_with_its_data(self) -> None:
+        self.build_v1()
+        with Store.open(self.tmp.name, "paper", clock=ManualClock(50.0)) as store:
+            version = store._conn.execute("PRAGMA user_version").fetchone()[0]
+            self.assertEqual(version, SCHEMA_VERSION)
+            self.assertEqual(store.open_positions(), [
+                Position("BTC/USDT", 0.5, 100.0, 1000, 95.0, 110.0, 0.05, "majors", (1.5, -2.25),
+                         "o1", entry_reason="rule", probability=None)])
+            self.assertEqual(store.all_trades(), [
+                Trade("SOL/USDT", 2.0, 20.0, 22.0, 100, 900, 0.04, 0.044, 3.916, 9.78,
+                      "take_profit", "rule", None, None, "o0", "o0-out")])
+            self.assertEqual(store.last_exits(), {"SOL/USDT": 900})
+            self.assertEqual([o.client_order_id for o in store.pending_orders()], ["o2"])
+            self.assertEqual(store.order("o1").stop_loss, 95.0)
+            self.assertEqual(store.paper_cash(default=0.0), 953.9)
+            self.assertEqual(store.get_meta("cycle"), "17")
+            self.assertEqual(store.next_sequence("order"), 3)
+            self.assertEqual([e.equity for e in store.equity_curve()], [1003.9])
+            # the new columns and tables are in use at once
+            store.add_pending_order("o3", "ETH/USDT", "buy", 1.0, 10.0)
+            store.record_entry(fill("o3", "ETH/USDT"), position(
+                "ETH/USDT", entry_reason="model", probability=0.8, entry_client_order_id="o3"))
+            self.assertEqual({p.symbol: (p.entry_reason, p.probability)
+                              for p in store.open_positions()},
+                             {"BTC/USDT": ("rule", None), "ETH/USDT": ("model", 0.8)})
+            store.record_candles("BTC/USDT", [[0, 1, 1, 1, 1, 1]])
+            store.record_cycle(18, 0, "{}", [("entry", "ETH/USDT", 10.0, 1.0, "model", "o3")])
+            self.assertEqual(store.recorded_cycles(), [(18, 50_000, 0, "{}")])
+            self.assertEqual(len(store.recorded_decisions()), 1)
+        with Store.open(self.tmp.name, "paper") as again:   # opening it again changes nothing
+            self.assertEqual(len(again.open_positions()), 2)
+            self.assertEqual(len(again.recorded_candles()["BTC/USDT"]), 1)
+
+    def test_a_failed_migration_leaves_the_version_1_database_as_it_was(self) -> None:
+        # a stray table in the way of the migration's CREATE TABLE candles
+        self.build_v1("CREATE TABLE candles (x INTEGER)")
+        with self.assertRaises(StoreError) as cm:
+            Store.open(self.tmp.name, "paper")
+        self.assertIn(str(self.path), str(cm.exception))
+        self.assertIn("candles", str(cm.exception))
+        conn = sqlite3.connect(self.path)
+        self.addCleanup(conn.close)
+        self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], 1)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(positions)")}
+        self.assertNotIn("entry_reason", columns)
+        self.assertEqual(conn.execute("SELECT COUNT(*) FROM positions").fetchone()[0], 1)
+
+
 class AtomicityTest(StoreTestCase):
     def test_failed_entry_writes_nothing(self) -> None:
         self.enter(self.store, "c-1", cash=950.0)
@@ -263,7 +514,7 @@ class AtomicityTest(StoreTestCase):
 
     def test_exit_without_position_writes_nothing(self) -> None:
         self.store.add_pending_order("c-1", "ETH/USDT", "sell", 1.0, 10.0)
-        trade = TradeRow("ETH/USDT", 1.0, 9.0, 10.0, 0, 1, 0.01, 0.01, 0.98, 10.0, "stop_loss")
+        trade = Trade("ETH/USDT", 1.0, 9.0, 10.0, 0, 1, 0.01, 0.01, 0.98, 10.0, "stop_loss")
         with self.assertRaisesRegex(StoreError, "no open position in ETH/USDT"):
             self.store.record_exit(fill("c-1", "ETH/USDT", "sell"), trade, cash=5.0)
         self.assertEqual(self.store.order("c-1").status, "pending")
@@ -275,7 +526,7 @@ class AtomicityTest(StoreTestCase):
             self.store.record_entry(fill("never-sent"), position())
         f, p = self.enter(self.store, "c-1")
         self.store.add_pending_order("c-2", "BTC/USDT", "sell", 0.5, 100.0)
-        trade = TradeRow.from_exit(p, f, "stop_loss")
+        trade = Trade.closing(p, f, "stop_loss")
         with self.assertRaisesRegex(StoreError, "already filled"):
             self.store.record_exit(f, trade)  # the entry's fill again
         self.assertEqual(len(self.store.open_positions()), 1)
@@ -318,13 +569,11 @@ class BadFileTest(unittest.TestCase):
 
 CHILD = r"""
 import sys, time
+from domain import Fill as DomainFill, Position
 from store import Store
-from strategy import Position
 
-class Fill:
-    def __init__(self, coid, symbol):
-        self.client_order_id, self.order_id, self.symbol = coid, "x-" + coid, symbol
-        self.amount, self.price, self.fee, self.timestamp_ms = 1.0, 10.0, 0.01, 5
+def Fill(coid, symbol):
+    return DomainFill(symbol, "buy", 1.0, 10.0, 10.0, 0.01, 5, "x-" + coid, coid)
 
 store = Store.open(sys.argv[1], "paper")
 scenario = sys.argv[2]

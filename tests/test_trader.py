@@ -1,11 +1,9 @@
 """The trading loop: LLM gating, the model, outages, the live path and a SIGKILL restart."""
-import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 from pathlib import Path
 
@@ -46,13 +44,6 @@ class TraderCase(unittest.TestCase):
         self.addCleanup(trader.close)
         return trader
 
-    def recorded_verdicts(self, trader: Trader) -> dict[str, bool]:
-        """symbol -> the LLM's last verdict, from the decision record."""
-        verdicts: dict[str, bool] = {}
-        for _cycle, _ts, _view, inputs in trader.store.recorded_cycles():
-            verdicts.update(json.loads(inputs).get("verdicts", {}))
-        return verdicts
-
 
 class TestLLMGate(TraderCase):
     def cycle_until(self, trader: Trader, condition, max_cycles: int = 20) -> None:
@@ -74,16 +65,7 @@ class TestLLMGate(TraderCase):
             self.assertEqual(trader.positions, {}, "a failing LLM confirms nothing")
 
             self.assertIn("http_error", trader.advisor.report())
-
-            chat.set_mode("ok")
-            self.cycle_until(trader, lambda: trader.positions, max_cycles=40)
-            verdicts = self.recorded_verdicts(trader)
-            for symbol in trader.positions:
-                self.assertTrue(verdicts.get(symbol), f"{symbol} was bought without a yes")
-            refused = {s for s, take in verdicts.items() if not take}
-            self.assertFalse(refused & set(trader.positions), "no refused symbol was bought")
-            opened = [line for line in self.lines if line.startswith("OPEN")]
-            self.assertEqual(len(opened), len(trader.positions), "each entry was reported once")
+            # a healthy LLM's confirmations and refusals: tests.test_llm.TradingLoopGateTest
 
 
 class TestModelOn(TraderCase):
