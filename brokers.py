@@ -54,7 +54,7 @@ def walk_book(levels: Any, amount: float) -> tuple[float, float]:
     if amount <= 0 or book.shape[0] == 0:
         return math.nan, 0.0
     qty = np.maximum(book[:, 1], 0.0)
-    before = np.cumsum(qty) - qty
+    before = np.concatenate([[0.0], np.cumsum(qty)[:-1]])   # inf-safe (a no-slippage level)
     take = np.clip(amount - before, 0.0, qty)
     taken = float(take.sum())
     if taken <= 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any, Mapping
 
 from domain import OrderRejected
@@ -42,9 +42,13 @@ def _fmt(x: float | None) -> str:
 
 
 def _to_grid(x: float, unit: float, down: bool) -> float:
-    """x rounded to a multiple of unit (truncated when down, else nearest), without float dust."""
-    n = math.floor(x / unit + 1e-9) if down else round(x / unit)
-    return float(Decimal(n) * Decimal(repr(unit)))
+    """x rounded to a multiple of unit, without float dust: truncated when down (a value a
+    hair below a step, float noise, counts as the step), else to the nearest with halves up
+    (as ccxt rounds)."""
+    units = Decimal(repr(x)) / Decimal(repr(unit))
+    n = (units + Decimal("1e-9")).to_integral_value(ROUND_FLOOR) if down \
+        else units.to_integral_value(ROUND_HALF_UP)
+    return float(n * Decimal(repr(unit)))
 
 
 def _significant(x: float, digits: int, down: bool) -> float:
@@ -116,7 +120,8 @@ class MarketRules:
         return float(precision) if self.precision_mode == TICK_SIZE else 10.0 ** -int(precision)
 
     def round_amount(self, amount: float) -> float:
-        """Truncated to the market's amount precision (never up: never more than is held)."""
+        """Truncated to the market's amount precision (never more than asked, but for float
+        noise a billionth of a step below a step)."""
         if self.amount_precision is None:
             return amount
         if self.precision_mode == SIGNIFICANT_DIGITS:

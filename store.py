@@ -461,7 +461,8 @@ class Store:
                      decisions: Sequence[tuple]) -> None:
         """One cycle's inputs (JSON text) and decisions: (kind, symbol, price, amount, reason,
         client_order_id)."""
-        with self._transaction("record_cycle") as conn:
+        with self._transaction("record_cycle") as conn:   # a cycle number reused after a
+            conn.execute("DELETE FROM decisions WHERE cycle = ?", (cycle,))   # crash replaces it
             conn.execute("INSERT OR REPLACE INTO cycles (cycle, ts_ms, view_ms, inputs)"
                          " VALUES (?, ?, ?, ?)", (cycle, self._now_ms(), view_ms, inputs))
             conn.executemany(
