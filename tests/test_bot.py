@@ -75,7 +75,10 @@ class TestBadConfig(unittest.TestCase):
 class TestTrading(unittest.TestCase):
     def test_paper_run_opens_and_closes_positions_and_reports(self):
         with tempfile.TemporaryDirectory() as tmp:
-            env = bot_env(tmp, PERFORMANCE_REPORT_INTERVAL="5", MAX_HOLD_CANDLES="1")
+            # 12 cycles 15 market minutes apart: three hours of market, whatever the time of
+            # day (the simulated market's volume follows the UTC hour, and the rule wants volume)
+            env = bot_env(tmp, PERFORMANCE_REPORT_INTERVAL="5", MAX_HOLD_CANDLES="1",
+                          CHECK_INTERVAL="900", SIM_SPEED="9000", MARKET_SCAN_CACHE_DURATION="0")
             proc = run_bot(["--cycles", "12"], env, timeout=180)
             self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
             out = proc.stdout
