@@ -70,9 +70,6 @@ log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
 PROGRESS_EVERY = 64                     # steps between progress callbacks
-# The depth of a book that stands for "no slippage": one level at the price, deep enough for
-# any order (finite: walk_book's running sums would turn an infinite level into NaN).
-UNLIMITED_DEPTH = 1e300
 
 
 # --------------------------------------------------------------------------- settings, results
@@ -215,10 +212,9 @@ def book_quote(price: float, timestamp_ms: int, vol: float, quote_volume: float,
     """The broker's quote for an order at `price`: the simulated exchange's synthetic book
     around it (from `book_inputs`' volatility and quote volume, on the market's tick and
     step grid, PAPER_BOOK_DEPTH levels a side), built when an order walks it. Without
-    slippage, one level at `price` that fills any amount."""
+    slippage, no book: the broker fills any amount at `price`."""
     if not slippage:
-        flat = [[price, UNLIMITED_DEPTH]]
-        return Quote(price, timestamp_ms, lambda side: flat)
+        return Quote(price, timestamp_ms)
 
     def levels(side: str) -> np.ndarray:
         bids, asks = synthetic_order_book(price, vol, quote_volume, rules.tick, rules.step,

@@ -1,6 +1,7 @@
 """The parity check: a paper run's decision record replays with no decision differences,
 and a changed candle in the record shows up as one."""
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -56,22 +57,25 @@ class TestParity(PaperRun):
         self.assertEqual(report.of_kind("books"), [], report.format())
 
     def test_a_changed_candle_in_the_record_is_found(self):
-        store = self.store()
-        cycle, symbol = next((c, s) for c, kind, s, *_ in store.recorded_decisions() if kind == "entry")
-        view_ms = next(v for c, _, v, _ in store.recorded_cycles() if c == cycle)
-        tf_ms = 300_000
-        with store._transaction("test: tamper") as conn:   # what a corrupted record would hold
-            changed = conn.execute("UPDATE candles SET close = close * 0.9, low = MIN(low, close * 0.9)"
-                                   " WHERE symbol = ? AND ts_ms = ?", (symbol, view_ms - tf_ms)).rowcount
-        self.assertEqual(changed, 1)
-        try:
-            report = check_parity(store)
-            found = [d for d in report.of_kind("decision") if d.cycle == cycle and d.symbol == symbol]
-            self.assertTrue(found, report.format())
-        finally:
-            with store._transaction("test: restore") as conn:
-                conn.execute("UPDATE candles SET close = close / 0.9 WHERE symbol = ? AND ts_ms = ?",
-                             (symbol, view_ms - tf_ms))
+        from store import Store
+        with tempfile.TemporaryDirectory() as copy_dir:   # tamper with a copy of the record
+            source = sqlite3.connect(self.store().path)
+            target = sqlite3.connect(Path(copy_dir) / "trades-paper.sqlite")
+            source.backup(target)
+            source.close()
+            target.close()
+            with Store.open(copy_dir, "paper") as store:
+                cycle, symbol = next((c, s) for c, kind, s, *_ in store.recorded_decisions()
+                                     if kind == "entry")
+                view_ms = next(v for c, _, v, _ in store.recorded_cycles() if c == cycle)
+                with store._transaction("test: tamper") as conn:  # what a corrupted record holds
+                    changed = conn.execute(
+                        "UPDATE candles SET close = close * 0.9, low = MIN(low, close * 0.9)"
+                        " WHERE symbol = ? AND ts_ms = ?", (symbol, view_ms - 300_000)).rowcount
+                self.assertEqual(changed, 1)
+                report = check_parity(store)
+        found = [d for d in report.of_kind("decision") if d.cycle == cycle and d.symbol == symbol]
+        self.assertTrue(found, report.format())
 
     def test_the_command_prints_the_report(self):
         env = {**os.environ, "DATA_DIR": self.tmp.name}
