@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import ccxt
 import numpy as np
 
-from domain import ExchangeError, Fill, OrderNotFound, OrderRejected
+from domain import ExchangeError, Fill, OrderNotFound, OrderRejected, OrderStatus
 from exchange import CLIENT_ORDER_ID_RE, ExchangeClient
 from ledger import Ledger
 from market_rules import MarketRules
@@ -39,10 +39,9 @@ class Broker(Protocol):
 
     def market_order(self, symbol: str, side: str, amount: float, client_order_id: str) -> Fill: ...
 
-    def find_order(self, symbol: str, client_order_id: str) -> Fill | None: ...
+    def lookup(self, symbol: str, client_order_id: str) -> OrderStatus:
+        """What the venue knows of an order; raises ExchangeError when it cannot be asked."""
 
-    def free_cash(self) -> float | None:
-        """The venue's free quote balance, or None where the ledger's cash is the truth."""
 
 
 def walk_book(levels: Any, amount: float) -> tuple[float, float]:
@@ -63,15 +62,41 @@ def walk_book(levels: Any, amount: float) -> tuple[float, float]:
     return float(take @ book[:, 0]) / taken, filled
 
 
+def guard_price(side: str, best: float, max_slippage: float | None) -> float:
+    """The worst price a market order may fill at: MAX_SLIPPAGE beyond the best level."""
+    if max_slippage is None:
+        return math.inf if side == "buy" else 0.0
+    return best * (1.0 + max_slippage) if side == "buy" else best * (1.0 - max_slippage)
+
+
+def within_guard(levels: Any, side: str, max_slippage: float | None) -> Any:
+    """The levels a guarded market order may take (all of them without a guard)."""
+    if max_slippage is None or not len(levels):
+        return levels
+    limit = guard_price(side, float(levels[0][0]), max_slippage)
+    return [lv for lv in levels if (float(lv[0]) <= limit if side == "buy" else float(lv[0]) >= limit)]
+
+
 def book_fill(rules: MarketRules, side: str, amount: float, levels: Any, timestamp_ms: int,
-              order_id: str, client_order_id: str) -> Fill:
-    """A market order of a rounded `amount` filled against `levels`, with the taker fee."""
-    price, filled = walk_book(levels, amount)
+              order_id: str, client_order_id: str, max_slippage: float | None = None) -> Fill:
+    """A market order of a rounded `amount` filled against `levels`, with the taker fee.
+
+    Only levels within MAX_SLIPPAGE of the best price are taken; when they hold less than
+    `amount`, what they hold fills (rounded down to the step) and the rest is not executed,
+    as an exchange's immediate-or-cancel order at the guard price would do."""
+    usable = within_guard(levels, side, max_slippage)
+    price, filled = walk_book(usable, amount)
     if filled < amount:
-        raise OrderRejected(f"{rules.symbol}: order book too thin: {filled:.10g} of "
-                            f"{amount:.10g} within {len(levels)} levels")
-    cost = amount * price
-    return Fill(rules.symbol, side, amount, price, cost, cost * rules.taker, timestamp_ms,
+        filled = rules.round_amount(filled) if filled > 0 else 0.0
+        if filled <= 0 or (rules.min_amount is not None and filled < rules.min_amount) or (
+                rules.min_notional is not None and filled * price < rules.min_notional):
+            raise OrderRejected(f"{rules.symbol}: order book too thin: {filled:.10g} of "
+                                f"{amount:.10g} within {len(usable)} levels"
+                                + (f" inside the {max_slippage:.2%} slippage guard"
+                                   if max_slippage is not None else ""))
+        price, _ = walk_book(usable, filled)
+    cost = filled * price
+    return Fill(rules.symbol, side, filled, price, cost, cost * rules.taker, timestamp_ms,
                 order_id, client_order_id)
 
 
@@ -89,8 +114,10 @@ def check_funds(ledger: Ledger, fill: Fill) -> None:
 class PaperBroker:
     """DRY_RUN: fills against the exchange's live order book; the account is the ledger."""
 
-    def __init__(self, client: ExchangeClient, ledger: Ledger, book_depth: int = PAPER_BOOK_DEPTH):
+    def __init__(self, client: ExchangeClient, ledger: Ledger, book_depth: int = PAPER_BOOK_DEPTH,
+                 max_slippage: float | None = None):
         self.client, self.ledger, self.book_depth = client, ledger, book_depth
+        self.max_slippage = max_slippage
         self._ids = itertools.count(1)
 
     def rules(self, symbol: str) -> MarketRules:
@@ -107,16 +134,13 @@ class PaperBroker:
         rules = self.rules(symbol)
         amount, _ = rules.round_order(side, amount, float(levels[0][0]))
         fill = book_fill(rules, side, amount, levels, int(self.client.clock() * 1000),
-                         f"paper-{next(self._ids)}", client_order_id)
+                         f"paper-{next(self._ids)}", client_order_id, self.max_slippage)
         check_funds(self.ledger, fill)
         return fill
 
-    def find_order(self, symbol: str, client_order_id: str) -> Fill | None:
+    def lookup(self, symbol: str, client_order_id: str) -> OrderStatus:
         """A paper order exists only in memory: one whose fill was not recorded never filled."""
-        return None
-
-    def free_cash(self) -> float | None:
-        return None
+        return OrderStatus("missing")
 
 
 @dataclass(frozen=True)
@@ -131,9 +155,11 @@ class BacktestBroker:
     """Fills at the replayed price on the simulated exchange's book model; the replay sets
     `quotes` for the step before it sends orders."""
 
-    def __init__(self, rules_by_symbol: Mapping[str, MarketRules], ledger: Ledger):
+    def __init__(self, rules_by_symbol: Mapping[str, MarketRules], ledger: Ledger,
+                 max_slippage: float | None = None):
         self._rules = dict(rules_by_symbol)
         self.ledger = ledger
+        self.max_slippage = max_slippage
         self.quotes: dict[str, Quote] = {}
         self._ids = itertools.count(1)
 
@@ -148,7 +174,7 @@ class BacktestBroker:
         rules = self._rules[symbol]
         amount, _ = rules.round_order(side, amount, quote.price)
         fill = book_fill(rules, side, amount, self._levels(quote, side), quote.timestamp_ms,
-                         f"bt-{next(self._ids)}", client_order_id)
+                         f"bt-{next(self._ids)}", client_order_id, self.max_slippage)
         check_funds(self.ledger, fill)
         return fill
 
@@ -166,19 +192,18 @@ class BacktestBroker:
     def _levels(quote: Quote, side: str) -> Sequence:
         return quote.levels(side) if quote.levels is not None else [[quote.price, math.inf]]
 
-    def find_order(self, symbol: str, client_order_id: str) -> Fill | None:
-        return None
-
-    def free_cash(self) -> float | None:
-        return None
+    def lookup(self, symbol: str, client_order_id: str) -> OrderStatus:
+        return OrderStatus("missing")
 
 
 class LiveBroker:
     """Real orders through ccxt, each with a client order id so a retry never doubles it."""
 
-    def __init__(self, client: ExchangeClient, quote: str | None = None):
+    def __init__(self, client: ExchangeClient, quote: str | None = None,
+                 max_slippage: float | None = None):
         self.client = client
         self.quote = quote or client.quote
+        self.max_slippage = max_slippage
 
     def rules(self, symbol: str) -> MarketRules:
         return self.client.rules(symbol)
@@ -186,37 +211,44 @@ class LiveBroker:
     def round_order(self, symbol: str, side: str, amount: float, price: float) -> tuple[float, float]:
         return self.rules(symbol).round_order(side, amount, price)
 
-    def free_cash(self) -> float:
-        """Free quote balance on the exchange."""
-        balance = self.client.call("fetch_balance")
-        return float((balance.get("free") or {}).get(self.quote) or 0.0)
+    def balances(self) -> dict:
+        """The exchange account's balances (ccxt's structure: free, used, total)."""
+        return self.client.call("fetch_balance")
 
     def market_order(self, symbol: str, side: str, amount: float, client_order_id: str) -> Fill:
+        """A market order; with MAX_SLIPPAGE, an immediate-or-cancel limit order at the guard
+        price, so the exchange itself never fills it worse (what does not fill is cancelled)."""
         book = self.client.fetch_order_book(symbol, 5)
         levels = book["asks"] if side == "buy" else book["bids"]
-        reference = float(levels[0][0]) if levels else math.nan
-        amount, _ = self.round_order(symbol, side, amount, reference)
-        order = self._place(symbol, side, amount, client_order_id)
-        if order.get("status") != "closed" or not order.get("filled"):
+        if not levels:
+            raise OrderRejected(f"{symbol}: the order book has no {side} side")
+        best = float(levels[0][0])
+        limit = None if self.max_slippage is None else guard_price(side, best, self.max_slippage)
+        amount, price = self.round_order(symbol, side, amount, limit or best)
+        order = self._place(symbol, side, amount, client_order_id, price if limit else None)
+        if order.get("status") not in ("closed", "canceled", "expired") or order.get("filled") is None:
             order = self.client.call("fetch_order", order["id"], symbol)
         if not order.get("filled"):
-            raise OrderRejected(f"{symbol}: market order {client_order_id} filled nothing "
-                                f"(status {order.get('status')})")
+            raise OrderRejected(f"{symbol}: order {client_order_id} filled nothing (status "
+                                f"{order.get('status')}"
+                                + (f", slippage guard {limit:.10g})" if limit else ")"))
         return self._fill(order, symbol, side, client_order_id)
 
-    def find_order(self, symbol: str, client_order_id: str) -> Fill | None:
-        """The fill of an earlier order with this client order id; None if nothing filled."""
+    def lookup(self, symbol: str, client_order_id: str) -> OrderStatus:
+        """What the exchange knows of the order with this client order id."""
         try:
             order = self.client.call("fetch_order", None, symbol,
                                      {"origClientOrderId": client_order_id})
         except OrderNotFound:
-            return None
-        if not order.get("filled"):
-            return None
-        return self._fill(order, symbol, order["side"], client_order_id)
+            return OrderStatus("missing")
+        state = "open" if order.get("status") == "open" else "done"
+        fill = self._fill(order, symbol, order["side"], client_order_id) if order.get("filled") else None
+        return OrderStatus(state, fill)
 
-    def _place(self, symbol: str, side: str, amount: float, client_order_id: str) -> dict:
-        """create_order, retried safely: before each retry, look the order up by its id."""
+    def _place(self, symbol: str, side: str, amount: float, client_order_id: str,
+               ioc_price: float | None = None) -> dict:
+        """create_order (market, or limit IOC at `ioc_price`), retried safely: before each
+        retry, look the order up by its id."""
         if not CLIENT_ORDER_ID_RE.match(client_order_id):
             raise OrderRejected(f"{symbol}: client order id {client_order_id!r} is not valid")
         ex = self.client.ccxt
@@ -230,8 +262,11 @@ class LiveBroker:
                     return found
                 except ccxt.OrderNotFound:
                     pass
-            return ex.create_order(symbol, "market", side, amount, None,
-                                   {"newClientOrderId": client_order_id})
+            if ioc_price is None:
+                return ex.create_order(symbol, "market", side, amount, None,
+                                       {"newClientOrderId": client_order_id})
+            return ex.create_order(symbol, "limit", side, amount, ioc_price,
+                                   {"newClientOrderId": client_order_id, "timeInForce": "IOC"})
 
         return self.client.with_retries("create_order", attempt, idempotent=True)
 

@@ -8,6 +8,12 @@ message is one line naming the variable, the value (secrets hidden) and what is 
 Durations marked "market" are in market seconds: on a real exchange that is the wall
 clock, on the simulated exchange a clock running SIM_SPEED times faster.
 
+Values are strict: numbers are plain ASCII decimals (no underscores, hex, unicode digits,
+leading "+", nan or inf) within finite bounds, booleans are true or false, lists have no
+empty or repeated items, URLs carry no credentials. Leading and trailing whitespace is
+ignored, as in .env files. DATA_DIR must be a directory the bot can create and write to.
+`check_pairs` checks PAIR_ALLOWLIST against the exchange's markets once they are loaded.
+
 Imports only the standard library and python-dotenv, so the CLI starts fast.
 """
 from __future__ import annotations
@@ -18,7 +24,9 @@ import logging
 import math
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, NamedTuple
@@ -55,63 +63,103 @@ class Var(NamedTuple):
 # --- parsers: each factory returns (parse, allowed) ----------------------------------
 
 def _num(x: float) -> str:
-    """A number as a user would write it: 300 rather than 300.0."""
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))
+    """A number as a user would write it: 300 rather than 300.0, 0.00000001 rather than 1e-08."""
+    x = float(x)
+    if x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    if 1e-9 <= abs(x) < 1e15:
+        return format(Decimal(repr(x)), "f")
+    return repr(x)
 
 
-def _whole(lo: int, hi: int | None = None) -> tuple[Callable[[str], int], str]:
-    allowed = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise _Invalid("is not a whole number") from None
-        if value < lo or (hi is not None and value > hi):
-            raise _Invalid("is out of range")
-        return value
-    return parse, allowed
+# Plain ASCII decimals only: Python's int() and float() also take "1_0", "+5", "٥", "１０",
+# " 5", "nan" and "inf", none of which a setting should be.
+_WHOLE_TEXT = re.compile(r"-?[0-9]+", re.ASCII)
+_REAL_TEXT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]{1,4})?", re.ASCII)
+_NOT_FINITE = re.compile(r"[-+]?(?:nan|inf|infinity)", re.IGNORECASE)
 
 
-def _real(lo: float, hi: float | None = None, *, open_lo: bool = False
+def _number_problem(raw: str, whole: bool) -> str:
+    """Why `raw` is not a plain decimal number (whole or real), for the error message."""
+    what = "a whole number" if whole else "a number"
+    if not raw:
+        return "is empty"
+    if _NOT_FINITE.fullmatch(raw):
+        return "is not a finite number"
+    if "_" in raw:
+        return f"is not {what}: no underscores"
+    if raw.startswith("+"):
+        return f"is not {what}: no '+' sign"
+    if not raw.isascii():
+        return f"is not {what}: ASCII digits 0-9 only"
+    if whole and _REAL_TEXT.fullmatch(raw):
+        return "is not a whole number"
+    return f"is not {what}"
+
+
+def parse_whole(raw: str, lo: int, hi: int) -> int:
+    """Strict whole number in lo..hi; ValueError saying what is wrong ("is out of range")."""
+    if not _WHOLE_TEXT.fullmatch(raw):
+        raise _Invalid(_number_problem(raw, whole=True))
+    value = int(raw)
+    if not lo <= value <= hi:
+        raise _Invalid("is out of range")
+    return value
+
+
+def parse_real(raw: str, lo: float, hi: float, *, open_lo: bool = False) -> float:
+    """Strict finite decimal in lo..hi (lo excluded with open_lo); ValueError saying why not."""
+    if not _REAL_TEXT.fullmatch(raw):
+        raise _Invalid(_number_problem(raw, whole=False))
+    value = float(raw) + 0.0          # + 0.0 turns -0.0 into 0.0
+    if not math.isfinite(value):
+        raise _Invalid("is not a finite number")
+    if value < lo or (open_lo and value <= lo) or value > hi:
+        raise _Invalid("is out of range")
+    return value
+
+
+def whole_range(lo: int, hi: int) -> str:
+    return f"{lo}..{hi}"
+
+
+def real_range(lo: float, hi: float, open_lo: bool = False) -> str:
+    return f"{_num(lo)} < x <= {_num(hi)}" if open_lo else f"{_num(lo)}..{_num(hi)}"
+
+
+def _explained(bounds: str, unit: str, why: str) -> str:
+    return bounds + (f" {unit}" if unit else "") + (f": {why}" if why else "")
+
+
+def _whole(lo: int, hi: int, unit: str = "", why: str = "") -> tuple[Callable[[str], int], str]:
+    return (lambda raw: parse_whole(raw, lo, hi)), _explained(whole_range(lo, hi), unit, why)
+
+
+def _real(lo: float, hi: float, *, open_lo: bool = False, unit: str = "", why: str = ""
           ) -> tuple[Callable[[str], float], str]:
-    if hi is None:
-        allowed = f"{'>' if open_lo else '>='} {_num(lo)}"
-    elif open_lo:
-        allowed = f"{_num(lo)} < x <= {_num(hi)}"
-    else:
-        allowed = f"{_num(lo)}..{_num(hi)}"
-
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise _Invalid("is not a number") from None
-        if not math.isfinite(value):
-            raise _Invalid("is not a finite number")
-        if value < lo or (open_lo and value == lo) or (hi is not None and value > hi):
-            raise _Invalid("is out of range")
-        return value
-    return parse, allowed
+    return ((lambda raw: parse_real(raw, lo, hi, open_lo=open_lo)),
+            _explained(real_range(lo, hi, open_lo), unit, why))
 
 
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+_TRUE, _FALSE = "true", "false"
 
 
 def _boolean() -> tuple[Callable[[str], bool], str]:
     def parse(raw: str) -> bool:
-        if raw.lower() in _TRUE:
+        if raw.lower() == _TRUE:
             return True
-        if raw.lower() in _FALSE:
+        if raw.lower() == _FALSE:
             return False
-        raise _Invalid("is not a boolean")
-    return parse, "true, false, 1, 0, yes, no"
+        raise _Invalid("is empty" if not raw else "is not a boolean")
+    return parse, "true or false"
 
 
 def _choice(options: tuple[str, ...], normalize: Callable[[str], str] = str.lower
             ) -> tuple[Callable[[str], str], str]:
     def parse(raw: str) -> str:
-        if normalize(raw) not in options:
+        if not raw:
+            raise _Invalid("is empty")
+        if not raw.isascii() or normalize(raw) not in options:
             raise _Invalid("is not supported")
         return normalize(raw)
     return parse, ", ".join(options)
@@ -120,51 +168,92 @@ def _choice(options: tuple[str, ...], normalize: Callable[[str], str] = str.lowe
 def _pattern(regex: str, problem: str, allowed: str,
              normalize: Callable[[str], str] = str.upper) -> tuple[Callable[[str], str], str]:
     def parse(raw: str) -> str:
-        if not re.fullmatch(regex, normalize(raw)):
+        if not raw:
+            raise _Invalid("is empty")
+        if not raw.isascii() or not re.fullmatch(regex, normalize(raw)):
             raise _Invalid(problem)
         return normalize(raw)
     return parse, allowed
 
 
-def _text(allowed: str) -> tuple[Callable[[str], str], str]:
-    return (lambda raw: raw), allowed
+def _has_control(raw: str) -> bool:
+    return any(not c.isprintable() for c in raw)
+
+
+def _text(allowed: str, max_length: int = 200) -> tuple[Callable[[str], str], str]:
+    def parse(raw: str) -> str:
+        if _has_control(raw):
+            raise _Invalid("contains a control character")
+        if len(raw) > max_length:
+            raise _Invalid(f"is longer than {max_length} characters")
+        return raw
+    return parse, allowed
 
 
 def _secret(what: str) -> tuple[Callable[[str], str], str]:
     def parse(raw: str) -> str:
         if any(c.isspace() or not c.isprintable() for c in raw):
             raise _Invalid("contains spaces or control characters")
+        if not raw.isascii():
+            raise _Invalid("contains characters that are not ASCII")
+        if len(raw) > 4096:
+            raise _Invalid("is longer than 4096 characters")
         return raw
-    return parse, f"{what}, exactly as issued (no spaces)"
+    return parse, f"{what}, exactly as issued (printable ASCII, no spaces)"
 
 
-_SYMBOL = re.compile(r"[A-Z0-9]+/[A-Z0-9]+")
+_SYMBOL = re.compile(r"[A-Z0-9]{1,20}/[A-Z0-9]{1,20}", re.ASCII)
+MAX_LIST_ITEMS = 1000
+
+
+def split_list(raw: str, separator: str = ",") -> list[str]:
+    """Items of a separated list, stripped; ValueError on an empty item (a stray separator)."""
+    if not raw.strip():
+        return []
+    items = [item.strip() for item in raw.split(separator)]
+    if "" in items:
+        raise _Invalid(f"has an empty item: a {separator!r} with nothing before or after it")
+    return items
+
+
+def parse_symbols(raw: str) -> tuple[str, ...]:
+    """'btc/usdt, ETH/USDT' -> ('BTC/USDT', 'ETH/USDT'); ValueError on an empty, malformed
+    or repeated symbol."""
+    symbols = split_list(raw)
+    if len(symbols) > MAX_LIST_ITEMS:
+        raise _Invalid(f"has {len(symbols)} symbols, more than {MAX_LIST_ITEMS}")
+    seen: set[str] = set()
+    for text in symbols:
+        symbol = text.upper() if text.isascii() else text
+        if not _SYMBOL.fullmatch(symbol):
+            raise _Invalid(f"has {text[:40]!r}, which is not a BASE/QUOTE symbol")
+        if symbol in seen:
+            raise _Invalid(f"lists {symbol} twice")
+        seen.add(symbol)
+    return tuple(s.upper() for s in symbols)
 
 
 def _symbols() -> tuple[Callable[[str], tuple[str, ...]], str]:
-    def parse(raw: str) -> tuple[str, ...]:
-        symbols = [s.strip().upper() for s in raw.split(",") if s.strip()]
-        for symbol in symbols:
-            if not _SYMBOL.fullmatch(symbol):
-                raise _Invalid(f"has {symbol!r}, which is not a BASE/QUOTE symbol")
-        return tuple(dict.fromkeys(symbols))
-    return parse, "comma-separated BASE/QUOTE symbols, e.g. BTC/USDT,ETH/USDT"
+    return parse_symbols, ("comma-separated BASE/QUOTE symbols, each once, e.g. "
+                           "BTC/USDT,ETH/USDT; empty for none")
 
 
 def parse_correlation_groups(text: str) -> dict[str, tuple[str, ...]]:
     """Parse "group:BASE,BASE;group2:BASE" into {group: (BASE, ...)}; raises ValueError."""
     groups: dict[str, tuple[str, ...]] = {}
     owner: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(";"))):
+    for part in split_list(text, ";"):
         name, sep, members = (s.strip() for s in part.partition(":"))
-        bases = tuple(b.strip().upper() for b in members.split(",") if b.strip())
-        if not sep or not re.fullmatch(r"[A-Za-z0-9_-]+", name) or not bases:
-            raise ValueError(f"has {part!r}, which is not group:BASE,BASE")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_-]+", name, re.ASCII) or not members:
+            raise ValueError(f"has {part[:40]!r}, which is not group:BASE,BASE")
+        bases = tuple(b.upper() for b in split_list(members))
         if name in groups:
             raise ValueError(f"names group {name!r} twice")
         for base in bases:
-            if not re.fullmatch(r"[A-Z0-9]+", base):
-                raise ValueError(f"has {base!r}, which is not a base currency")
+            if not re.fullmatch(r"[A-Z0-9]{1,20}", base, re.ASCII):
+                raise ValueError(f"has {base[:40]!r}, which is not a base currency")
+            if base in owner and owner[base] == name:
+                raise ValueError(f"lists {base} twice in {name!r}")
             if base in owner:
                 raise ValueError(f"puts {base} in both {owner[base]!r} and {name!r}")
             owner[base] = name
@@ -179,7 +268,8 @@ def _groups() -> tuple[Callable[[str], str], str]:
         except ValueError as exc:
             raise _Invalid(str(exc)) from None
         return raw
-    return parse, '"group:BASE,BASE;group2:BASE", e.g. majors:BTC,ETH;memes:DOGE,SHIB'
+    return parse, ('"group:BASE,BASE;group2:BASE", each base in one group once, e.g. '
+                   'majors:BTC,ETH;memes:DOGE,SHIB; empty for the built-in groups')
 
 
 def _redact_url(url: str) -> str:
@@ -191,27 +281,45 @@ def _redact_url(url: str) -> str:
     return url
 
 
-def _url() -> tuple[Callable[[str], str], str]:
+def _url(example: str, credentials_hint: str) -> tuple[Callable[[str], str], str]:
     def parse(raw: str) -> str:
         if not raw:
             return raw
+        if any(c.isspace() or not c.isprintable() for c in raw):
+            raise _Invalid("contains spaces or control characters")
+        if not raw.isascii():
+            raise _Invalid("is not ASCII: write an international host name in punycode")
+        if len(raw) > 2000:
+            raise _Invalid("is longer than 2000 characters")
         try:
             parts = urlsplit(raw)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
+            port = parts.port      # raises ValueError on a bad port
         except ValueError:
-            raise _Invalid("is not an http(s) URL") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname or " " in raw:
+            raise _Invalid("is not an http(s) URL: bad host or port") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise _Invalid("is not an http(s) URL")
+        if "@" in parts.netloc:
+            raise _Invalid(f"has a user name or password in it: {credentials_hint}")
+        if port == 0:
+            raise _Invalid("has port 0")
+        if parts.query or parts.fragment or raw.endswith(("?", "#")):
+            raise _Invalid("has a ?query or #fragment")
         return raw
-    return parse, "an http(s) URL, e.g. http://127.0.0.1:11434/v1"
+    return parse, f"an http(s) URL without credentials, query or fragment, e.g. {example}"
 
 
 def _directory() -> tuple[Callable[[str], Path], str]:
     def parse(raw: str) -> Path:
         if not raw:
             raise _Invalid("is empty")
+        if _has_control(raw):
+            raise _Invalid("contains a control character")
         return Path(raw).expanduser()
-    return parse, "a directory (created if missing)"
+    return parse, DATA_DIR_ALLOWED
+
+
+DATA_DIR_ALLOWED = "a directory the bot can create and write to"
+DAY = 86_400
 
 
 TIMEFRAMES: Mapping[str, int] = MappingProxyType({
@@ -224,61 +332,81 @@ _PRESET = None  # default of a preset variable: always comes from PRESETS
 VARIABLES: tuple[Var, ...] = (
     Var("ACCOUNT_SIZE", "medium", *_choice(("small", "medium", "large"))),
     Var("EXCHANGE", "simulated", *_pattern(
-        r"[a-z][a-z0-9_]*", "is not an exchange id",
+        r"[a-z][a-z0-9_]{0,49}", "is not an exchange id",
         "simulated or a ccxt exchange id such as binance, kraken, okx", str.lower)),
     Var("API_KEY", "", *_secret("your exchange API key"), _SECRET),
     Var("API_SECRET", "", *_secret("your exchange API secret"), _SECRET),
     Var("DRY_RUN", True, *_boolean()),
-    Var("STARTING_BALANCE", _PRESET, *_real(0, open_lo=True)),
+    Var("STARTING_BALANCE", _PRESET, *_real(
+        0, 1e12, open_lo=True, why="above 10^12, float64 no longer keeps cents exact")),
     Var("QUOTE_CURRENCY", "USDT", *_pattern(
-        r"[A-Z]+", "is not a currency code", "letters only, e.g. USDT")),
+        r"[A-Z]{2,10}", "is not a currency code", "2 to 10 letters, e.g. USDT")),
     Var("MAX_PAIRS", 50, *_whole(1, 500)),
     Var("PAIR_ALLOWLIST", (), *_symbols()),
     Var("PAIR_DENYLIST", (), *_symbols()),
     Var("TIMEFRAME", "5m", *_choice(tuple(TIMEFRAMES), normalize=str)),
     Var("CANDLE_HISTORY", 500, *_whole(100, 1000)),
-    Var("CHECK_INTERVAL", _PRESET, *_real(1)),
-    Var("MARKET_SCAN_CACHE_DURATION", _PRESET, *_real(0)),
+    Var("CHECK_INTERVAL", _PRESET, *_real(
+        1, DAY, unit="market seconds", why="at most a day, the longest timeframe")),
+    Var("MARKET_SCAN_CACHE_DURATION", _PRESET, *_real(
+        0, DAY, unit="market seconds (0: no cache)", why="at most a day, the longest timeframe")),
     Var("MAX_PARALLEL_WORKERS", _PRESET, *_whole(1, 64)),
-    Var("SCAN_TIMEOUT", 30.0, *_real(0, open_lo=True)),
+    Var("SCAN_TIMEOUT", 30.0, *_real(
+        0.1, 600, unit="wall seconds", why="a longer wait would stall a cycle for over ten minutes")),
     Var("RISK_PER_TRADE", _PRESET, *_real(0, 0.1, open_lo=True)),
     Var("MAX_OPEN_POSITIONS", _PRESET, *_whole(1, 100)),
     Var("MAX_POSITION_SIZE", _PRESET, *_real(0, 1, open_lo=True)),
-    Var("MAX_POSITIONS_PER_GROUP", 2, *_whole(1)),
+    Var("MAX_POSITIONS_PER_GROUP", 2, *_whole(
+        1, 100, why="MAX_OPEN_POSITIONS is at most 100")),
     Var("CORRELATION_GROUPS", "", *_groups()),
     Var("MAX_DRAWDOWN", 0.25, *_real(0, 1, open_lo=True)),
-    Var("STOP_LOSS_ATR", 2.0, *_real(0, open_lo=True)),
-    Var("TAKE_PROFIT_ATR", 3.0, *_real(0, open_lo=True)),
-    Var("MAX_HOLD_CANDLES", 48, *_whole(1)),
+    Var("STOP_LOSS_ATR", 2.0, *_real(
+        0, 100, open_lo=True, why="a stop further than 100 ATRs away never triggers")),
+    Var("TAKE_PROFIT_ATR", 3.0, *_real(
+        0, 100, open_lo=True, why="a target further than 100 ATRs away is never reached")),
+    Var("MAX_HOLD_CANDLES", 48, *_whole(
+        1, 10_000, unit="candles", why="35 days of 5m candles, 27 years of 1d candles")),
     Var("COOLDOWN_CANDLES", 1, *_whole(0, 1000)),
     Var("DATA_DIR", Path("user_data"), *_directory()),
     Var("LOG_LEVEL", "INFO", *_choice(("DEBUG", "INFO", "WARNING", "ERROR"), str.upper)),
     Var("SIM_SPEED", 60.0, *_real(1, 10000)),
-    Var("SIM_SEED", 1, *_whole(0)),
+    Var("SIM_SEED", 1, *_whole(0, 2**32 - 1, why="a 32-bit seed")),
     Var("SIM_PAIRS", 50, *_whole(1, 200)),
-    Var("SIM_URL", "", *_url()),
+    Var("SIM_URL", "", *_url("http://127.0.0.1:8765",
+                             "the simulator's keys go in API_KEY and API_SECRET")),
     Var("ENABLE_PERFORMANCE_MONITORING", True, *_boolean()),
-    Var("SLOW_OPERATION_THRESHOLD", 5.0, *_real(0, open_lo=True)),
-    Var("PERFORMANCE_REPORT_INTERVAL", 10, *_whole(1)),
+    Var("SLOW_OPERATION_THRESHOLD", 5.0, *_real(
+        0, 3600, open_lo=True, unit="wall seconds", why="a slower operation is a hang, not a slow one")),
+    Var("PERFORMANCE_REPORT_INTERVAL", 10, *_whole(
+        1, 100_000, unit="cycles", why="a rarer report would never be seen")),
     Var("ML_ENABLED", True, *_boolean()),
     Var("ML_MIN_CONFIDENCE", 0.55, *_real(0, 1)),
-    Var("ML_PREDICTION_CACHE_DURATION", 300.0, *_real(0)),
+    Var("ML_PREDICTION_CACHE_DURATION", 300.0, *_real(
+        0, DAY, unit="market seconds (0: no cache)", why="at most a day, the longest timeframe")),
     Var("ML_CACHE_ROUNDING", 1, *_whole(0, 6)),
-    Var("RETRAIN_INTERVAL", 21600.0, *_real(60)),
-    Var("RETRAIN_MIN_NEW_SAMPLES", 500, *_whole(1)),
+    Var("RETRAIN_INTERVAL", 21600.0, *_real(
+        60, 30 * DAY, unit="market seconds", why="at least once in 30 days, or the model goes stale")),
+    Var("RETRAIN_MIN_NEW_SAMPLES", 500, *_whole(
+        1, 1_000_000, why="the training data holds at most 20,000 records")),
     Var("LLM_PROVIDER", "none", *_choice(("none", "openai"))),
-    Var("LLM_BASE_URL", "http://127.0.0.1:11434/v1", *_url()),
-    Var("LLM_MODEL", "llama3.1:8b", *_text("a model name, e.g. llama3.1:8b")),
+    Var("LLM_BASE_URL", "http://127.0.0.1:11434/v1", *_url(
+        "http://127.0.0.1:11434/v1", "put the key in LLM_API_KEY")),
+    Var("LLM_MODEL", "llama3.1:8b", *_text("a model name of at most 200 printable characters, "
+                                           "e.g. llama3.1:8b")),
     Var("LLM_API_KEY", "", *_secret("the LLM server's API key (optional)"), _SECRET),
-    Var("LLM_TIMEOUT", 10.0, *_real(0, open_lo=True)),
-    Var("LLM_CYCLE_BUDGET", 20.0, *_real(0, open_lo=True)),
+    Var("LLM_TIMEOUT", 10.0, *_real(
+        0, 300, open_lo=True, unit="wall seconds", why="a slower answer is a hung server")),
+    Var("LLM_CYCLE_BUDGET", 20.0, *_real(
+        0, 3600, open_lo=True, unit="wall seconds", why="at most an hour of LLM calls per cycle")),
     Var("LLM_MAX_CALLS_PER_CYCLE", 3, *_whole(1, 50)),
-    Var("LLM_CACHE_TTL", 600.0, *_real(0)),
-    Var("LLM_CACHE_MAX_SIZE", 1000, *_whole(1)),
+    Var("LLM_CACHE_TTL", 600.0, *_real(0, 7 * DAY, unit="market seconds (0: no cache)", why="an answer older than a week is stale")),
+    Var("LLM_CACHE_MAX_SIZE", 1000, *_whole(
+        1, 1_000_000, why="every answer is kept in memory")),
     Var("LLM_ON_FAILURE", "reject", *_choice(("reject", "model"))),
 )
 _BY_NAME: Mapping[str, Var] = {v.name: v for v in VARIABLES}
 SECRETS: frozenset[str] = frozenset(v.name for v in VARIABLES if v.secret)
+_URLS = frozenset({"SIM_URL", "LLM_BASE_URL"})
 
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "small": MappingProxyType({
@@ -391,7 +519,7 @@ def _show(var: Var, value: Any) -> str:
         return _num(value)
     if isinstance(value, tuple):
         value = ",".join(value)
-    if var.name == "LLM_BASE_URL":
+    if var.name in _URLS:
         value = _redact_url(value)
     return str(value) or "(not set)"
 
@@ -400,7 +528,7 @@ def _quoted(var: Var, raw: str) -> str:
     """The offending raw value for an error message: quoted, shortened, secrets hidden."""
     if var.secret:
         return "<hidden>"
-    if var.name == "LLM_BASE_URL":
+    if var.name in _URLS:
         raw = _redact_url(raw)
     return repr(raw if len(raw) <= 60 else raw[:57] + "...")
 
@@ -425,10 +553,19 @@ def _read_env_file(path: Path) -> dict[str, str | None]:
     except OSError as exc:
         raise ConfigError(f"env file '{path}' cannot be read: {exc.strerror or exc} "
                           f"(allowed: a readable file of NAME=value lines)") from None
+    first_line: dict[str, int] = {}
     for binding in parse_stream(io.StringIO(text)):
         if binding.error:  # the line is not echoed: it may hold a secret
             raise ConfigError(f"env file '{path}' line {binding.original.line} cannot be "
                               f"parsed (allowed: NAME=value lines, # comments, blank lines)")
+        name = binding.key
+        if name is None or binding.value is None:
+            continue
+        if name in first_line and name in _BY_NAME:   # which one wins is easy to get wrong
+            raise ConfigError(f"{name} is set twice in env file '{path}' (lines "
+                              f"{first_line[name]} and {binding.original.line}; allowed: "
+                              f"each variable once)", name)
+        first_line.setdefault(name, binding.original.line)
     values = dotenv_values(stream=io.StringIO(text), interpolate=False)
     for name in values:
         _check_known(name, path)
@@ -458,8 +595,12 @@ def _resolve(var: Var, layers: tuple[tuple[str, Mapping[str, str | None]], ...],
 
 
 def load_config(env_file: str | Path | None = ".env",
-                environ: Mapping[str, str] | None = None) -> Config:
-    """Read, validate and return the configuration; raises ConfigError on a bad value."""
+                environ: Mapping[str, str] | None = None, *,
+                create_data_dir: bool = True) -> Config:
+    """Read, validate and return the configuration; raises ConfigError on a bad value.
+
+    DATA_DIR is created unless `create_data_dir` is false (it is still checked: call
+    prepare_data_dir before writing to it)."""
     environ = os.environ if environ is None else environ
     file_values = _read_env_file(Path(env_file)) if env_file is not None else {}
     layers = (("environment", environ), (".env", file_values))
@@ -470,7 +611,7 @@ def load_config(env_file: str | Path | None = ".env",
         values[var.name.lower()], sources[var.name] = _resolve(var, layers, size)
     config = Config(**values, sources=MappingProxyType(sources))
     _check_combinations(config)
-    _ensure_data_dir(config.data_dir)
+    _ensure_data_dir(config.data_dir, create_data_dir)
     for warning in config_warnings(config):
         logger.warning(warning)
     return config
@@ -478,6 +619,15 @@ def load_config(env_file: str | Path | None = ".env",
 
 def _check_combinations(config: Config) -> None:
     """Cross-field rules that make a configuration unusable."""
+    if config.pair_allowlist:
+        usable = [s for s in config.pair_allowlist
+                  if s.split("/")[1] == config.quote_currency and s not in config.pair_denylist]
+        if not usable:
+            raise ConfigError(
+                f"PAIR_ALLOWLIST={','.join(config.pair_allowlist)!r} leaves no pair to trade: "
+                f"each is in PAIR_DENYLIST or not quoted in QUOTE_CURRENCY="
+                f"{config.quote_currency} (allowed: at least one {config.quote_currency} pair "
+                f"not in PAIR_DENYLIST, or empty for all pairs)", "PAIR_ALLOWLIST")
     if not config.dry_run and not config.is_simulated:
         for name in ("API_KEY", "API_SECRET"):
             if not getattr(config, name.lower()):
@@ -496,16 +646,35 @@ def _check_combinations(config: Config) -> None:
                     f" allowed: {_BY_NAME[name].allowed})", name)
 
 
-def _ensure_data_dir(path: Path) -> None:
-    """Create DATA_DIR if missing; ConfigError if it is a file or cannot be created."""
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"DATA_DIR='{path}' is a file, not a directory "
-                          f"(allowed: a directory, created if missing)", "DATA_DIR")
+def _ensure_data_dir(path: Path, create: bool = True) -> None:
+    """Check that DATA_DIR can be created and written; create it (owner-only, 0o700) when
+    `create`. ConfigError if it, or what would hold it, is a file, cannot be created or is
+    not writable (e.g. read-only). Without `create`, nothing is written."""
+    def error(problem: str) -> ConfigError:
+        return ConfigError(f"DATA_DIR='{path}' {problem} (allowed: {DATA_DIR_ALLOWED})",
+                           "DATA_DIR")
+
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+        if not existing.is_dir():
+            raise error("is a file, not a directory" if existing == path else
+                        f"cannot be created: '{existing}' is a file")
+        if create:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            existing = path
+    except (OSError, ValueError) as exc:
+        raise error(f"cannot be created: {getattr(exc, 'strerror', None) or exc}") from None
+    try:   # a real write, not os.access, which ignores read-only mounts and lies to root
+        with tempfile.TemporaryFile(dir=existing, prefix=".write-check-"):
+            pass
     except OSError as exc:
-        raise ConfigError(f"DATA_DIR='{path}' cannot be created: {exc.strerror or exc} "
-                          f"(allowed: a directory, created if missing)", "DATA_DIR") from None
+        problem = "is not writable" if existing == path else "cannot be created"
+        raise error(f"{problem}: {exc.strerror or exc}") from None
+
+
+def prepare_data_dir(config: Config) -> None:
+    """Create DATA_DIR (owner-only) for a config loaded with create_data_dir=False."""
+    _ensure_data_dir(config.data_dir, create=True)
 
 
 def config_warnings(config: Config) -> list[str]:
@@ -538,3 +707,41 @@ def check_exchange_id(config: Config) -> None:
     raise ConfigError(f"EXCHANGE={config.exchange!r} is not a ccxt exchange id "
                       f"(allowed: simulated or one of {len(ccxt.exchanges)} ccxt ids; {hint})",
                       "EXCHANGE")
+
+
+def check_pairs(config: Config, markets: Mapping[str, Mapping[str, Any]],
+                exchange: str | None = None) -> None:
+    """Raise ConfigError unless every PAIR_ALLOWLIST pair is a market the scanner can trade
+    (listed, active, spot, quoted in QUOTE_CURRENCY); the one-line message names the pairs
+    and suggests close matches. Unknown PAIR_DENYLIST pairs are only logged.
+
+    Call once the exchange's markets are loaded (ccxt's `load_markets()` result)."""
+    where = exchange or config.exchange
+    problems: list[str] = []
+    for symbol in config.pair_allowlist:
+        market = markets.get(symbol)
+        if market is None:
+            problems.append(symbol + _suggestion(symbol, markets, config.quote_currency))
+        elif not market.get("spot", True) or market.get("active", True) is False:
+            problems.append(f"{symbol} (listed but not an active spot market)")
+        elif market.get("quote", config.quote_currency) != config.quote_currency:
+            problems.append(f"{symbol} (not quoted in QUOTE_CURRENCY={config.quote_currency})")
+    if problems:
+        raise ConfigError(f"PAIR_ALLOWLIST has {', '.join(problems)}, which {where} does not "
+                          f"list for trading (allowed: active spot pairs of {where} in "
+                          f"{config.quote_currency}, e.g. BTC/{config.quote_currency})",
+                          "PAIR_ALLOWLIST")
+    unknown = [s for s in config.pair_denylist if s not in markets]
+    if unknown:
+        logger.warning("PAIR_DENYLIST has %s, which %s does not list; nothing to exclude",
+                       ", ".join(unknown), where)
+
+
+def _suggestion(symbol: str, markets: Mapping[str, Any], quote: str) -> str:
+    """' (did you mean X/Q?)' with the closest listed pairs (same quote first), or ''."""
+    names = list(markets)
+    same_quote = [m for m in names if m.endswith("/" + quote)]
+    close = difflib.get_close_matches(symbol, same_quote, n=2, cutoff=0.6) or \
+        difflib.get_close_matches(symbol, names, n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+

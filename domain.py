@@ -128,6 +128,17 @@ class Fill:
 
 
 @dataclass(frozen=True)
+class OrderStatus:
+    """What the venue says of an order looked up by its client order id.
+
+    state: "open" (resting or still executing), "done" (filled, canceled or expired: no
+    more will fill), or "missing" (the venue does not know it); `fill` is what has filled
+    so far, if anything."""
+    state: str
+    fill: Fill | None = None
+
+
+@dataclass(frozen=True)
 class Position:
     symbol: str
     amount: float
@@ -146,6 +157,13 @@ class Position:
         """What is left after selling `amount_sold`; the entry fee shrinks in proportion."""
         left = self.amount - amount_sold
         return replace(self, amount=left, entry_fee=self.entry_fee * left / self.amount)
+
+    def grown(self, fill: Fill) -> "Position":
+        """The position after another buy fill: average entry price, both fees; the stops
+        and the entry time stay those of the first entry."""
+        amount = self.amount + fill.amount
+        price = (self.amount * self.entry_price + fill.cost) / amount
+        return replace(self, amount=amount, entry_price=price, entry_fee=self.entry_fee + fill.fee)
 
 
 @dataclass(frozen=True)
@@ -168,16 +186,18 @@ class Trade:
     features: tuple[float, ...] | None = None
     entry_client_order_id: str = ""
     exit_client_order_id: str = ""
+    dust: float = 0.0    # coins left that the market will not buy: their cost is in `profit`
 
     @classmethod
-    def closing(cls, position: Position, fill: Fill, reason: str) -> "Trade":
-        """The trade a sell `fill` makes of `position` (profit on the amount sold, with the
-        matching share of the entry fee)."""
-        entry_fee = position.entry_fee * min(1.0, fill.amount / position.amount)
-        cost = fill.amount * position.entry_price
+    def closing(cls, position: Position, fill: Fill, reason: str, dust: float = 0.0) -> "Trade":
+        """The trade a sell `fill` makes of `position`: profit on the amount sold, with the
+        matching share of the entry fee, less what the unsellable `dust` cost."""
+        held = fill.amount + dust
+        entry_fee = position.entry_fee * min(1.0, held / position.amount)
+        cost = held * position.entry_price
         profit = fill.amount * fill.price - cost - entry_fee - fill.fee
         return cls(position.symbol, fill.amount, position.entry_price, fill.price,
                    position.entry_time_ms, fill.timestamp_ms, entry_fee, fill.fee, profit,
                    100.0 * profit / (cost + entry_fee), reason, position.entry_reason,
                    position.probability, position.features, position.entry_client_order_id,
-                   fill.client_order_id)
+                   fill.client_order_id, dust)

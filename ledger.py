@@ -6,7 +6,7 @@ I/O: the order executor persists what it returns.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from domain import EntryIntent, Fill, Position, Trade
 
@@ -22,10 +22,17 @@ class Ledger:
         self.cash = float(cash)
         self.positions: dict[str, Position] = {p.symbol: p for p in positions}
         self.last_exits: dict[str, int] = dict(last_exits or {})
+        self.dust: dict[str, float] = {}   # coins held that the market will not buy
 
     def open(self, fill: Fill, intent: EntryIntent, group: str) -> Position:
-        """A buy fill opens a position; its stops keep the intent's distances from the
-        actual fill price."""
+        """A buy fill opens a position (what filled, if only part did); its stops keep the
+        intent's distances from the actual fill price. A second buy of a held pair (two
+        orders whose outcomes were settled late) adds to the position."""
+        self.cash -= fill.cost + fill.fee
+        held = self.positions.get(fill.symbol)
+        if held is not None:
+            self.positions[fill.symbol] = held.grown(fill)
+            return self.positions[fill.symbol]
         position = Position(
             fill.symbol, fill.amount, fill.price, fill.timestamp_ms,
             stop_loss=fill.price - (intent.price - intent.stop_loss),
@@ -34,24 +41,31 @@ class Ledger:
             entry_client_order_id=fill.client_order_id, entry_reason=intent.reason,
             probability=intent.probability)
         self.positions[fill.symbol] = position
-        self.cash -= fill.cost + fill.fee
         return position
 
-    def close(self, fill: Fill, reason: str) -> tuple[Trade, Position | None]:
+    def close(self, fill: Fill, reason: str,
+              sellable: Callable[[float], bool] | None = None) -> tuple[Trade, Position | None]:
         """A sell fill closes the position, or the part of it that was sold: returns the trade
-        and what is left open (None when nothing is)."""
+        and what is left open (None when nothing is). A remainder that `sellable` says the
+        market will not take is dust: the position closes, and the trade pays for it."""
         position = self.positions[fill.symbol]
-        trade = Trade.closing(position, fill, reason)
+        left = position.amount - fill.amount
         self.cash += fill.cost - fill.fee
         self.last_exits[fill.symbol] = fill.timestamp_ms
-        if fill.amount >= position.amount * (1.0 - DUST):
+        if left <= position.amount * DUST or (sellable is not None and not sellable(left)):
+            dust = max(0.0, left)
+            if dust > position.amount * DUST:
+                self.dust[fill.symbol] = self.dust.get(fill.symbol, 0.0) + dust
+            else:
+                dust = 0.0
             del self.positions[fill.symbol]
-            return trade, None
-        left = position.reduced(fill.amount)
-        self.positions[fill.symbol] = left
-        return trade, left
+            return Trade.closing(position, fill, reason, dust), None
+        trade = Trade.closing(position, fill, reason)
+        self.positions[fill.symbol] = position.reduced(fill.amount)
+        return trade, self.positions[fill.symbol]
 
     def equity(self, prices: Mapping[str, float]) -> float:
         """Cash plus the open positions at these prices (entry price where none is known)."""
-        return self.cash + sum(p.amount * prices.get(s, p.entry_price)
-                               for s, p in self.positions.items())
+        return (self.cash + sum(p.amount * prices.get(s, p.entry_price)
+                                for s, p in self.positions.items())
+                + sum(amount * prices.get(s, 0.0) for s, amount in self.dust.items()))

@@ -24,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
+import redaction
 from llm_cache import LLMCache, LLMDecision
 
 __all__ = ["LLMAdvisor", "LLMDecision", "prompt_payload", "build_messages",
@@ -309,9 +310,12 @@ class LLMAdvisor:
         return kind
 
     def _failure(self, kind: str, detail: str) -> None:
-        """Count a failure; the first of each kind is logged as a warning (key redacted)."""
-        if self._api_key:
-            detail = detail.replace(self._api_key, "***")
+        """Count a failure; the first of each kind is logged as a warning (key redacted).
+
+        redaction.mask hides the key in any form (URL-, JSON-, hex-, base64-encoded) and
+        any piece of it of redaction.MIN_PIECE characters or more, not only the exact key.
+        """
+        detail = redaction.mask(detail, (self._api_key,))
         with self._lock:
             self._errors[kind] += 1
             first = kind not in self._logged_kinds

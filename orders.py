@@ -12,7 +12,7 @@ import time
 from typing import Callable
 
 from brokers import Broker
-from domain import EntryIntent, Fill, OrderRejected, Position, Trade
+from domain import EntryIntent, ExchangeError, Fill, OrderRejected, OrderStatus, Position, Trade
 from exchange import make_client_order_id
 from ledger import Ledger
 from store import OrderRow, Store
@@ -20,15 +20,26 @@ from store import OrderRow, Store
 log = logging.getLogger(__name__)
 
 
+ABANDON_AFTER_S = 120.0   # market seconds: an order the venue does not know by then never reached it
+MAX_BACKOFF_CYCLES = 4    # an unresolved order is looked up at least every 4 cycles
+
+
 class OrderExecutor:
-    """Sends orders through a broker and books their fills in the ledger and the store."""
+    """Sends orders through a broker and books their fills in the ledger and the store.
+
+    An order whose answer was lost stays `unknown` in the store; its pair takes no new
+    order (`busy`) and `resolve` asks the venue about it every cycle (backing off while the
+    lookups fail) until the venue says what happened, then books exactly that."""
 
     def __init__(self, store: Store, broker: Broker, ledger: Ledger, group_of: Callable[[str], str],
-                 persist_cash: bool):
+                 persist_cash: bool, clock: Callable[[], float] = time.time):
         self.store, self.broker, self.ledger = store, broker, ledger
         self.group_of = group_of
         self.persist_cash = persist_cash     # paper: the ledger's cash is the account's
+        self.clock = clock
         self._instance = self._instance_id()
+        self._cycle = 0
+        self._retry: dict[str, tuple[int, int]] = {}   # client id -> (failed lookups, next cycle)
 
     def _instance_id(self) -> str:
         instance = self.store.get_meta("instance")
@@ -40,9 +51,11 @@ class OrderExecutor:
     def _cash(self) -> float | None:
         return self.ledger.cash if self.persist_cash else None
 
+    # -- sending
     def _send(self, symbol: str, side: str, amount: float, price: float, reason: str,
               stop_loss: float | None = None, take_profit: float | None = None) -> Fill | None:
-        """Record the order as pending, then send it; a refused order is marked with why."""
+        """Record the order as pending, then send it. A refused order is marked rejected;
+        one whose answer was lost is marked unknown and resolved later."""
         client_id = make_client_order_id(f"tb{self._instance}", symbol,
                                          self.store.next_sequence("order"))
         self.store.add_pending_order(client_id, symbol, side, amount, price, reason, stop_loss,
@@ -52,7 +65,11 @@ class OrderExecutor:
         except OrderRejected as exc:
             self.store.mark_order(client_id, "rejected", str(exc))
             log.warning("%s %s refused: %s", side, symbol, exc)
-            return None
+        except ExchangeError as exc:
+            self.store.mark_order(client_id, "unknown", None)
+            log.warning("%s %s: outcome unknown (%s); the pair takes no new order until the "
+                        "exchange says what happened", side, symbol, exc)
+        return None
 
     def buy(self, intent: EntryIntent) -> Position | None:
         fill = self._send(intent.symbol, "buy", intent.amount, intent.price, intent.reason,
@@ -60,45 +77,105 @@ class OrderExecutor:
         return None if fill is None else self.book_entry(fill, intent)
 
     def sell(self, position: Position, price: float, reason: str) -> tuple[Fill, Trade, Position | None] | None:
-        """A refused exit leaves the position open (the trader tries again next cycle)."""
+        """A refused exit leaves the position open (the trader tries again next cycle); a
+        partly filled one leaves the rest open."""
         fill = self._send(position.symbol, "sell", position.amount, price, reason)
         if fill is None:
             return None
         trade, left = self.book_exit(fill, reason)
         return fill, trade, left
 
+    # -- booking
     def book_entry(self, fill: Fill, intent: EntryIntent) -> Position:
         position = self.ledger.open(fill, intent, self.group_of(fill.symbol))
         self.store.record_entry(fill, position, self._cash())
         return position
 
-    def book_exit(self, fill: Fill, reason: str) -> tuple[Trade, Position | None]:
-        trade, left = self.ledger.close(fill, reason)
-        self.store.record_exit(fill, trade, left, self._cash())
+    def book_exit(self, fill: Fill, reason: str, order_done: bool = True) -> tuple[Trade, Position | None]:
+        """Book a sell; a remainder the market will not buy is written off as dust."""
+        trade, left = self.ledger.close(fill, reason, lambda amount: self.sellable(fill.symbol, amount,
+                                                                                 fill.price))
+        self.store.record_exit(fill, trade, left, self._cash(), self.ledger.dust, order_done)
+        if trade.dust:
+            log.warning("%s: %.10g left after the sale is below the market's minimum: kept as "
+                        "dust, its cost charged to the trade", fill.symbol, trade.dust)
         return trade, left
 
-    def reconcile(self) -> None:
-        """Settle every order a crash left pending: book its fill if the broker has one."""
-        for order in self.store.pending_orders():
-            self._settle(order)
+    def sellable(self, symbol: str, amount: float, price: float) -> bool:
+        try:
+            self.broker.round_order(symbol, "sell", amount, price)
+        except OrderRejected:
+            return False
+        return True
 
-    def _settle(self, order: OrderRow) -> None:
-        fill = self.broker.find_order(order.symbol, order.client_order_id)
-        held = order.symbol in self.ledger.positions
-        if fill is None:
-            self.store.mark_order(order.client_order_id, "abandoned", "no fill found on the venue")
-        elif order.side == "buy" and not held:
+    # -- resolving
+    def busy(self) -> set[str]:
+        """Pairs with an order whose outcome is not known yet: they take no new order."""
+        return {o.symbol for o in self.store.pending_orders()}
+
+    def unresolved(self) -> list[OrderRow]:
+        return self.store.pending_orders()
+
+    def resolve(self, restart: bool = False) -> int:
+        """Ask the venue about every unresolved order that is due; book what it says.
+        Returns how many stay unresolved."""
+        self._cycle += 1
+        for order in self.store.pending_orders():
+            attempts, due = self._retry.get(order.client_order_id, (0, 0))
+            if not restart and self._cycle < due:
+                continue
+            try:
+                status = self.broker.lookup(order.symbol, order.client_order_id)
+            except ExchangeError as exc:
+                self._back_off(order, attempts, f"lookup failed: {exc}")
+                continue
+            if not self._settle(order, status, restart):
+                self._back_off(order, attempts, f"the exchange says {status.state}")
+        return len(self.store.pending_orders())
+
+    def _back_off(self, order: OrderRow, attempts: int, why: str) -> None:
+        wait = min(MAX_BACKOFF_CYCLES, 2 ** attempts)
+        self._retry[order.client_order_id] = (attempts + 1, self._cycle + wait)
+        level = logging.WARNING if attempts == 0 else logging.DEBUG
+        log.log(level, "%s %s %s still unresolved (%s); asking again in %d cycle(s)",
+                order.side, order.symbol, order.client_order_id, why, wait)
+
+    def _settle(self, order: OrderRow, status: OrderStatus, restart: bool) -> bool:
+        """Book or close one order from what the venue says; False when it cannot yet."""
+        cid = order.client_order_id
+        if status.state == "open":
+            return False            # still executing: ask again
+        if status.fill is not None:
+            self._retry.pop(cid, None)
+            self._book_found(order, status.fill)
+            return True
+        if status.state == "done":
+            self.store.mark_order(cid, "canceled", "the exchange filled none of it")
+        elif restart or self.clock() * 1000 - order.created_ms >= ABANDON_AFTER_S * 1000:
+            self.store.mark_order(cid, "abandoned", "the exchange does not know it: never placed")
+        else:
+            return False
+        self._retry.pop(cid, None)
+        return True
+
+    def _book_found(self, order: OrderRow, fill: Fill) -> None:
+        if order.side == "buy":
             self.book_entry(fill, intent_of(order))
-            log.info("%s: entry %s found filled after a restart; position booked", order.symbol,
+            log.info("%s: entry %s found filled on the exchange; position booked", order.symbol,
                      order.client_order_id)
-        elif order.side == "sell" and held:
+        elif order.symbol in self.ledger.positions:
             self.book_exit(fill, order.reason or "reconciled")
-            log.info("%s: exit %s found filled after a restart; trade booked", order.symbol,
+            log.info("%s: exit %s found filled on the exchange; trade booked", order.symbol,
                      order.client_order_id)
         else:
-            self.store.mark_order(order.client_order_id, "abandoned", "already reflected")
+            self.store.mark_order(order.client_order_id, "abandoned",
+                                  "filled on the exchange after the position was closed")
+            log.error("%s: sell %s filled on the exchange but the bot holds no position: check "
+                      "the account", order.symbol, order.client_order_id)
 
-
+    def reconcile(self) -> None:
+        """At start-up: settle every order a crash left unresolved."""
+        self.resolve(restart=True)
 def intent_of(order: OrderRow) -> EntryIntent:
     """The entry an order row was sent for: its stops travel with it in the store."""
     return EntryIntent(order.symbol, order.price, order.amount, order.stop_loss, order.take_profit,

@@ -30,7 +30,7 @@ import numpy as np
 
 from backtest import book_inputs, book_quote
 from brokers import BacktestBroker, book_fill
-from domain import Bar, Fill, MarketView, Position, StrategyParams
+from domain import Bar, Fill, OrderRejected, MarketView, Position, StrategyParams
 from features import HISTORY_NEEDED, close_windows, feature_key, prepare_features
 from indicators import compute_all
 from ledger import Ledger
@@ -201,7 +201,8 @@ class _Replay:
 
     # -- exits
     def _exits(self, cycle: int, rec: dict, recorded: list[tuple]) -> None:
-        bars = {s: Bar.at(float(p)) for s, p in rec["exit_prices"].items()}
+        busy = set(rec.get("busy", ()))
+        bars = {s: Bar.at(float(p)) for s, p in rec["exit_prices"].items() if s not in busy}
         replayed = {e.symbol: e for e in check_exits(self.ledger.positions, bars,
                                                      int(rec["exit_ms"]), self.params)}
         seen = set()
@@ -236,7 +237,8 @@ class _Replay:
                                    for s in states}) if "verdicts" in rec and verdicts else None
         decisions = decide_entries(view, self.ledger.positions, float(rec["cash"]),
                                    float(rec["equity"]), self.params, self.risk,
-                                   self.broker.round_order, predict, confirm, self.ledger.last_exits)
+                                   self.broker.round_order, predict, confirm, self.ledger.last_exits,
+                                   set(rec.get("busy", ())))
         replayed = {e.symbol: e for e in decisions.entries}
         seen = set()
         for _kind, symbol, price, amount, reason, cid in recorded:
@@ -268,7 +270,14 @@ class _Replay:
             intent = replace(intent_of(order), price=decided_price)
             self.ledger.open(fill, intent, self.risk.group_of(symbol))
         elif symbol in self.ledger.positions:
-            self.ledger.close(fill, reason)
+            self.ledger.close(fill, reason, lambda amount: self._sellable(symbol, amount, fill.price))
+
+    def _sellable(self, symbol: str, amount: float, price: float) -> bool:
+        try:
+            self.broker.round_order(symbol, "sell", amount, price)
+        except OrderRejected:
+            return False
+        return True
 
     def _compare_fill(self, cycle: int, order: OrderRow, fill: Fill, at_ms: int) -> None:
         if order.symbol not in self.rules or self.candles is None:

@@ -15,12 +15,13 @@ and what it decided, so `bot.py parity` can replay a run through the backtester.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,11 @@ from typing import Any
 from domain import Fill, Position, Trade
 
 MODES = ("paper", "live")
-ORDER_STATUSES = ("pending", "filled", "rejected", "abandoned")
+# pending: committed, about to be sent (or a crash came first); unknown: sent, its answer lost;
+# open: resting on the exchange (stops); the rest are final.
+ORDER_STATUSES = ("pending", "unknown", "open", "filled", "canceled", "rejected", "abandoned")
+UNRESOLVED = ("pending", "unknown")
+DUST_KEY = "dust"
 PAPER_CASH_KEY = "paper_cash"
 
 _SCHEMA_V1 = (
@@ -116,8 +121,39 @@ _SCHEMA_V2 = (
         client_order_id TEXT)""",
     "CREATE INDEX decisions_cycle ON decisions (cycle)",
 )
+_SCHEMA_V3 = (
+    "ALTER TABLE trades ADD COLUMN dust REAL NOT NULL DEFAULT 0",
+    # Orders gain the unknown / open / canceled states, a kind (stops rest on the exchange)
+    # and what of them has been booked: SQLite changes a CHECK only by rebuilding the table.
+    """CREATE TABLE orders_v3 (
+        id INTEGER PRIMARY KEY,
+        client_order_id TEXT NOT NULL UNIQUE,
+        symbol TEXT NOT NULL,
+        side TEXT NOT NULL CHECK (side IN ('buy', 'sell')),
+        amount REAL NOT NULL,
+        price REAL NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'unknown', 'open', 'filled',
+                                               'canceled', 'rejected', 'abandoned')),
+        exchange_order_id TEXT,
+        fee REAL NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        stop_loss REAL,
+        take_profit REAL,
+        kind TEXT NOT NULL DEFAULT 'market' CHECK (kind IN ('market', 'stop')),
+        filled REAL NOT NULL DEFAULT 0)""",
+    """INSERT INTO orders_v3 (id, client_order_id, symbol, side, amount, price, status,
+        exchange_order_id, fee, created_ms, updated_ms, reason, stop_loss, take_profit)
+        SELECT id, client_order_id, symbol, side, amount, price, status, exchange_order_id,
+        fee, created_ms, updated_ms, reason, stop_loss, take_profit FROM orders""",
+    "DROP TABLE orders",
+    "ALTER TABLE orders_v3 RENAME TO orders",
+    "CREATE INDEX orders_unresolved ON orders (created_ms)"
+    " WHERE status IN ('pending', 'unknown', 'open')",
+)
 # MIGRATIONS[i] takes a database from user_version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -140,6 +176,8 @@ class OrderRow:
     reason: str
     stop_loss: float | None = None     # an entry's protective levels travel with its order,
     take_profit: float | None = None   # so a fill found after a crash gets the same ones
+    kind: str = "market"               # or "stop": a stop-loss resting on the exchange
+    filled: float = 0.0                # of a stop: how much of it is booked so far
 
 
 @dataclass(frozen=True)
@@ -295,25 +333,26 @@ class Store:
 
     def add_pending_order(self, client_order_id: str, symbol: str, side: str, amount: float,
                           price: float, reason: str = "", stop_loss: float | None = None,
-                          take_profit: float | None = None) -> None:
+                          take_profit: float | None = None, kind: str = "market") -> None:
         """Record an order about to be sent (committed before returning, so before sending)."""
         now = self._now_ms()
         with self._transaction("add_pending_order") as conn:
             conn.execute(
                 "INSERT INTO orders (client_order_id, symbol, side, amount, price, status,"
-                " created_ms, updated_ms, reason, stop_loss, take_profit)"
-                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                " created_ms, updated_ms, reason, stop_loss, take_profit, kind)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
                 (client_order_id, symbol, side, amount, price, now, now, reason, stop_loss,
-                 take_profit))
+                 take_profit, kind))
 
-    def mark_order(self, client_order_id: str, status: str, reason: str = "",
+    def mark_order(self, client_order_id: str, status: str, reason: str | None = "",
                    exchange_order_id: str | None = None) -> None:
-        """Set an order's status (e.g. rejected, abandoned) with the reason."""
+        """Set an order's status (e.g. rejected, abandoned) with the reason (None keeps the
+        reason it was sent for)."""
         if status not in ORDER_STATUSES:
             raise ValueError(f"status must be one of {ORDER_STATUSES}, got {status!r}")
         with self._transaction("mark_order") as conn:
             cur = conn.execute(
-                "UPDATE orders SET status = ?, reason = ?, updated_ms = ?,"
+                "UPDATE orders SET status = ?, reason = COALESCE(?, reason), updated_ms = ?,"
                 " exchange_order_id = COALESCE(?, exchange_order_id)"
                 " WHERE client_order_id = ?",
                 (status, reason, self._now_ms(), exchange_order_id, client_order_id))
@@ -321,8 +360,14 @@ class Store:
                 raise StoreError(f"unknown order {client_order_id!r}")
 
     def pending_orders(self) -> list[OrderRow]:
-        """Orders sent (or about to be) whose outcome was never recorded, oldest first."""
-        return self._orders("WHERE status = 'pending' ORDER BY created_ms, id")
+        """Market orders sent (or about to be) whose outcome is not known yet, oldest first."""
+        return self._orders("WHERE status IN ('pending', 'unknown') AND kind = 'market'"
+                            " ORDER BY created_ms, id")
+
+    def live_stops(self) -> list[OrderRow]:
+        """Stop orders that rest (or may rest) on the exchange, oldest first."""
+        return self._orders("WHERE status IN ('pending', 'unknown', 'open') AND kind = 'stop'"
+                            " ORDER BY created_ms, id")
 
     def order(self, client_order_id: str) -> OrderRow | None:
         rows = self._orders("WHERE client_order_id = ?", (client_order_id,))
@@ -331,18 +376,28 @@ class Store:
     def _orders(self, where: str, params: Sequence[Any] = ()) -> list[OrderRow]:
         rows = self._query(
             "SELECT client_order_id, symbol, side, amount, price, status, exchange_order_id,"
-            f" fee, created_ms, updated_ms, reason, stop_loss, take_profit FROM orders {where}",
+            " fee, created_ms, updated_ms, reason, stop_loss, take_profit, kind, filled"
+            f" FROM orders {where}",
             params)
         return [OrderRow(*row) for row in rows]
 
     @staticmethod
-    def _fill_order(conn: sqlite3.Connection, fill: Fill) -> None:
-        cur = conn.execute(
-            "UPDATE orders SET status = 'filled', amount = ?, price = ?, fee = ?,"
-            " exchange_order_id = ?, updated_ms = ?"
-            " WHERE client_order_id = ? AND status != 'filled'",
-            (fill.amount, fill.price, fill.fee, fill.order_id, fill.timestamp_ms,
-             fill.client_order_id))
+    def _fill_order(conn: sqlite3.Connection, fill: Fill, done: bool = True) -> None:
+        """A market order's fill (final: the order is filled), or the next part of a stop's
+        (`done` False: it may fill more; amount and fee accumulate in `filled` and `fee`)."""
+        if done:
+            cur = conn.execute(
+                "UPDATE orders SET status = 'filled', amount = filled + ?, price = ?,"
+                " fee = fee + ?, filled = filled + ?, exchange_order_id = ?, updated_ms = ?"
+                " WHERE client_order_id = ? AND status != 'filled'",
+                (fill.amount, fill.price, fill.fee, fill.amount, fill.order_id,
+                 fill.timestamp_ms, fill.client_order_id))
+        else:
+            cur = conn.execute(
+                "UPDATE orders SET status = 'open', fee = fee + ?, filled = filled + ?,"
+                " exchange_order_id = ?, updated_ms = ? WHERE client_order_id = ?"
+                " AND status != 'filled'",
+                (fill.fee, fill.amount, fill.order_id, fill.timestamp_ms, fill.client_order_id))
         if cur.rowcount != 1:
             raise StoreError(f"order {fill.client_order_id!r} is unknown or already filled")
 
@@ -353,13 +408,16 @@ class Store:
     # -- positions and trades -------------------------------------------------------------
 
     def record_entry(self, fill: Fill, position: Position, cash: float | None = None) -> None:
-        """One transaction: order -> filled, position inserted, paper cash set (if given)."""
+        """One transaction: order -> filled, the position inserted (or, after a second buy
+        of a held pair, updated), paper cash set (if given)."""
         with self._transaction("record_entry") as conn:
             self._fill_order(conn, fill)
             conn.execute(
                 "INSERT INTO positions (symbol, amount, entry_price, entry_time_ms, stop_loss,"
                 " take_profit, entry_fee, group_name, entry_client_order_id, features,"
-                " entry_reason, probability) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " entry_reason, probability) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (symbol) DO UPDATE SET amount = excluded.amount,"
+                " entry_price = excluded.entry_price, entry_fee = excluded.entry_fee",
                 (position.symbol, position.amount, position.entry_price,
                  position.entry_time_ms, position.stop_loss, position.take_profit,
                  position.entry_fee, position.group, fill.client_order_id,
@@ -368,11 +426,15 @@ class Store:
             self._set_cash(conn, cash)
 
     def record_exit(self, fill: Fill, trade: Trade, remaining: Position | None = None,
-                    cash: float | None = None) -> None:
-        """One transaction: order -> filled, trade inserted, the position deleted (or reduced
-        to `remaining` after a partial sell), cash set."""
+                    cash: float | None = None, dust: Mapping[str, float] | None = None,
+                    order_done: bool = True) -> None:
+        """One transaction: order -> filled (or a stop's part booked), trade inserted, the
+        position deleted (or reduced to `remaining` after a partial sell), cash and the
+        dust held set (if given)."""
         with self._transaction("record_exit") as conn:
-            self._fill_order(conn, fill)
+            self._fill_order(conn, fill, order_done)
+            if dust is not None:
+                self._upsert_meta(conn, DUST_KEY, json.dumps(dict(dust)))
             if remaining is None:
                 cur = conn.execute("DELETE FROM positions WHERE symbol = ?", (trade.symbol,))
             else:
@@ -384,12 +446,12 @@ class Store:
                 "INSERT INTO trades (symbol, amount, entry_price, exit_price, entry_time_ms,"
                 " exit_time_ms, entry_fee, exit_fee, profit, return_pct, exit_reason,"
                 " features, entry_client_order_id, exit_client_order_id, entry_reason,"
-                " probability) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " probability, dust) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (trade.symbol, trade.amount, trade.entry_price, trade.exit_price,
                  trade.entry_time_ms, trade.exit_time_ms, trade.entry_fee, trade.exit_fee,
                  trade.profit, trade.return_pct, trade.exit_reason,
                  features_to_blob(trade.features), trade.entry_client_order_id,
-                 fill.client_order_id, trade.entry_reason, trade.probability))
+                 fill.client_order_id, trade.entry_reason, trade.probability, trade.dust))
             self._set_cash(conn, cash)
 
     def open_positions(self) -> list[Position]:
@@ -412,8 +474,13 @@ class Store:
         rows = self._query(
             "SELECT symbol, amount, entry_price, exit_price, entry_time_ms, exit_time_ms,"
             " entry_fee, exit_fee, profit, return_pct, exit_reason, entry_reason, probability,"
-            f" features, entry_client_order_id, exit_client_order_id FROM trades {tail}", params)
+            " features, entry_client_order_id, exit_client_order_id, dust"
+            f" FROM trades {tail}", params)
         return [Trade(*row[:13], blob_to_features(row[13]), *row[14:]) for row in rows]
+
+    def dust(self) -> dict[str, float]:
+        """Coins held that the market would not buy (below its minimum amount or value)."""
+        return json.loads(self.get_meta(DUST_KEY, "{}"))
 
     def last_exits(self) -> dict[str, int]:
         """When each pair was last sold (the strategy's cooldown needs it after a restart)."""

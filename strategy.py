@@ -134,15 +134,16 @@ def decide_entries(view: MarketView, positions: Mapping[str, Position], cash: fl
                    equity: float, params: StrategyParams, risk: RiskManager,
                    round_order: RoundOrder, predict: Predict | None = None,
                    confirm: Confirm | None = None,
-                   last_exits: Mapping[str, int] | None = None) -> Decisions:
+                   last_exits: Mapping[str, int] | None = None,
+                   busy: frozenset[str] | set[str] = frozenset()) -> Decisions:
     """Candidates -> risk sizing -> optional confirmation of what risk would take -> intents.
 
-    Held pairs and pairs in their cooldown after an exit (`last_exits`: symbol -> exit
-    time) are not candidates. Confirmation comes after sizing so that no LLM call is spent
+    Held pairs, pairs with an order whose outcome is not known yet (`busy`) and pairs in
+    their cooldown after an exit (`last_exits`: symbol -> exit time) are not candidates. Confirmation comes after sizing so that no LLM call is spent
     on an entry the risk manager would refuse anyway; an unconfirmed entry is dropped,
     never replaced.
     """
-    excluded = set(positions) | cooling_down(view, params, last_exits or {})
+    excluded = set(positions) | set(busy) | cooling_down(view, params, last_exits or {})
     candidates, used_model = find_candidates(view, params, excluded, predict)
     entries, skipped = risk.plan_entries(candidates, positions, cash, equity, params, round_order)
     if confirm is not None and entries:

@@ -69,7 +69,9 @@ class Trader:
         self.broker = (PaperBroker(self.client, self.ledger) if config.dry_run
                        else LiveBroker(self.client, config.quote_currency))
         self.orders = OrderExecutor(self.store, self.broker, self.ledger, self.risk.group_of,
-                                    persist_cash=config.dry_run)
+                                    persist_cash=config.dry_run, clock=self.clock)
+        self.ledger.dust = self.store.dust()
+        self._account: dict[str, float] | None = None   # live: the exchange's total balances
         self.cycle = 0
         self.start_equity = config.starting_balance
         self.last_prices: dict[str, float] = {}
@@ -79,7 +81,11 @@ class Trader:
         self.decisions: Decisions | None = None
         if config.llm_provider != "none":
             self.advisor = LLMAdvisor(config, self.monitor, self.clock)
-        self._resume()
+        try:
+            self._resume()
+        except ExchangeError as exc:
+            self.close()
+            raise StartupError(f"{config.exchange}: {exc}") from exc
 
     @property
     def positions(self) -> dict[str, Position]:
@@ -109,8 +115,9 @@ class Trader:
         self.orders.reconcile()
         self._sync_cash()
         start = self.store.get_meta("start_equity")
-        if start is None:
-            self.store.set_meta("start_equity", repr(self.ledger.cash))
+        if start is None:   # the account's real value (live: what the exchange holds)
+            self.start_equity = self.equity()
+            self.store.set_meta("start_equity", repr(self.start_equity))
         else:
             self.start_equity = float(start)
         self.cycle = int(self.store.get_meta("cycle", "0"))
@@ -131,10 +138,13 @@ class Trader:
                             position.amount)
 
     def _sync_cash(self) -> None:
-        """Live: the exchange's free balance is the cash (asked once per cycle)."""
-        cash = self.broker.free_cash()
-        if cash is not None:
-            self.ledger.cash = cash
+        """Live: the exchange's balances, asked once per cycle: the free quote is the cash
+        to size with, the totals are what equity counts."""
+        if self.config.dry_run:
+            return
+        balances = self.broker.balances()
+        self.ledger.cash = float((balances.get("free") or {}).get(self.config.quote_currency) or 0.0)
+        self._account = {k: float(v or 0.0) for k, v in (balances.get("total") or {}).items()}
 
     def _start_model(self) -> None:
         """The model trains in the background from the scanner's candles; until it is ready
@@ -208,6 +218,7 @@ class Trader:
             self.reporter.text(self.monitor.report())
 
     def _cycle_steps(self) -> None:
+        self.orders.resolve()
         self._sync_cash()
         record = self._record_state()
         decided: list[tuple] = []
@@ -228,7 +239,7 @@ class Trader:
         cycle of a run, the settings the decisions depend on."""
         state = {"cash": self.ledger.cash, "peak_equity": self.risk.peak_equity,
                  "positions": [asdict(p) | {"features": None} for p in self.positions.values()],
-                 "last_exits": self.ledger.last_exits}
+                 "last_exits": self.ledger.last_exits, "busy": sorted(self.orders.busy())}
         if not self._recorded_ts:
             state["setup"] = {"params": asdict(self.params), "risk": self.risk.settings()}
         return state
@@ -244,7 +255,7 @@ class Trader:
         with self.monitor.timing("decide"):
             decisions = decide_entries(view, self.positions, cash, equity, self.params, self.risk,
                                        self.broker.round_order, predict, self._confirmer(verdicts),
-                                       self.ledger.last_exits)
+                                       self.ledger.last_exits, set(record["busy"]))
         self.decisions = decisions
         record.update(symbols=list(view.symbols), cash=cash, equity=equity,
                       used_model=decisions.used_model, predictions=predictions, verdicts=verdicts)
@@ -298,7 +309,8 @@ class Trader:
         now_ms = int(self.clock() * 1000)
         if record is not None:
             record.update(exit_prices=prices, exit_ms=now_ms)
-        bars = {s: Bar.at(p) for s, p in prices.items()}
+        busy = set(record["busy"]) if record is not None else self.orders.busy()
+        bars = {s: Bar.at(p) for s, p in prices.items() if s not in busy}
         for intent in check_exits(self.positions, bars, now_ms, self.params):
             if self.stop.is_set():
                 break
@@ -320,11 +332,21 @@ class Trader:
 
     # -- accounting ---------------------------------------------------------------------
     def equity(self) -> float:
+        """Paper: the ledger's cash and positions. Live: what the exchange holds of the quote
+        and of every coin the bot holds, is buying or selling, or keeps as dust, so an order
+        whose outcome is unknown is counted once, whatever it did."""
         prices = dict(self.last_prices)
         if self.scan is not None and self.scan.view is not None:
             for s, p in zip(self.scan.view.symbols, self.scan.view.close.tolist()):
                 prices.setdefault(s, p)
-        return self.ledger.equity(prices)
+        if self._account is None:
+            return self.ledger.equity(prices)
+        known = {o.symbol: o.price for o in self.orders.unresolved()}    # the order's price,
+        known |= {s: p.entry_price for s, p in self.positions.items()}   # else the entry's
+        symbols = set(known) | set(self.ledger.dust)
+        return self._account.get(self.config.quote_currency, 0.0) + sum(
+            self._account.get(s.split("/")[0], 0.0) * prices.get(s, known.get(s, 0.0))
+            for s in symbols)
 
     def _log_skips(self, skipped) -> None:
         """Each skipped entry is logged with its reason, once until the reason changes."""
@@ -340,7 +362,7 @@ class Trader:
             self.cycle, seconds, len(scan.universe) if scan else 0, bool(scan and scan.from_cache),
             len(decisions.candidates) if decisions else 0, len(self.positions),
             self.config.max_open_positions, self.equity(), self.config.quote_currency,
-            self.start_equity, self._model_state())
+            self.start_equity, self._model_state(), len(self.orders.unresolved()))
 
     def _model_state(self) -> str:
         if self.model is None:

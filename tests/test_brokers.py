@@ -87,9 +87,20 @@ class BookFillAndFundsTest(unittest.TestCase):
         self.assertEqual(fill, Fill("X/USDT", "buy", 3.0, 32.0 / 3, 32.0, 32.0 * 0.002, 77,
                                     "o-1", "c-1"))
 
-    def test_book_fill_refuses_a_thin_book(self):
-        with self.assertRaisesRegex(OrderRejected, r"X/USDT: order book too thin: 1 of 3"):
-            book_fill(self.rules, "sell", 3.0, [[10.0, 1.0]], 0, "o", "c")
+    def test_book_fill_fills_what_a_thin_book_holds_and_refuses_less_than_the_minimum(self):
+        fill = book_fill(self.rules, "sell", 3.0, [[10.0, 1.0]], 0, "o", "c")
+        self.assertEqual((fill.amount, fill.price), (1.0, 10.0), "the part the book holds fills")
+        self.assertAlmostEqual(fill.fee, 10.0 * self.rules.taker)
+        with self.assertRaisesRegex(OrderRejected, r"X/USDT: order book too thin"):
+            book_fill(self.rules, "sell", 3.0, [[10.0, 1e-9]], 0, "o", "c")
+
+    def test_the_slippage_guard_takes_only_levels_near_the_best_price(self):
+        levels = [[100.0, 1.0], [100.5, 1.0], [103.0, 10.0]]
+        fill = book_fill(self.rules, "buy", 5.0, levels, 0, "o", "c", max_slippage=0.01)
+        self.assertEqual(fill.amount, 2.0, "levels beyond 1 % of the best ask are not taken")
+        self.assertAlmostEqual(fill.price, 100.25)
+        unguarded = book_fill(self.rules, "buy", 5.0, levels, 0, "o", "c")
+        self.assertEqual(unguarded.amount, 5.0)
 
     def test_check_funds(self):
         ledger = Ledger(100.0, [position("X/USDT", 2.0)])
@@ -172,8 +183,7 @@ class PaperBrokerTest(unittest.TestCase):
         broker.market_order(self.symbol, "buy", self.min_amount(), "t-1")
         broker.market_order(self.symbol, "sell", 0.5, "t-2")
         self.assertEqual((ledger.cash, ledger.positions), before)
-        self.assertIsNone(broker.free_cash())
-        self.assertIsNone(broker.find_order(self.symbol, "t-1"))
+        self.assertIsNone(broker.lookup(self.symbol, "t-1").fill)
 
     def test_with_the_ledger_cash_ends_at_start_plus_the_trades_profit(self):
         ledger = Ledger(10_000.0)
@@ -210,13 +220,13 @@ class PaperBrokerTest(unittest.TestCase):
         with self.assertRaisesRegex(OrderRejected, "cannot sell .*holding 0"):
             PaperBroker(self.client, Ledger(1e9)).market_order(self.symbol, "sell", held, "t-none")
 
-    def test_order_larger_than_the_book_is_refused(self):
+    def test_order_larger_than_the_book_fills_what_the_book_holds(self):
         broker = PaperBroker(self.client, Ledger(1e15), book_depth=5)
         book = self.client.fetch_order_book(self.symbol, 5)
         depth = sum(q for _, q in book["asks"])
         self.assertLess(2 * depth, self.largest_amount())
-        with self.assertRaisesRegex(OrderRejected, "too thin"):
-            broker.market_order(self.symbol, "buy", 2 * depth, "t-thin")
+        fill = broker.market_order(self.symbol, "buy", 2 * depth, "t-thin")
+        self.assertAlmostEqual(fill.amount, self.client.rules(self.symbol).round_amount(depth))
 
     def test_orders_beyond_the_market_limits_are_refused(self):
         broker = PaperBroker(self.client, Ledger(1e15))
@@ -254,7 +264,7 @@ class LiveBrokerTest(unittest.TestCase):
     def test_signed_buy_and_sell_move_the_sim_balances_by_cost_and_fee(self):
         base, quote = self.market["base"], self.market["quote"]
         start_quote = self.server.balances[quote]
-        self.assertAlmostEqual(self.broker.free_cash(), start_quote)
+        self.assertAlmostEqual(self.broker.balances()['free']['USDT'], start_quote)
         buy = self.broker.market_order(self.symbol, "buy", self.amount(), "t-buy-1")
         self.assertEqual(buy.client_order_id, "t-buy-1")
         # Binance takes a buy's fee in the coin bought: amount is what the account holds
@@ -267,19 +277,19 @@ class LiveBrokerTest(unittest.TestCase):
         self.assertAlmostEqual(self.server.balances[quote],
                                start_quote - buy.cost - buy.fee + sell.cost - sell.fee, delta=1e-6)
         self.assertAlmostEqual(self.server.balances[base], buy.amount - sell.amount, delta=1e-8)
-        self.assertAlmostEqual(self.broker.free_cash(), self.server.balances[quote])
+        self.assertAlmostEqual(self.broker.balances()['free']['USDT'], self.server.balances[quote])
 
     def test_find_order_by_client_order_id_after_a_restart(self):
         fill = self.broker.market_order(self.symbol, "buy", self.amount(), "t-find-1")
         restarted = LiveBroker(self.client)       # a new broker knows only the id
-        found = restarted.find_order(self.symbol, "t-find-1")
+        found = restarted.lookup(self.symbol, "t-find-1").fill
         self.assertEqual((found.order_id, found.side, found.client_order_id),
                          (fill.order_id, "buy", "t-find-1"))
         for field in ("amount", "price", "cost", "fee"):
             self.assertAlmostEqual(getattr(found, field), getattr(fill, field), delta=1e-9,
                                    msg=field)
-        self.assertIsNone(restarted.find_order(self.symbol, "t-never-sent"))
-        self.assertIsNone(restarted.find_order(self.client.sim.symbols[0], "t-find-1"))
+        self.assertIsNone(restarted.lookup(self.symbol, "t-never-sent").fill)
+        self.assertIsNone(restarted.lookup(self.client.sim.symbols[0], "t-find-1").fill)
 
     def test_a_lost_answer_after_the_order_reached_the_sim_does_not_place_it_twice(self):
         self.client.ccxt.timeout = 400
@@ -304,8 +314,8 @@ class LiveBrokerTest(unittest.TestCase):
         self.assertEqual({t["order"] for t in trades}, {fill.order_id})
         self.assertAlmostEqual(self.server.balances[self.market["quote"]],
                                before - fill.cost - fill.fee, delta=1e-6)
-        self.assertEqual(self.broker.find_order(self.symbol, "t-dup-1"), fill)
-        self.assertIsNone(self.broker.find_order(self.symbol, "t-never-sent"))
+        self.assertEqual(self.broker.lookup(self.symbol, "t-dup-1").fill, fill)
+        self.assertIsNone(self.broker.lookup(self.symbol, "t-never-sent").fill)
 
     def test_insufficient_balance_is_refused_at_once(self):
         price = self.client.sim.last_price(self.market["id"])
@@ -361,8 +371,7 @@ class BacktestBrokerTest(unittest.TestCase):
         self.assertEqual(self.broker.round_order(self.symbol, "buy", 1.23456, 150.0004),
                          (1.234, 150.0))
         self.assertIs(self.broker.rules(self.symbol), self.rules)
-        self.assertIsNone(self.broker.free_cash())
-        self.assertIsNone(self.broker.find_order(self.symbol, "bt-c-1"))
+        self.assertIsNone(self.broker.lookup(self.symbol, "bt-c-1").fill)
 
     def test_the_book_model_makes_size_cost_slippage(self):
         levels = self.book()
@@ -376,11 +385,12 @@ class BacktestBrokerTest(unittest.TestCase):
         self.assertEqual(large.price, walk_book(levels("buy"), 500.0)[0])
         self.assertEqual(sold.price, walk_book(levels("sell"), 10.0)[0])
 
-    def test_a_thin_book_is_refused(self):
+    def test_a_thin_book_fills_partly(self):
         self.broker.quotes[self.symbol] = Quote(150.0, 0, lambda side: [[150.0, 0.5]])
+        self.assertEqual(self.broker.market_order(self.symbol, "buy", 1.0, "c-thin").amount, 0.5)
+        self.broker.quotes[self.symbol] = Quote(150.0, 0, lambda side: [[150.0, 0.001]])
         with self.assertRaisesRegex(OrderRejected, "too thin"):
-            self.broker.market_order(self.symbol, "buy", 1.0, "c-thin")
-        self.assertEqual(self.broker.market_order(self.symbol, "buy", 0.5, "c-ok").amount, 0.5)
+            self.broker.market_order(self.symbol, "buy", 1.0, "c-too-thin")
 
     def test_limits_and_funds_are_checked(self):
         self.broker.quotes[self.symbol] = Quote(150.0, 0, lambda side: [[150.0, 1e9]])

@@ -137,7 +137,7 @@ class CreateClientTest(unittest.TestCase):
             self.assertNotEqual(client.ccxt.apiKey, "sim-key")
             self.assertEqual(client.quote, "USDT")
             self.assertAlmostEqual(client.clock(), client.sim.now(), delta=600.0)
-            self.assertAlmostEqual(LiveBroker(client).free_cash(), 10_000.0)
+            self.assertAlmostEqual(LiveBroker(client).balances()['free']['USDT'], 10_000.0)
         self.assertRaises(ccxt.NetworkError, client.ccxt.fetch_time)  # stopped with the client
 
 

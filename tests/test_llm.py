@@ -523,5 +523,62 @@ class ReplayTest(unittest.TestCase):
                          "config.py's LLM_CACHE_TTL default must match llm_cache.DEFAULT_TTL")
 
 
+class KeyRedactionTest(unittest.TestCase):
+    """The LLM key is masked in failure logs whole, in pieces and encoded, not only exact."""
+
+    KEY = "sk-Zq7LmW2xR9tVbN4cYh8JpK3dF6gS1aE5"
+
+    def _server(self, body: bytes):  # -> http.server.ThreadingHTTPServer
+        import http.server
+
+        class Refuse(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        self.addCleanup(httpd.server_close)
+        self.addCleanup(httpd.shutdown)
+        return httpd
+
+    def test_a_server_echoing_pieces_of_the_key_does_not_leak_them(self) -> None:
+        import base64
+        import urllib.parse
+        key = self.KEY
+        echoes = {"piece": key[5:19], "url-encoded": urllib.parse.quote(key + "/", safe=""),
+                  "hex": key.encode().hex()[:40],
+                  "base64": base64.b64encode(f"user:{key}".encode()).decode()}
+        for form, echoed in echoes.items():
+            with self.subTest(form=form):
+                httpd = self._server(f'{{"error": "invalid key {echoed}"}}'.encode())
+                url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+                advisor = LLMAdvisor(config(url, llm_api_key=key))
+                self.addCleanup(advisor.close)
+                with self.assertLogs("llm_advisor", level="DEBUG") as logs:
+                    decision = advisor.confirm([TAKE_STATE])["ETH/USDT"]
+                self.assertEqual(decision.source, "fallback")
+                output = "\n".join(logs.output)
+                self.assertIn("HTTP 401", output)
+                self.assertIn("***", output)
+                self.assertNotIn(echoed, output)
+                for i in range(len(key) - 7):
+                    self.assertNotIn(key[i:i + 8], output)
+
+    def test_ordinary_details_are_left_alone(self) -> None:
+        advisor = LLMAdvisor(config(llm_api_key=self.KEY))
+        self.addCleanup(advisor.close)
+        with self.assertLogs("llm_advisor", level="WARNING") as logs:
+            advisor._failure("http_error", "HTTP 503: b'service unavailable, sk-Zq7L'")
+        self.assertIn("HTTP 503: b'service unavailable, sk-Zq7L'", logs.output[0])
+
+
 if __name__ == "__main__":
     unittest.main()

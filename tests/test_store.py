@@ -485,9 +485,9 @@ class AtomicityTest(StoreTestCase):
     def test_failed_entry_writes_nothing(self) -> None:
         self.enter(self.store, "c-1", cash=950.0)
         self.store.add_pending_order("c-2", "BTC/USDT", "buy", 0.5, 100.0)
-        # The order update succeeds, then the position insert violates UNIQUE(symbol).
-        with self.assertRaisesRegex(StoreError, "record_entry failed.*UNIQUE"):
-            self.store.record_entry(fill("c-2"), position(), cash=900.0)
+        # The order update succeeds, then the position insert violates CHECK (amount > 0).
+        with self.assertRaisesRegex(StoreError, "record_entry failed.*CHECK"):
+            self.store.record_entry(fill("c-2"), position("ETH/USDT", amount=0.0), cash=900.0)
         store = self.reopen()
         self.assertEqual(store.order("c-2").status, "pending")
         self.assertEqual(len(store.open_positions()), 1)
@@ -558,7 +558,7 @@ class BadFileTest(unittest.TestCase):
         self.assertGreater(len(data), 4 * 4096)
         data[3 * 4096:4 * 4096] = b"\xab" * 4096  # page 4: a b-tree page
         self.path.write_bytes(bytes(data))
-        self.assert_one_line_error("integrity check failed")
+        self.assert_one_line_error("integrity check failed|malformed")
 
     def test_newer_schema(self) -> None:
         conn = sqlite3.connect(self.path)

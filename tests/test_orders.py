@@ -1,0 +1,112 @@
+"""Orders whose answer is lost, in live mode against the simulated exchange through real ccxt:
+nothing bought twice, nothing untracked, all resolved once the exchange heals, no restart."""
+import tempfile
+import unittest
+
+from reporter import Reporter
+from tests.test_trader import trader_config
+from trader import Trader
+
+
+class LostAnswers(unittest.TestCase):
+    def setUp(self):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.trader = Trader(trader_config(tmp.name, DRY_RUN="false", MAX_HOLD_CANDLES="500",
+                                           STOP_LOSS_ATR="20", TAKE_PROFIT_ATR="20"),
+                             reporter=Reporter(lambda line: None))
+        self.addCleanup(self.trader.close)
+        self.trader.client.attempts = 2          # fewer retries inside one call: a quick test
+        self.server = self.trader.client.sim_server
+
+    def lose_the_next_answers(self):
+        """From the next order on, every request naming its pair is executed and its answer
+        lost (a 5xx after processing), and lookups of it fail, until `heal`."""
+        ex = self.trader.client.ccxt
+        real = ex.create_order
+
+        def create_order(symbol, *args, **kwargs):
+            self.server.set_faults(error_rate=1.0, after_processing=True,
+                                   symbols={symbol.replace("/", "")})
+            ex.create_order = real
+            return real(symbol, *args, **kwargs)
+
+        ex.create_order = create_order
+
+    def heal(self):
+        self.server.set_faults()
+
+    def cycles(self, n: int):
+        for _ in range(n):
+            self.trader.client.sim.advance(60)
+            self.trader.run_cycle()
+
+    def orders_of(self, symbol: str, side: str):
+        return [o for o in self.trader.store._orders("WHERE symbol = ? AND side = ?", (symbol, side))]
+
+    def first_entry(self):
+        self.lose_the_next_answers()
+        for _ in range(30):
+            self.cycles(1)
+            unresolved = self.trader.orders.unresolved()
+            if unresolved:
+                return unresolved[0]
+        self.fail("the strategy bought nothing in 30 cycles")
+
+    def test_a_buy_whose_answer_is_lost_is_booked_once_after_the_exchange_heals(self):
+        order = self.first_entry()
+        symbol, base = order.symbol, order.symbol.split("/")[0]
+        self.assertEqual(order.status, "unknown")
+        held = self.server.balances[base]
+        self.assertGreater(held, 0, "the exchange executed the buy")
+        self.assertNotIn(symbol, self.trader.positions)
+        self.cycles(3)                           # still failing: nothing more is bought
+        price = order.price
+        self.assertAlmostEqual(self.trader._account[base], held)
+        counted = self.trader._account["USDT"] + held * price
+        self.assertAlmostEqual(self.trader.equity() - sum(
+            p.amount * self.trader.last_prices.get(s, p.entry_price)
+            for s, p in self.trader.positions.items() if s != symbol), counted,
+            delta=counted * 0.01, msg="the coins of the unknown buy count once in equity")
+        self.assertEqual(len(self.orders_of(symbol, "buy")), 1, "no second buy of the pair")
+        self.assertEqual(self.server.balances[base], held)
+        self.assertIn(symbol, self.trader.orders.busy())
+        self.heal()
+        self.cycles(5)
+        self.assertEqual(self.trader.orders.unresolved(), [], "resolved without a restart")
+        self.assertAlmostEqual(self.trader.positions[symbol].amount, self.server.balances[base],
+                               places=9)
+        self.assertEqual(self.trader.store.order(order.client_order_id).status, "filled")
+        stored = {p.symbol: p for p in self.trader.store.open_positions()}
+        self.assertAlmostEqual(stored[symbol].amount, held, places=9)
+
+    def test_a_sell_whose_answer_is_lost_is_not_sent_again(self):
+        for _ in range(30):
+            self.cycles(1)
+            if self.trader.positions:
+                break
+        self.assertTrue(self.trader.positions, "the strategy bought something")
+        symbol, position = next(iter(self.trader.positions.items()))
+        base = symbol.split("/")[0]
+        self.lose_the_next_answers()
+        self.assertIsNone(self.trader.orders.sell(position, position.entry_price, "test_exit"))
+        step = self.trader.client.rules(symbol).step
+        left = self.server.balances.get(base, 0.0)
+        self.assertLess(left, step, "the exchange executed the sell (up to the lot step)")
+        self.assertIn(symbol, self.trader.positions, "not booked: its outcome is unknown")
+        self.cycles(3)
+        self.assertEqual(len(self.orders_of(symbol, "sell")), 1, "the sell was not sent again")
+        self.heal()
+        self.cycles(5)
+        self.assertNotIn(symbol, self.trader.positions)
+        self.assertEqual(self.trader.orders.unresolved(), [])
+        trades = [t for t in self.trader.store.all_trades() if t.symbol == symbol]
+        self.assertEqual([t.exit_reason for t in trades], ["test_exit"], "booked once")
+        trade = trades[0]
+        self.assertAlmostEqual(trade.amount + trade.dust, position.amount, places=9)
+        if left > 0:   # what the market will not buy is dust, tracked and paid for
+            self.assertAlmostEqual(self.trader.store.dust()[symbol], left, places=9)
+
+
+if __name__ == "__main__":
+    unittest.main()
