@@ -2,22 +2,33 @@
 
 Heavy libraries (ccxt, numpy, scikit-learn) are imported inside the commands that need
 them, so `python bot.py --help` and `python bot.py config` start fast.
+
+Every error a user can cause (a setting, an option, a file) ends in one line on stderr,
+`error: ...`, and exit code 2, with nothing written: click's own usage errors included.
 """
 from __future__ import annotations
 
 import ctypes
 import logging
 import os
+import re
 import signal
 import sys
 import threading
+from datetime import datetime
 from pathlib import Path
 
 import click
 
-from config import ConfigError, check_exchange_id, load_config
+from config import (ConfigError, check_exchange_id, directory_problem, load_config,
+                    parse_real, parse_symbols, parse_whole, prepare_data_dir, real_range,
+                    whole_range)
 
 log = logging.getLogger("bot")
+
+SIM_MAX_DAYS = 3650            # --sim-days: ten years
+SIM_MAX_CANDLES = 20_000_000   # --simulated: pairs x candles (about 1 GiB of float64 candles)
+DOWNLOAD_MAX_DAYS = 3650       # --days of download-data: ten years
 
 
 def fail(message: str) -> None:
@@ -26,11 +37,109 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def load_or_fail(env_file: str | None):
+def load_or_fail(env_file: str | None, create_data_dir: bool = True):
+    """The configuration, or `fail` with its one-line error. Without `create_data_dir`,
+    DATA_DIR is checked but not created (for commands that write nothing there)."""
     try:
-        return load_config(env_file)
+        return load_config(env_file, create_data_dir=create_data_dir)
     except ConfigError as exc:
         fail(str(exc))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class OneLineErrors:
+    """click's usage errors as one `error: ...` line (exit 2) instead of usage + hint + error,
+    Ctrl-C during option parsing or a prompt as one line (exit 130)."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("\nerror: aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            click.echo(f"error: {_one_line(exc.format_message())}", err=True)
+            sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)   # --help and friends return their code
+
+
+class Command(OneLineErrors, click.Command):
+    pass
+
+
+class Group(OneLineErrors, click.Group):
+    command_class = Command
+
+
+class Number(click.ParamType):
+    """A strict number option: plain ASCII decimal, finite, within bounds (config's rules)."""
+
+    def __init__(self, lo: float, hi: float, *, whole: bool = False, open_lo: bool = False):
+        self.lo, self.hi, self.whole, self.open_lo = lo, hi, whole, open_lo
+        self.name = "integer" if whole else "number"
+        self.allowed = whole_range(lo, hi) if whole else real_range(lo, hi, open_lo)
+
+    def convert(self, value, param, ctx):
+        text = value.strip() if isinstance(value, str) else str(value)
+        try:
+            if self.whole:
+                return parse_whole(text, self.lo, self.hi)
+            return parse_real(text, self.lo, self.hi, open_lo=self.open_lo)
+        except ValueError as exc:
+            self.fail(f"{value!r} {exc} (allowed: {self.allowed})", param, ctx)
+
+
+def _pairs_option(ctx, param, value: str | None) -> list[str]:
+    """--pairs: comma-separated BASE/QUOTE symbols, each once (config's PAIR_ALLOWLIST rules)."""
+    if value is None:
+        return []
+    try:
+        pairs = list(parse_symbols(value))
+    except ValueError as exc:
+        raise click.BadParameter(f"{value[:60]!r} {exc} (allowed: comma-separated BASE/QUOTE "
+                                 f"pairs, each once, e.g. ETH/USDT,BTC/USDT)") from None
+    if not pairs:
+        raise click.BadParameter("is empty (allowed: comma-separated BASE/QUOTE pairs, e.g. "
+                                 "ETH/USDT,BTC/USDT; leave the option out for the default)")
+    return pairs
+
+
+def _day_option(ctx, param, value: str | None) -> str | None:
+    """--start / --end: a real day written YYYY-MM-DD in ASCII digits."""
+    if value is None:
+        return None
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value, re.ASCII):
+        try:
+            if datetime.strptime(value, "%Y-%m-%d").year >= 1970:
+                return value
+        except ValueError:
+            pass
+    raise click.BadParameter(f"{value[:40]!r} is not a day like 2024-01-31 (allowed: "
+                             f"YYYY-MM-DD, UTC, 1970 or later)")
+
+
+def _timeframe_option(ctx, param, value: str) -> str:
+    from candle_files import timeframe_to_ms   # numpy: only when the command runs
+
+    try:
+        timeframe_to_ms(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc} (allowed: a number and a unit s, m, h, d, w or M, "
+                                 f"e.g. 5m or 1h)") from None
+    return value.strip()
+
+
+def _directory_or_fail(path: Path, option: str, create: bool) -> None:
+    """`fail` unless `path` can be written into (created when `create`; else nothing is)."""
+    problem = directory_problem(path, create)
+    if problem:
+        fail(f"{option} '{path}' {problem} (allowed: a directory that can be created and "
+             f"written to)")
 
 
 def setup_logging(level: str) -> None:
@@ -87,13 +196,13 @@ class StopSignals:
         click.echo("\nstopping after the current step (Ctrl-C again to exit at once)", err=True)
 
 
-CYCLES = click.option("--cycles", type=click.IntRange(min=1), default=None,
+CYCLES = click.option("--cycles", type=Number(1, 1_000_000_000, whole=True), default=None,
                       help="Stop after this many cycles (default: run until stopped).")
 ASSUME_YES = click.option("--yes", "assume_yes", is_flag=True,
                           help="Confirm live trading on a real exchange without a prompt.")
 
 
-@click.group(invoke_without_command=True)
+@click.group(cls=Group, invoke_without_command=True)
 @click.option("--env-file", default=".env", show_default=True,
               help="Settings file read before the environment (the environment wins).")
 @CYCLES
@@ -116,7 +225,7 @@ def cli(ctx: click.Context, env_file: str, cycles: int | None, assume_yes: bool)
 @click.pass_context
 def run(ctx: click.Context, cycles: int | None, assume_yes: bool) -> None:
     """Run the trading loop (the default command)."""
-    config = load_or_fail(ctx.obj["env_file"])
+    config = load_or_fail(ctx.obj["env_file"], create_data_dir=False)
     setup_logging(config.log_level)
     try:
         check_exchange_id(config)
@@ -127,6 +236,10 @@ def run(ctx: click.Context, cycles: int | None, assume_yes: bool) -> None:
             fail("live trading on a real exchange needs confirmation: run in a terminal "
                  "or pass --yes")
         click.confirm(f"Trade with REAL money on {config.exchange}?", abort=True)
+    try:
+        prepare_data_dir(config)
+    except ConfigError as exc:
+        fail(str(exc))
     from reporter import Reporter
     from trader import StartupError, Trader
 
@@ -135,7 +248,7 @@ def run(ctx: click.Context, cycles: int | None, assume_yes: bool) -> None:
     stop.install()
     try:
         trader = Trader(config, stop.event, Reporter(click.echo))
-    except StartupError as exc:
+    except (StartupError, ConfigError) as exc:   # ConfigError: e.g. config.check_pairs
         fail(str(exc))
     from store import StoreError
 
@@ -176,7 +289,7 @@ def parity(ctx: click.Context) -> None:
 @click.pass_context
 def show_config(ctx: click.Context) -> None:
     """Print the effective configuration and where each value came from (secrets masked)."""
-    config = load_or_fail(ctx.obj["env_file"])
+    config = load_or_fail(ctx.obj["env_file"], create_data_dir=False)
     rows = config.describe()
     width = max(len(name) for name, _, _ in rows)
     for name, value, source in rows:
@@ -185,13 +298,17 @@ def show_config(ctx: click.Context) -> None:
 
 @cli.command()
 @click.option("--trades", "n_trades", default=10, show_default=True,
-              help="How many recent closed trades to show.")
+              type=Number(0, 1000, whole=True), help="How many recent closed trades to show.")
 @click.pass_context
 def status(ctx: click.Context, n_trades: int) -> None:
     """Print open positions, recent closed trades, totals and the model's quality."""
-    config = load_or_fail(ctx.obj["env_file"])
-    from store import StoreError
+    config = load_or_fail(ctx.obj["env_file"], create_data_dir=False)
+    from store import StoreError, store_path
     from trader import status_report
+
+    if not store_path(config.data_dir, config.mode).exists():
+        fail(f"no {config.mode} database in {config.data_dir}: run the bot first (or set "
+             "DATA_DIR / DRY_RUN to the run to show)")
 
     try:
         click.echo(status_report(config, n_trades))
@@ -202,41 +319,44 @@ def status(ctx: click.Context, n_trades: int) -> None:
 @cli.command("backtest")
 @click.option("--data-dir", default="user_data/data", show_default=True,
               type=click.Path(path_type=Path), help="Folder with the candle files.")
-@click.option("--timeframe", default="5m", show_default=True)
-@click.option("--pairs", help="Comma-separated pairs (default: every file of the timeframe).")
-@click.option("--start", help="First day to trade, YYYY-MM-DD UTC (earlier candles warm up).")
-@click.option("--end", help="Stop before this day, YYYY-MM-DD UTC (exclusive).")
+@click.option("--timeframe", default="5m", show_default=True, callback=_timeframe_option)
+@click.option("--pairs", callback=_pairs_option,
+              help="Comma-separated pairs (default: every file of the timeframe).")
+@click.option("--start", callback=_day_option,
+              help="First day to trade, YYYY-MM-DD UTC (earlier candles warm up).")
+@click.option("--end", callback=_day_option,
+              help="Stop before this day, YYYY-MM-DD UTC (exclusive).")
 @click.option("--report-dir", default="user_data/backtest", show_default=True,
-              type=click.Path(path_type=Path, file_okay=False))
+              type=click.Path(path_type=Path))
 @click.option("--simulated", is_flag=True, help="Use the simulated market's candles instead.")
-@click.option("--sim-pairs", default=10, show_default=True, type=click.IntRange(1, 200),
+@click.option("--sim-pairs", default=10, show_default=True, type=Number(1, 200, whole=True),
               help="With --simulated: how many pairs.")
-@click.option("--sim-days", default=14.0, show_default=True,
-              type=click.FloatRange(min=1), help="With --simulated: how many days.")
+@click.option("--sim-days", default=14.0, show_default=True, type=Number(1, SIM_MAX_DAYS),
+              help="With --simulated: how many days.")
 @click.option("--no-model", is_flag=True, help="Fallback rule only: no walk-forward model.")
-@click.option("--starting-balance", type=click.FloatRange(min=0, min_open=True),
+@click.option("--starting-balance", type=Number(0, 1e12, open_lo=True),
               help="Quote balance to start with (default: STARTING_BALANCE).")
 @click.pass_context
-def backtest_command(ctx: click.Context, data_dir: Path, timeframe: str, pairs: str | None,
+def backtest_command(ctx: click.Context, data_dir: Path, timeframe: str, pairs: list[str],
                      start: str | None, end: str | None, report_dir: Path, simulated: bool,
                      sim_pairs: int, sim_days: float, no_model: bool,
                      starting_balance: float | None) -> None:
     """Replay candle files through the live strategy, risk rules and model; write a report."""
+    config = load_or_fail(ctx.obj["env_file"], create_data_dir=False)
+    _directory_or_fail(report_dir, "--report-dir", create=False)
+    if simulated:
+        _check_sim_size(timeframe, sim_pairs, sim_days)
     import backtest
     from backtest_report import format_report, write_report
-    from candle_files import CandleFileError, setup_cli_logging, split_pairs
+    from candle_files import CandleFileError, setup_cli_logging
 
-    config = load_or_fail(ctx.obj["env_file"])
     setup_cli_logging(config.log_level)
-    if report_dir.exists() and not report_dir.is_dir():
-        fail(f"--report-dir {report_dir} is a file; pass a directory")
     try:
         job = backtest.backtest_job(
-            config, data_dir=data_dir, timeframe=timeframe, pairs=split_pairs(pairs),
+            config, data_dir=data_dir, timeframe=timeframe, pairs=pairs,
             start=start, end=end, simulated=simulated, sim_pairs=sim_pairs, sim_days=sim_days,
             use_model=not no_model, starting_balance=starting_balance)
-        with click.progressbar(length=backtest.step_count(job.candles), label="replaying",
-                               file=sys.stderr) as bar:
+        with _progress(backtest.step_count(job.candles), "replaying") as bar:
             result = backtest.run_backtest(job.candles, config, job.use_model, params=job.params,
                                            settings=job.settings, progress=bar.update)
     except (ValueError, CandleFileError) as exc:
@@ -252,15 +372,15 @@ def backtest_command(ctx: click.Context, data_dir: Path, timeframe: str, pairs: 
 @cli.command("download-data")
 @click.option("--exchange", default="binance", show_default=True,
               help="A ccxt exchange id, or 'simulated' for the built-in simulated market.")
-@click.option("--pairs", help="Comma-separated pairs, e.g. ETH/USDT,BTC/USDT "
-                              "(default: PAIR_ALLOWLIST).")
-@click.option("--timeframe", default="5m", show_default=True)
-@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=30.0,
+@click.option("--pairs", callback=_pairs_option,
+              help="Comma-separated pairs, e.g. ETH/USDT,BTC/USDT (default: PAIR_ALLOWLIST).")
+@click.option("--timeframe", default="5m", show_default=True, callback=_timeframe_option)
+@click.option("--days", type=Number(0, DOWNLOAD_MAX_DAYS, open_lo=True), default=30.0,
               show_default=True, help="How much history to have in each file.")
 @click.option("--data-dir", default="user_data/data", show_default=True,
               type=click.Path(path_type=Path), help="Where the candle files are kept.")
 @click.pass_context
-def download_data_command(ctx: click.Context, exchange: str, pairs: str | None, timeframe: str,
+def download_data_command(ctx: click.Context, exchange: str, pairs: list[str], timeframe: str,
                           days: float, data_dir: Path) -> None:
     """Download candles into CSV files; re-running extends them (and resumes after Ctrl-C)."""
     from dataclasses import replace
@@ -268,22 +388,17 @@ def download_data_command(ctx: click.Context, exchange: str, pairs: str | None, 
     import candle_files as cf
     from exchange import ExchangeError, create_client
 
-    config = load_or_fail(ctx.obj["env_file"])
+    config = load_or_fail(ctx.obj["env_file"], create_data_dir=False)
     cf.setup_cli_logging(config.log_level)
-    try:
-        cf.timeframe_to_ms(timeframe)
-    except ValueError as exc:
-        fail(f"--timeframe: {exc}")
-    if data_dir.exists() and not data_dir.is_dir():
-        fail(f"--data-dir {data_dir} is a file; pass a directory")
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(f"--data-dir {data_dir} cannot be created ({exc.strerror or exc})")
-    symbols = cf.split_pairs(pairs) or list(config.pair_allowlist)
+    _directory_or_fail(data_dir, "--data-dir", create=False)
+    symbols = pairs or list(config.pair_allowlist)
     if not symbols:
         fail("no pairs: pass --pairs ETH/USDT,BTC/USDT (or set PAIR_ALLOWLIST)")
-    config = replace(config, exchange=exchange.strip().lower(), api_key="", api_secret="",
+    exchange = exchange.strip().lower()
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,49}", exchange, re.ASCII):
+        fail(f"--exchange {exchange[:40]!r} is not an exchange id (allowed: simulated or a "
+             f"ccxt exchange id such as binance, kraken, okx)")
+    config = replace(config, exchange=exchange, api_key="", api_secret="",
                      dry_run=True)      # public candles only: no keys are sent
     try:
         check_exchange_id(config)
@@ -296,8 +411,8 @@ def download_data_command(ctx: click.Context, exchange: str, pairs: str | None, 
         problem = cf.download_problem(client, symbols, timeframe, exchange)
         if problem:
             fail(problem)
-        with click.progressbar(length=1, label=f"{exchange} {timeframe}", file=sys.stderr,
-                               show_pos=True) as bar:
+        _directory_or_fail(data_dir, "--data-dir", create=True)
+        with _progress(1, f"{exchange} {timeframe}", show_pos=True) as bar:
             def progress(slots: int, total: int) -> None:
                 bar.length = max(total, 1)
                 bar.update(slots)
@@ -316,6 +431,39 @@ def download_data_command(ctx: click.Context, exchange: str, pairs: str | None, 
         client.close()
     for r in results:
         click.echo(cf.describe_download(r))
+
+
+def _progress(length: int, label: str, **options):
+    """A progress bar on stderr when it is a terminal; a silent stand-in otherwise (so that
+    an error after it is still the only line a script sees)."""
+    if sys.stderr.isatty():
+        return click.progressbar(length=length, label=label, file=sys.stderr, **options)
+    return _NoProgress(length)
+
+
+class _NoProgress:
+    def __init__(self, length: int):
+        self.length = length
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, n_steps: int, current_item=None) -> None:
+        pass
+
+
+def _check_sim_size(timeframe: str, sim_pairs: int, sim_days: float) -> None:
+    """`fail` when --simulated would generate more candles than fit comfortably in memory."""
+    from candle_files import timeframe_to_ms
+
+    per_pair = int(sim_days * 86_400_000 // timeframe_to_ms(timeframe))
+    if per_pair * sim_pairs > SIM_MAX_CANDLES:
+        fail(f"--sim-days {sim_days:g} x --sim-pairs {sim_pairs} at --timeframe {timeframe} is "
+             f"{per_pair * sim_pairs:,} candles (allowed: at most {SIM_MAX_CANDLES:,}; fewer "
+             f"days or pairs, or a longer timeframe)")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import tempfile
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +40,13 @@ PAGE_LIMIT = 1000
 SUFFIXES = (".csv", ".csv.gz", ".json", ".json.gz")   # in order of preference for one pair
 _UNITS_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000,
              "M": 2_592_000_000}
+_MAX_TIMEFRAME_MS = 366 * 86_400_000
+MAX_PRICE = 1e15        # far above any listed market's price, in any quote currency
+MAX_VOLUME = 1e18       # far above any candle's volume; beyond it price x volume overflows
+# A field of a CSV row: a plain ASCII decimal (nan and inf pass here so that the finite check
+# can name them); float() alone would also take "1_000", "٣" or "１０".
+_CSV_NUMBER = re.compile(r"[-+]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+                         r"|nan|inf|infinity)", re.ASCII | re.IGNORECASE)
 _FILE_NAME = re.compile(r"^(?P<base>[A-Za-z0-9]+)_(?P<quote>[A-Za-z0-9]+)-(?P<tf>\d+[smhdwM])"
                         r"(?P<ext>\.csv|\.csv\.gz|\.json|\.json\.gz)$")
 Progress = Callable[[int, int], None]   # (candle slots just covered, total slots of the job)
@@ -53,10 +61,13 @@ class CandleFileError(Exception):
 
 def timeframe_to_ms(timeframe: str) -> int:
     """'5m' -> 300000. Units s, m, h, d, w and M (30 days, as ccxt counts it)."""
-    m = re.fullmatch(r"(\d+)([smhdwM])", timeframe.strip())
+    m = re.fullmatch(r"([0-9]{1,6})([smhdwM])", timeframe.strip(), re.ASCII)
     if not m or int(m.group(1)) <= 0:
         raise ValueError(f"timeframe {timeframe!r} is not like 1m, 5m, 1h or 1d")
-    return int(m.group(1)) * _UNITS_MS[m.group(2)]
+    ms = int(m.group(1)) * _UNITS_MS[m.group(2)]
+    if ms > _MAX_TIMEFRAME_MS:
+        raise ValueError(f"timeframe {timeframe!r} is longer than a year")
+    return ms
 
 
 def file_stem(symbol: str, timeframe: str) -> str:
@@ -82,8 +93,11 @@ def find_candle_files(data_dir: str | os.PathLike, timeframe: str) -> dict[str, 
     found: dict[str, Path] = {}
     for path in sorted(Path(data_dir).iterdir()):
         parsed = parse_file_name(path.name)
-        if parsed is None or parsed[1] != timeframe or not path.is_file():
+        if parsed is None or parsed[1] != timeframe:
             continue
+        if not path.is_file():
+            raise CandleFileError(f"{path}: is a {'directory' if path.is_dir() else 'special file'}"
+                                  f", not a candle file; move it out of {Path(data_dir)}")
         symbol = parsed[0]
         if symbol in found:
             keep = min(found[symbol], path, key=lambda p: SUFFIXES.index(_suffix(p)))
@@ -103,11 +117,18 @@ def _suffix(path: Path) -> str:
 def _read_text(path: Path) -> str:
     try:
         raw = path.read_bytes()
-        if path.name.endswith(".gz"):
+    except OSError as exc:
+        raise CandleFileError(f"{path}: cannot be read ({exc.strerror or exc}); check the file "
+                              f"and its permissions, or download it again") from None
+    if path.name.endswith(".gz"):
+        try:
             raw = gzip.decompress(raw)
-    except (OSError, EOFError) as exc:
-        raise CandleFileError(f"{path}: cannot be read ({exc}); check the file and its "
-                              f"permissions, or download it again") from None
+        except (OSError, EOFError, zlib.error) as exc:
+            raise CandleFileError(f"{path}: not a readable gzip file ({exc}); download it "
+                                  f"again, or drop the .gz from the name if it is not "
+                                  f"compressed") from None
+    if not raw.strip():
+        raise CandleFileError(f"{path}: the file is empty; delete it or download it again")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -146,7 +167,7 @@ def _parse_csv(path: Path, text: str) -> tuple[np.ndarray, list[int]]:
     for n, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        fields = line.split(",")
+        fields = [f.strip() for f in line.split(",")]
         if len(fields) != 6 or not all(_is_number(f) for f in fields):
             if n - 1 == last and not text.endswith("\n"):
                 log.warning("%s:%d: last line %r is cut short (an interrupted write); ignoring "
@@ -163,11 +184,7 @@ def _parse_csv(path: Path, text: str) -> tuple[np.ndarray, list[int]]:
 
 
 def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return _CSV_NUMBER.fullmatch(text.strip()) is not None
 
 
 def _looks_numeric(line: str) -> bool:
@@ -191,8 +208,21 @@ def _parse_json(path: Path, text: str) -> tuple[np.ndarray, list[int]]:
             raise CandleFileError(f"{path}:{_json_row_line(text, i)}: row {i + 1} is "
                                   f"{json.dumps(row)[:60]}, expected [timestamp, open, high, "
                                   f"low, close, volume] numbers; fix or delete this row")
-    arr = np.array(data, dtype=np.float64).reshape(-1, 6)
+    try:
+        arr = np.array(data, dtype=np.float64).reshape(-1, 6)
+    except OverflowError:   # an integer beyond float64
+        i = next(i for i, row in enumerate(data) if not all(_fits_float(x) for x in row))
+        raise CandleFileError(f"{path}:{_json_row_line(text, i)}: row {i + 1} has a number "
+                              f"too large for a candle; fix or delete this row") from None
     return arr, _LazyJsonLines(text)
+
+
+def _fits_float(x: int | float) -> bool:
+    try:
+        float(x)
+    except OverflowError:
+        return False
+    return True
 
 
 class _LazyJsonLines:
@@ -245,6 +275,11 @@ def validate_candles(arr: np.ndarray, where: Callable[[int], str], tf_ms: int | 
          lambda i: f"non-positive price (open {o[i]:g}, high {h[i]:g}, low {l[i]:g}, "
                    f"close {c[i]:g})", "fix or delete this row"),
         (v < 0, lambda i: f"negative volume {v[i]:g}", "fix or delete this row"),
+        ((o > MAX_PRICE) | (h > MAX_PRICE) | (l > MAX_PRICE) | (c > MAX_PRICE),
+         lambda i: f"price above {MAX_PRICE:g} (open {o[i]:g}, high {h[i]:g}, low {l[i]:g}, "
+                   f"close {c[i]:g})", "no market trades there: are the columns right?"),
+        (v > MAX_VOLUME, lambda i: f"volume {v[i]:g} is above {MAX_VOLUME:g}",
+         "no candle trades that much: are the columns right?"),
         (h < l, lambda i: f"high {h[i]:g} is below low {l[i]:g}",
          "fix the row (are the columns in the order timestamp,open,high,low,close,volume?)"),
         ((h < np.maximum(o, c)) | (l > np.minimum(o, c)),
@@ -324,7 +359,8 @@ def load_candles(data_dir: str | os.PathLike, timeframe: str,
                  pairs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Symbol -> validated candles for the pairs (all files of the timeframe when None).
 
-    CandleFileError when the directory has no such files or a requested pair has none.
+    CandleFileError when the directory has no such files, a requested pair has none, or a
+    file is bad or holds no candles.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -343,7 +379,13 @@ def load_candles(data_dir: str | os.PathLike, timeframe: str,
         raise CandleFileError(f"{data_dir}: no {timeframe} candle files (named like "
                               f"ETH_USDT-{timeframe}.csv or .json); run download-data or "
                               f"pass another --data-dir / --timeframe")
-    return {symbol: read_candles(path, timeframe) for symbol, path in files.items()}
+    out = {}
+    for symbol, path in files.items():
+        out[symbol] = read_candles(path, timeframe)
+        if not len(out[symbol]):
+            raise CandleFileError(f"{path}: no candles, only the header; delete the file or "
+                                  f"download it again")
+    return out
 
 
 # --------------------------------------------------------------------------- writing

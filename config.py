@@ -646,30 +646,37 @@ def _check_combinations(config: Config) -> None:
                     f" allowed: {_BY_NAME[name].allowed})", name)
 
 
-def _ensure_data_dir(path: Path, create: bool = True) -> None:
-    """Check that DATA_DIR can be created and written; create it (owner-only, 0o700) when
-    `create`. ConfigError if it, or what would hold it, is a file, cannot be created or is
-    not writable (e.g. read-only). Without `create`, nothing is written."""
-    def error(problem: str) -> ConfigError:
-        return ConfigError(f"DATA_DIR='{path}' {problem} (allowed: {DATA_DIR_ALLOWED})",
-                           "DATA_DIR")
-
+def directory_problem(path: Path, create: bool = False) -> str | None:
+    """Why `path` cannot serve as a directory to write into, or None. With `create` it is
+    made (owner-only, 0o700) if missing; without, nothing is written: the nearest existing
+    directory that would hold it must then be writable."""
+    if _has_control(str(path)):
+        return "contains a control character"
     try:
         existing = next(p for p in (path, *path.absolute().parents) if p.exists())
         if not existing.is_dir():
-            raise error("is a file, not a directory" if existing == path else
-                        f"cannot be created: '{existing}' is a file")
+            return ("is a file, not a directory" if existing == path
+                    else f"cannot be created: '{existing}' is a file")
         if create:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             existing = path
     except (OSError, ValueError) as exc:
-        raise error(f"cannot be created: {getattr(exc, 'strerror', None) or exc}") from None
+        return f"cannot be created: {getattr(exc, 'strerror', None) or exc}"
     try:   # a real write, not os.access, which ignores read-only mounts and lies to root
         with tempfile.TemporaryFile(dir=existing, prefix=".write-check-"):
             pass
     except OSError as exc:
-        problem = "is not writable" if existing == path else "cannot be created"
-        raise error(f"{problem}: {exc.strerror or exc}") from None
+        return f"{'is not writable' if existing == path else 'cannot be created'}: " \
+               f"{exc.strerror or exc}"
+    return None
+
+
+def _ensure_data_dir(path: Path, create: bool = True) -> None:
+    """ConfigError unless DATA_DIR can be created and written (created when `create`)."""
+    problem = directory_problem(path, create)
+    if problem:
+        raise ConfigError(f"DATA_DIR='{path}' {problem} (allowed: {DATA_DIR_ALLOWED})",
+                          "DATA_DIR")
 
 
 def prepare_data_dir(config: Config) -> None:

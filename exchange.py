@@ -23,6 +23,7 @@ import ccxt
 from requests.adapters import HTTPAdapter
 
 from domain import ExchangeError, OrderNotFound, OrderRejected
+import redaction
 from market_rules import MarketRules
 from sim_exchange import SimExchangeServer, ccxt_overrides
 from sim_market import SimMarket
@@ -229,9 +230,8 @@ class ExchangeClient:
         text = str(exc)
         m = _BINANCE_MSG.search(text)
         detail = f"{m.group(2)} (code {m.group(1)})" if m else _HTML_TAG.sub(" ", _URL_QUERY.sub(r"\1", text))
-        for secret in (getattr(self.ccxt, "apiKey", ""), getattr(self.ccxt, "secret", "")):
-            if secret and len(secret) >= 4:
-                detail = detail.replace(secret, "***")
+        detail = redaction.mask(detail, (getattr(self.ccxt, "apiKey", "") or "",
+                                         getattr(self.ccxt, "secret", "") or ""))
         detail = " ".join(detail.split())
         if len(detail) > 240:
             detail = detail[:237] + "..."
@@ -366,20 +366,28 @@ def create_client(config: Any, *, timeout_ms: int = DEFAULT_TIMEOUT_MS, **retry:
 
 
 class RemoteSimClock:
-    """The market clock of a simulated exchange in another process: read once from its
-    /api/v3/sim/clock, then run on at the market's speed."""
+    """The market clock of a simulated exchange in another process: read from its
+    /api/v3/sim/clock, then run on at the market's speed (a market whose clock stands
+    still, speed 0, moves only when told to: then every reading asks it)."""
 
     def __init__(self, url: str, timeout: float = 10.0):
+        self.url, self.timeout = url.rstrip("/") + "/api/v3/sim/clock", timeout
+        self._sync()
+
+    def _sync(self) -> None:
         try:
-            with urllib.request.urlopen(url.rstrip("/") + "/api/v3/sim/clock", timeout=timeout) as r:
+            with urllib.request.urlopen(self.url, timeout=self.timeout) as r:
                 answer = json.loads(r.read())
         except (OSError, ValueError) as exc:
-            raise ExchangeError(f"no simulated exchange answers at SIM_URL={url} ({exc}); start "
-                                "one with `python sim_exchange.py` or fix SIM_URL") from exc
+            raise ExchangeError(f"no simulated exchange answers at SIM_URL={self.url[:-17]} "
+                                f"({exc}); start one with `python sim_exchange.py` or fix "
+                                "SIM_URL") from exc
         self.speed = float(answer["speed"])
         self._market0, self._wall0 = answer["marketTime"] / 1000.0, time.monotonic()
 
     def __call__(self) -> float:
+        if self.speed == 0:
+            self._sync()
         return self._market0 + (time.monotonic() - self._wall0) * self.speed
 
 

@@ -7,14 +7,22 @@ scikit-learn and joblib are imported inside the functions that train, load or sa
 trades, without paying for them.
 
 A model file is a pickle, i.e. code: it is only ever loaded from the bot's own data
-directory (`DATA_DIR/model.joblib`), never from a user-supplied path.
+directory, never from a user-supplied path. Paper and live keep their files apart
+(`DATA_DIR/model-paper.joblib` + `model-paper.json`, `model-live.joblib` + `model-live.json`;
+the training data in `training-paper.npz` / `training-live.npz`). Every file is written
+readable by the owner only (0o600) through a temporary name unique to the process, then
+renamed into place. Files of older versions (`model.joblib`, `model.json`,
+`training_data.npz`, shared by both modes) are still read in paper mode while the new
+paper files do not exist yet; live mode ignores them and trains its own model.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import stat
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -22,7 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import IO, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -37,10 +45,76 @@ CACHE_KEY_SCALES: tuple[float, ...] = (1.0, 100.0, 10.0, 10.0)
 
 MODEL_KINDS = ("logistic", "hgb", "forest")
 DEFAULT_MODEL_KIND = "logistic"   # see README: best out-of-sample AUC/Brier, cheapest
-MODEL_FILE = "model.joblib"
-MODEL_META_FILE = "model.json"
-TRAINING_FILE = "training_data.npz"
+MODES = ("paper", "live")
 MIN_TRAIN_SAMPLES = 200
+
+
+def _checked_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def model_file(mode: str = "paper") -> str:
+    """'model-paper.joblib' or 'model-live.joblib': the model of one trading mode."""
+    return f"model-{_checked_mode(mode)}.joblib"
+
+
+def model_meta_file(mode: str = "paper") -> str:
+    """'model-paper.json' or 'model-live.json': the metadata beside the model."""
+    return f"model-{_checked_mode(mode)}.json"
+
+
+def training_file(mode: str = "paper") -> str:
+    """'training-paper.npz' or 'training-live.npz': the saved training data of one mode."""
+    return f"training-{_checked_mode(mode)}.npz"
+
+
+MODEL_FILE, MODEL_META_FILE, TRAINING_FILE = model_file(), model_meta_file(), training_file()
+# Names before paper and live were kept apart; read (paper mode only) until replaced.
+LEGACY_FILES = {MODEL_FILE: "model.joblib", MODEL_META_FILE: "model.json",
+                TRAINING_FILE: "training_data.npz"}
+
+
+def data_file(data_dir: str | os.PathLike, name: str) -> Path:
+    """DATA_DIR/name, or the older shared file it replaces while only that one exists."""
+    path = Path(data_dir) / name
+    legacy = LEGACY_FILES.get(name)
+    if legacy and not path.exists() and (Path(data_dir) / legacy).exists():
+        return Path(data_dir) / legacy
+    return path
+
+
+def write_private(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write a file readable by the owner only (0o600), atomically: `write(fh)` fills a
+    temporary file with a name unique to this process in the same directory (mkstemp creates
+    it 0o600), which is fsynced and renamed over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                               dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def owner_only(path: str | os.PathLike) -> None:
+    """Take group and other permissions off a file the bot reads (one an older version
+    wrote world-readable); best effort."""
+    try:
+        mode = os.stat(path).st_mode
+        if mode & 0o077:
+            os.chmod(path, stat.S_IMODE(mode) & 0o700)
+    except OSError:
+        pass
 
 
 # --------------------------------------------------------------------------- prediction cache
@@ -325,31 +399,32 @@ class MLModel:
         return out
 
 
-def save_model(data_dir: str | os.PathLike, estimator: Any, meta: Mapping[str, Any]) -> Path:
-    """joblib-dump {estimator, meta} to DATA_DIR/model.joblib (+ model.json), atomically."""
+def save_model(data_dir: str | os.PathLike, estimator: Any, meta: Mapping[str, Any],
+               mode: str = "paper") -> Path:
+    """joblib-dump {estimator, meta} to DATA_DIR/model-<mode>.joblib (+ model-<mode>.json),
+    each atomically and readable by the owner only."""
     import joblib   # lazy: see module docstring
 
     data_dir = Path(data_dir)
-    path = data_dir / MODEL_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    joblib.dump({"estimator": estimator, "meta": dict(meta)}, tmp)
-    os.replace(tmp, path)
-    meta_tmp = data_dir / (MODEL_META_FILE + ".tmp")
-    meta_tmp.write_text(json.dumps(dict(meta), indent=1, default=str))
-    os.replace(meta_tmp, data_dir / MODEL_META_FILE)
+    path = data_dir / model_file(mode)
+    write_private(path, lambda fh: joblib.dump({"estimator": estimator, "meta": dict(meta)}, fh))
+    text = json.dumps(dict(meta), indent=1, default=str).encode()
+    write_private(data_dir / model_meta_file(mode), lambda fh: fh.write(text))
     return path
 
 
-def load_model(data_dir: str | os.PathLike) -> tuple[Any, dict] | None:
-    """(estimator, meta) from DATA_DIR/model.joblib; None, with a warning, when it is missing,
-    outside DATA_DIR, corrupt, or made for other features or another scikit-learn."""
+def load_model(data_dir: str | os.PathLike, mode: str = "paper") -> tuple[Any, dict] | None:
+    """(estimator, meta) from DATA_DIR/model-<mode>.joblib (paper: or the older shared
+    model.joblib); None, with a warning, when it is missing, outside DATA_DIR, corrupt, or
+    made for other features or another scikit-learn."""
     data_dir = Path(data_dir).resolve()
-    path = data_dir / MODEL_FILE
+    path = data_file(data_dir, model_file(mode)) if mode == "paper" else data_dir / model_file(mode)
     if not path.is_file():
         return None
     if path.resolve().parent != data_dir:
         log.warning("%s points outside %s; not loading it (a model file is code)", path, data_dir)
         return None
+    owner_only(path)
     try:
         import joblib   # lazy: see module docstring
         import sklearn
@@ -379,10 +454,12 @@ def _compatible(path: Path, estimator: Any, meta: Mapping[str, Any], sklearn_ver
     return True
 
 
-def saved_model_status(data_dir: str | os.PathLike) -> dict | None:
-    """The metadata of the saved model (model.json) without loading the model itself."""
+def saved_model_status(data_dir: str | os.PathLike, mode: str = "paper") -> dict | None:
+    """The metadata of the saved model (model-<mode>.json) without loading the model itself."""
+    name = model_meta_file(mode)
+    path = data_file(data_dir, name) if mode == "paper" else Path(data_dir) / name
     try:
-        return json.loads((Path(data_dir) / MODEL_META_FILE).read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 

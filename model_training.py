@@ -21,9 +21,9 @@ import numpy as np
 from candle_files import parse_file_name, read_candles
 from features import FEATURE_NAMES
 from labels import LabelParams, Samples, sample_key, samples_from_candles
-from ml_model import (DEFAULT_MODEL_KIND, MODEL_FILE, MODEL_KINDS, TRAINING_FILE, MLModel,
-                      load_model, make_estimator, positive_proba, quality, save_model,
-                      train_model)
+from ml_model import (DEFAULT_MODEL_KIND, MODEL_KINDS, MLModel, data_file, load_model,
+                      make_estimator, owner_only, positive_proba, quality,
+                      save_model, train_model, training_file, write_private)
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +164,14 @@ class TrainingData:
                                       for f in TrainingSnapshot._fields))
 
     def save(self, path: str | os.PathLike) -> int:
-        """Write the `save_count` most important records to an .npz (atomic); returns count."""
+        """Write the `save_count` most important records to an .npz (atomic, through a
+        temporary name unique to the process, readable by the owner only); returns count."""
         with self._lock:
             idx = important_indices(self._ret[: self._n], self._time_ms[: self._n],
                                     self.save_count, SAVE_EXTREME_FRACTION)
             arrays = {f: getattr(self, "_" + f)[idx] for f in self._FIELDS}
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, feature_names=np.array(FEATURE_NAMES), **arrays)
-        os.replace(tmp, path)
+        write_private(path, lambda fh: np.savez_compressed(
+            fh, feature_names=np.array(FEATURE_NAMES), **arrays))
         return idx.size
 
     def load(self, path: str | os.PathLike) -> int:
@@ -182,6 +180,7 @@ class TrainingData:
         path = Path(path)
         if not path.is_file():
             return 0
+        owner_only(path)
         try:
             with np.load(path, allow_pickle=False) as f:
                 names = tuple(str(n) for n in f["feature_names"])
@@ -208,8 +207,9 @@ class Retrainer:
     """Trains in a daemon thread on a snapshot of the training data and swaps the new model
     in atomically; the caller's cycle only ever calls the cheap `maybe_retrain`.
 
-    On start it loads DATA_DIR/model.joblib and the saved training data; with no usable
-    model file it trains at once (the bot uses its fallback rule meanwhile). A
+    On start it loads its mode's model file (DATA_DIR/model-paper.joblib or
+    model-live.joblib) and saved training data; with no usable model file it trains at once
+    (the bot uses its fallback rule meanwhile). Paper and live never share files. A
     `samples_provider` runs in the training thread, so it must build its samples from a
     copy of the candles (e.g. samples_from_candles on the scanner's snapshot).
     """
@@ -219,8 +219,11 @@ class Retrainer:
                  retrain_interval: float = 21600.0, min_new_samples: int = 500,
                  min_confidence: float = 0.55, kind: str = DEFAULT_MODEL_KIND,
                  factory: Callable[[], Any] | None = None,
-                 clock: Callable[[], float] = time.time, persist: bool = True):
+                 clock: Callable[[], float] = time.time, persist: bool = True,
+                 mode: str = "paper"):
         self.model, self.data, self.data_dir = model, data, Path(data_dir)
+        self.mode = mode
+        self.training_path = self.data_dir / training_file(mode)   # checks the mode
         self.samples_provider = samples_provider
         self.retrain_interval, self.min_new_samples = retrain_interval, min_new_samples
         self.min_confidence, self.kind, self.factory = min_confidence, kind, factory
@@ -240,11 +243,11 @@ class Retrainer:
                     samples_provider: SamplesProvider | None = None,
                     clock: Callable[[], float] = time.time) -> "Retrainer":
         """RETRAIN_INTERVAL, RETRAIN_MIN_NEW_SAMPLES and ML_MIN_CONFIDENCE from the config,
-        persisting to its DATA_DIR."""
+        persisting to its DATA_DIR, in the files of its mode (paper or live)."""
         return cls(model, data, config.data_dir, samples_provider,
                    retrain_interval=config.retrain_interval,
                    min_new_samples=config.retrain_min_new_samples,
-                   min_confidence=config.ml_min_confidence, clock=clock)
+                   min_confidence=config.ml_min_confidence, clock=clock, mode=config.mode)
 
     def start(self, load: bool = True) -> "Retrainer":
         """Start the thread (before any other call); it first loads what DATA_DIR holds and
@@ -295,7 +298,7 @@ class Retrainer:
         if self._thread is not None:
             self._thread.join(timeout)
         if self.persist and len(self.data):
-            self.data.save(self.data_dir / TRAINING_FILE)
+            self.data.save(self.training_path)
 
     def _run(self, load: bool) -> None:
         """The thread: load what DATA_DIR holds, then train whenever woken until stopped."""
@@ -325,16 +328,18 @@ class Retrainer:
 
     def _load_saved(self) -> None:
         """Load the saved training data and model file (a usable model is swapped in)."""
-        loaded = self.data.load(self.data_dir / TRAINING_FILE)
+        training = (data_file(self.data_dir, self.training_path.name) if self.mode == "paper"
+                    else self.training_path)
+        loaded = self.data.load(training)
         if loaded:
-            log.info("loaded %d training records from %s", loaded, self.data_dir / TRAINING_FILE)
-        saved = load_model(self.data_dir)
+            log.info("loaded %d training records from %s", loaded, training)
+        saved = load_model(self.data_dir, self.mode)
         if saved is not None:
             version = self.model.swap(*saved)
             self._last_attempt = float(saved[1].get("trained_at", self.clock()))
             self._seen_total = self.data.added_total
             log.info("model v%d loaded from %s (%s, %s samples, AUC %.3f)", version,
-                     self.data_dir / MODEL_FILE, saved[1].get("kind"), saved[1].get("samples"),
+                     self.data_dir, saved[1].get("kind"), saved[1].get("samples"),
                      saved[1].get("auc", float("nan")))
 
     def _train_once(self, provider: SamplesProvider | None) -> None:
@@ -353,8 +358,8 @@ class Retrainer:
             return
         _log_trained(self.model.swap(*result), result[1])
         if self.persist:
-            save_model(self.data_dir, *result)
-            self.data.save(self.data_dir / TRAINING_FILE)
+            save_model(self.data_dir, *result, mode=self.mode)
+            self.data.save(self.training_path)
 
 
 def _log_trained(version: int, meta: Mapping[str, Any]) -> None:
@@ -467,23 +472,57 @@ def _quality_line(kind: str, q: Mapping[str, Any]) -> str:
             f"{q['brier']:7.4f}   {per_pair}")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (`error: ...`, exit 2), without the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {' '.join(message.split())}\n")
+
+
+def _option(parse: Callable[[str], Any], allowed: str) -> Callable[[str], Any]:
+    """An argparse type from one of config's strict parsers."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text.strip())
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} {exc} (allowed: {allowed})") from None
+    return convert
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(","))
+    unknown = [k for k in kinds if k not in MODEL_KINDS]
+    if unknown or len(set(kinds)) != len(kinds):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of distinct model kinds (allowed: {', '.join(MODEL_KINDS)})")
+    return kinds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python model_training.py evaluate FILES...`: the walk-forward report on stdout."""
-    parser = argparse.ArgumentParser(prog="model_training.py",
-                                     description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    """`python model_training.py evaluate FILES...`: the walk-forward report on stdout.
+    A bad option or file ends in one line, `error: ...`, and exit code 2."""
+    from candle_files import CandleFileError
+    from config import parse_real, parse_whole
+
+    parser = _OneLineParser(prog="model_training.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     ev = sub.add_parser("evaluate", help="time-ordered evaluation on candle CSV files")
     ev.add_argument("files", nargs="+")
-    ev.add_argument("--threshold", type=float, default=0.55)
-    ev.add_argument("--folds", type=int, default=3)
-    ev.add_argument("--kinds", default="logistic,hgb",
+    ev.add_argument("--threshold", default=0.55,
+                    type=_option(lambda t: parse_real(t, 0, 1), "0..1"))
+    ev.add_argument("--folds", default=3, type=_option(lambda t: parse_whole(t, 1, 20), "1..20"))
+    ev.add_argument("--kinds", default=("logistic", "hgb"), type=_kinds,
                     help="comma-separated model kinds: " + ", ".join(MODEL_KINDS))
     args = parser.parse_args(argv)
     for f in args.files:
         if not Path(f).is_file():
-            parser.exit(2, f"{parser.prog}: error: {f} is not a file\n")
-    sys.stdout.write(evaluate_files(args.files, kinds=tuple(args.kinds.split(",")),
-                                    folds=args.folds, threshold=args.threshold) + "\n")
+            parser.error(f"{f} is not a file")
+    try:
+        report = evaluate_files(args.files, kinds=args.kinds, folds=args.folds,
+                                threshold=args.threshold)
+    except (CandleFileError, ValueError) as exc:
+        parser.error(str(exc))
+    sys.stdout.write(report + "\n")
     return 0
 
 

@@ -334,6 +334,16 @@ def synthetic_order_book(mid: float, volatility: float, quote_volume: float, tic
     return sides[0], sides[1]
 
 
+def _thin(side: np.ndarray, depth: float, step: float) -> np.ndarray:
+    """Book levels [price, qty] with quantities scaled by `depth`, down to the step grid
+    (never below one step); the levels themselves when depth is 1."""
+    if depth == 1.0:
+        return side
+    out = side.copy()
+    out[:, 1] = np.maximum(1, np.floor(side[:, 1] * depth / step + 1e-9)) * step
+    return out
+
+
 # ----------------------------------------------------------------------------- market
 
 def _check_kline_args(interval: str, start_ms: int | None, end_ms: int | None,
@@ -548,19 +558,26 @@ class SimMarket:
         vol = float(np.std(np.diff(np.log(closes)))) if len(closes) > 2 else float(self._sigma[p])
         return float(c[-1]), max(vol, 1e-5), qv
 
-    def order_book(self, market_id: str, limit: int = 100) -> dict:
-        """dict(bids=[[price, qty], ...], asks=[...]) around the current price."""
+    def order_book(self, market_id: str, limit: int = 100, depth: float = 1.0,
+                   at_ms: int | None = None, mid: float | None = None) -> dict:
+        """dict(bids=[[price, qty], ...], asks=[...]) around the current price.
+
+        depth scales every level's quantity (a thin book below 1); at_ms gives the book as it
+        was at that market time, mid centres it on another price (where a stop triggered).
+        """
         p = self.index(market_id)
         with self._lock:
-            now = self.now_ms()
+            now = self.now_ms() if at_ms is None else at_ms
             self._ensure(self._minute(now))
-            mid, vol, qv = self._book_inputs(p, now)
-        bids, asks = synthetic_order_book(mid, vol, qv, float(self._tick[p]),
-                                          float(self._step[p]), limit)
-        return {"bids": bids.tolist(), "asks": asks.tolist()}
+            book_mid, vol, qv = self._book_inputs(p, now)
+        step = float(self._step[p])
+        bids, asks = synthetic_order_book(book_mid if mid is None else mid, vol, qv,
+                                          float(self._tick[p]), step, limit)
+        return {"bids": _thin(bids, depth, step).tolist(), "asks": _thin(asks, depth, step).tolist()}
 
-    def ticker_24h(self, market_ids: Iterable[str] | None = None) -> list[dict]:
-        """Rolling 24h statistics in the format of /api/v3/ticker/24hr."""
+    def ticker_24h(self, market_ids: Iterable[str] | None = None,
+                   depth: float = 1.0) -> list[dict]:
+        """Rolling 24h statistics in the format of /api/v3/ticker/24hr (depth: see order_book)."""
         rows = self._pair_rows(market_ids)
         with self._lock:
             now = self.now_ms()
@@ -571,30 +588,32 @@ class SimMarket:
         qv = v * (o + h + l + c) / 4.0
         trades = np.where(v > 0, np.maximum(1, np.rint(qv / self._trade_size(slice(None))[:, None])), 0)
         return [_ticker_entry(self.specs[p], now, book, o[p], h[p], l[p], c[p], v[p], qv[p],
-                              int(trades[p].sum()))
+                              int(trades[p].sum()), depth)
                 for p, book in zip(rows, books)]
 
-    def book_ticker(self, market_ids: Iterable[str] | None = None) -> list[dict]:
-        """Best bid/ask in the format of /api/v3/ticker/bookTicker."""
+    def book_ticker(self, market_ids: Iterable[str] | None = None,
+                    depth: float = 1.0) -> list[dict]:
+        """Best bid/ask in the format of /api/v3/ticker/bookTicker (depth: see order_book)."""
         out = []
         for p in self._pair_rows(market_ids):
-            book = self.order_book(self.specs[p].id, 1)
+            book = self.order_book(self.specs[p].id, 1, depth)
             (bp, bq), (ap, aq) = book["bids"][0], book["asks"][0]
             out.append({"symbol": self.specs[p].id, "bidPrice": f8(bp), "bidQty": f8(bq),
                         "askPrice": f8(ap), "askQty": f8(aq)})
         return out
 
-    def ranges_since(self, market_id: str, since_ms: int) -> tuple[float, float, float]:
-        """(lowest, highest, current) price traded after `since_ms` up to now (for crossing)."""
+    def minute_bars(self, market_id: str, start_ms: int) -> list[np.ndarray]:
+        """[open times, opens, highs, lows, closes, volumes] of the 1m candles from the one
+        holding start_ms to the still open current one (so far), prices in ticks: what the
+        exchange matches stops and resting orders against. Empty when start_ms is ahead."""
         p = self.index(market_id)
         with self._lock:
             now = self.now_ms()
             self._ensure(self._minute(now))
-            _, h, l, _, _ = self._rows(p, self._minute(since_ms) + 1, self._minute(now) + 1, now)
-            price = float(self._rows(p, self._minute(now), self._minute(now) + 1, now)[3][-1])
-        low = min(float(l.min()) if len(l) else price, price)
-        high = max(float(h.max()) if len(h) else price, price)
-        return low, high, price
+            first = max(self._minute(start_ms), self._first)
+            o, h, l, c, v = self._rows(p, first, self._minute(now) + 1, now)
+        times = self.t0 + (first + np.arange(len(o))) * MINUTE_MS
+        return [times, *(np.rint(x / self._tick[p]).astype(np.int64) for x in (o, h, l, c)), v]
 
     def symbol_info(self, spec: PairSpec) -> dict:
         """The exchangeInfo entry of one market."""
@@ -602,8 +621,9 @@ class SimMarket:
             "symbol": spec.id, "status": "TRADING", "baseAsset": spec.base,
             "baseAssetPrecision": 8, "quoteAsset": spec.quote, "quotePrecision": 8,
             "quoteAssetPrecision": 8, "baseCommissionPrecision": 8,
-            "quoteCommissionPrecision": 8, "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET"],
-            "icebergAllowed": False, "ocoAllowed": False, "otoAllowed": False,
+            "quoteCommissionPrecision": 8,
+            "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT"],
+            "icebergAllowed": False, "ocoAllowed": True, "otoAllowed": False,
             "quoteOrderQtyMarketAllowed": True, "allowTrailingStop": False,
             "cancelReplaceAllowed": False, "isSpotTradingAllowed": True,
             "isMarginTradingAllowed": False,
@@ -623,10 +643,11 @@ class SimMarket:
 
 
 def _ticker_entry(s: PairSpec, now: int, book: tuple[float, float, float], o, h, l, c, v, qv,
-                  count: int) -> dict:
+                  count: int, depth: float) -> dict:
     """One /api/v3/ticker/24hr entry from a pair's last 24h of 1m rows and its book inputs."""
     mid, vol, qv24 = book
-    bids, asks = synthetic_order_book(mid, vol, qv24, s.tick, s.step, 1)
+    bids, asks = (_thin(side, depth, s.step)
+                  for side in synthetic_order_book(mid, vol, qv24, s.tick, s.step, 1))
     last, open_ = c[-1], o[0]
     volume, quote_volume = v.sum(), qv.sum()
     counter_base = (now // MINUTE_MS) * 1000

@@ -369,6 +369,12 @@ class Store:
         return self._orders("WHERE status IN ('pending', 'unknown', 'open') AND kind = 'stop'"
                             " ORDER BY created_ms, id")
 
+    def all_orders(self, symbol: str | None = None) -> list[OrderRow]:
+        """Every order (of one pair), oldest first."""
+        if symbol is None:
+            return self._orders("ORDER BY created_ms, id")
+        return self._orders("WHERE symbol = ? ORDER BY created_ms, id", (symbol,))
+
     def order(self, client_order_id: str) -> OrderRow | None:
         rows = self._orders("WHERE client_order_id = ?", (client_order_id,))
         return rows[0] if rows else None

@@ -167,7 +167,7 @@ class PrecedenceTest(ConfigTestCase):
 
     def test_env_file_quirks(self) -> None:
         cfg = self.load("export MAX_PAIRS=12\nSIM_SEED\nQUOTE_CURRENCY = 'busd'  # c\n"
-                        "PAIR_ALLOWLIST= btc/busd, ETH/BUSD ,,btc/busd\nLOG_LEVEL=debug\n")
+                        "PAIR_ALLOWLIST= btc/busd, ETH/BUSD \nLOG_LEVEL=debug\n")
         self.assertEqual(cfg.max_pairs, 12)
         self.assertEqual(cfg.sources["SIM_SEED"], "default")  # a name without a value
         self.assertEqual(cfg.quote_currency, "BUSD")
@@ -240,11 +240,13 @@ class ValidationTest(ConfigTestCase):
                          "3m, 5m, 15m, 30m, 1h, 2h, 4h, 6h, 8h, 12h, 1d)")
 
     def test_good_values_are_parsed_and_normalised(self) -> None:
-        cfg = self.load(DRY_RUN="No", ML_ENABLED="1", ENABLE_PERFORMANCE_MONITORING="YES",
+        cfg = self.load(DRY_RUN="False", ML_ENABLED=" true ", ENABLE_PERFORMANCE_MONITORING="TRUE",
                         EXCHANGE="Simulated", LLM_PROVIDER="OpenAI", LLM_ON_FAILURE="Model",
                         RISK_PER_TRADE="0.1", ML_MIN_CONFIDENCE="0", SIM_SPEED="1e4",
-                        CORRELATION_GROUPS="majors:btc,ETH; memes:DOGE;",
-                        LLM_BASE_URL="https://api.example.com/v1", TIMEFRAME="1h")
+                        CORRELATION_GROUPS="majors:btc,ETH; memes:DOGE",
+                        LLM_BASE_URL="https://api.example.com/v1", TIMEFRAME="1h",
+                        MARKET_SCAN_CACHE_DURATION="-0", CHECK_INTERVAL="86400",
+                        MAX_PAIRS="007", STARTING_BALANCE="1e12", SCAN_TIMEOUT=".5")
         self.assertEqual((cfg.dry_run, cfg.ml_enabled, cfg.enable_performance_monitoring),
                          (False, True, True))
         self.assertEqual((cfg.exchange, cfg.llm_provider, cfg.llm_on_failure),
@@ -254,6 +256,9 @@ class ValidationTest(ConfigTestCase):
         self.assertEqual(config.parse_correlation_groups(cfg.correlation_groups),
                          {"majors": ("BTC", "ETH"), "memes": ("DOGE",)})
         self.assertEqual(cfg.timeframe_seconds, 3600)
+        self.assertEqual((cfg.check_interval, cfg.max_pairs, cfg.starting_balance,
+                          cfg.scan_timeout), (86400.0, 7, 1e12, 0.5))
+        self.assertEqual(str(cfg.market_scan_cache_duration), "0.0")   # not -0.0
 
     def test_data_dir_is_created_and_must_not_be_a_file(self) -> None:
         nested = self.tmp / "a" / "b"
@@ -288,17 +293,18 @@ class ValidationTest(ConfigTestCase):
             self.assert_one_line_error(cm, name)
         self.assertEqual(self.load(LLM_PROVIDER="none", LLM_MODEL="").llm_model, "")
 
-    def test_url_credentials_are_not_echoed(self) -> None:
-        with self.assertRaises(ConfigError) as cm:
-            self.load(LLM_BASE_URL=f"ftp://user:{SECRET_VALUE}@host/v1")
-        self.assert_one_line_error(cm, "LLM_BASE_URL", SECRET_VALUE)
-        cfg = self.load(LLM_BASE_URL=f"https://user:{SECRET_VALUE}@host/v1")
-        shown = dict((name, value) for name, value, _ in cfg.describe())
-        self.assertEqual(shown["LLM_BASE_URL"], "https://****@host/v1")
+    def test_urls_with_credentials_are_refused_without_echoing_them(self) -> None:
+        for name in ("LLM_BASE_URL", "SIM_URL"):
+            for url in (f"ftp://user:{SECRET_VALUE}@host/v1", f"https://user:{SECRET_VALUE}@host/v1",
+                        f"http://{SECRET_VALUE}@127.0.0.1:8765"):
+                with self.subTest(name=name, url=url), self.assertRaises(ConfigError) as cm:
+                    self.load(**{name: url})
+                message = self.assert_one_line_error(cm, name, SECRET_VALUE)
+                self.assertIn("****@", message)
 
     def test_warnings_are_logged_not_raised(self) -> None:
         with self.assertLogs("config", "WARNING") as logs:
-            cfg = self.load(PAIR_ALLOWLIST="BTC/USDT,ETH/BTC", PAIR_DENYLIST="BTC/USDT",
+            cfg = self.load(PAIR_ALLOWLIST="BTC/USDT,ETH/BTC,SOL/USDT", PAIR_DENYLIST="BTC/USDT",
                             LLM_PROVIDER="openai", LLM_CYCLE_BUDGET="5")
         text = "\n".join(logs.output)
         for fragment in ("ETH/BTC", "BTC/USDT is in both", "LLM_CYCLE_BUDGET=5"):

@@ -42,7 +42,7 @@ class LostAnswers(unittest.TestCase):
             self.trader.run_cycle()
 
     def orders_of(self, symbol: str, side: str):
-        return [o for o in self.trader.store._orders("WHERE symbol = ? AND side = ?", (symbol, side))]
+        return [o for o in self.trader.store.all_orders(symbol) if o.side == side]
 
     def first_entry(self):
         self.lose_the_next_answers()
