@@ -234,6 +234,24 @@ class LiveBroker:
                                 + (f", slippage guard {limit:.10g})" if limit else ")"))
         return self._fill(order, symbol, side, client_order_id)
 
+    @property
+    def supports_stops(self) -> bool:
+        """Whether the exchange takes stop-loss orders through ccxt's unified parameters."""
+        return bool(self.client.ccxt.has.get("createStopLossOrder"))
+
+    def place_stop(self, symbol: str, amount: float, stop: float, limit: float,
+                   client_order_id: str) -> dict:
+        """A stop-loss limit sell resting on the exchange (ccxt's unified stopLossPrice)."""
+        params = {"stopLossPrice": stop, "newClientOrderId": client_order_id}
+        return self.client.call("create_order", symbol, "limit", "sell", amount, limit, params)
+
+    def cancel(self, symbol: str, client_order_id: str) -> None:
+        """Cancel an order by its client order id; one the exchange no longer has is fine."""
+        try:
+            self.client.call("cancel_order", None, symbol, {"origClientOrderId": client_order_id})
+        except OrderNotFound:
+            pass
+
     def lookup(self, symbol: str, client_order_id: str) -> OrderStatus:
         """What the exchange knows of the order with this client order id."""
         try:

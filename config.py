@@ -729,10 +729,9 @@ def check_pairs(config: Config, markets: Mapping[str, Mapping[str, Any]],
         market = markets.get(symbol)
         if market is None:
             problems.append(symbol + _suggestion(symbol, markets, config.quote_currency))
-        elif not market.get("spot", True) or market.get("active", True) is False:
-            problems.append(f"{symbol} (listed but not an active spot market)")
-        elif market.get("quote", config.quote_currency) != config.quote_currency:
-            problems.append(f"{symbol} (not quoted in QUOTE_CURRENCY={config.quote_currency})")
+        elif not _tradable(market, config.quote_currency):
+            problems.append(f"{symbol} (listed but not an active spot market in "
+                            f"{config.quote_currency})")
     if problems:
         raise ConfigError(f"PAIR_ALLOWLIST has {', '.join(problems)}, which {where} does not "
                           f"list for trading (allowed: active spot pairs of {where} in "
@@ -744,11 +743,15 @@ def check_pairs(config: Config, markets: Mapping[str, Mapping[str, Any]],
                        ", ".join(unknown), where)
 
 
+def _tradable(market: Mapping[str, Any], quote: str) -> bool:
+    """What the scanner trades: an active spot market in QUOTE_CURRENCY."""
+    return (bool(market.get("spot", True)) and market.get("active", True) is not False
+            and market.get("quote", quote) == quote)
+
+
 def _suggestion(symbol: str, markets: Mapping[str, Any], quote: str) -> str:
-    """' (did you mean X/Q?)' with the closest listed pairs (same quote first), or ''."""
-    names = list(markets)
-    same_quote = [m for m in names if m.endswith("/" + quote)]
-    close = difflib.get_close_matches(symbol, same_quote, n=2, cutoff=0.6) or \
-        difflib.get_close_matches(symbol, names, n=2, cutoff=0.6)
-    return f" (did you mean {' or '.join(close)}?)" if close else ""
+    """' (did you mean X/Q?)' with the closest tradable pair, or ''."""
+    names = [name for name, market in markets.items() if _tradable(market, quote)]
+    close = difflib.get_close_matches(symbol, names, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 

@@ -25,6 +25,7 @@ Imports ccxt and domain only.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field, replace
@@ -384,7 +385,11 @@ def id_support(exchange: Any) -> Support:
     An entry of TABLE applies to its own ccxt class and to subclasses (binanceus, myokx, ...)
     that inherit every method the entry relies on unchanged; anything else is UNSUPPORTED.
     """
-    cls = exchange if isinstance(exchange, type) else type(exchange)
+    return _class_support(exchange if isinstance(exchange, type) else type(exchange))
+
+
+@functools.lru_cache(maxsize=None)
+def _class_support(cls: type) -> Support:
     found = _table_class(cls)
     if found is None:
         return UNSUPPORTED

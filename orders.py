@@ -48,6 +48,10 @@ class OrderExecutor:
             self.store.set_meta("instance", instance)
         return instance
 
+    def next_client_order_id(self, symbol: str) -> str:
+        """A new client order id, never handed out twice (the sequence is committed first)."""
+        return make_client_order_id(f"tb{self._instance}", symbol, self.store.next_sequence("order"))
+
     def _cash(self) -> float | None:
         return self.ledger.cash if self.persist_cash else None
 
@@ -56,8 +60,7 @@ class OrderExecutor:
               stop_loss: float | None = None, take_profit: float | None = None) -> Fill | None:
         """Record the order as pending, then send it. A refused order is marked rejected;
         one whose answer was lost is marked unknown and resolved later."""
-        client_id = make_client_order_id(f"tb{self._instance}", symbol,
-                                         self.store.next_sequence("order"))
+        client_id = self.next_client_order_id(symbol)
         self.store.add_pending_order(client_id, symbol, side, amount, price, reason, stop_loss,
                                      take_profit)
         try:

@@ -38,6 +38,7 @@ from market_rules import MarketRules
 from orders import intent_of
 from risk_manager import RiskManager
 from store import OrderRow, Store
+from stops import EXCHANGE_STOP, left_to_exchange
 from strategy import check_exits, decide_entries
 
 PRICE_TOLERANCE = 1e-9    # relative; recorded floats round-trip exactly, indicators nearly
@@ -204,9 +205,13 @@ class _Replay:
         busy = set(rec.get("busy", ()))
         bars = {s: Bar.at(float(p)) for s, p in rec["exit_prices"].items() if s not in busy}
         replayed = {e.symbol: e for e in check_exits(self.ledger.positions, bars,
-                                                     int(rec["exit_ms"]), self.params)}
+                                                     int(rec["exit_ms"]), self.params)
+                    if rec.get("exchange_stops") is None or not left_to_exchange(
+                        e.reason, e.price, self.ledger.positions[e.symbol], rec["exchange_stops"])}
         seen = set()
-        for _kind, symbol, price, amount, reason, cid in recorded:
+        # the exchange's own stop fills are in the cycle's recorded books already
+        for _kind, symbol, price, amount, reason, cid in [d for d in recorded
+                                                          if d[4] != EXCHANGE_STOP]:
             seen.add(symbol)
             mine = replayed.get(symbol)
             if mine is None:

@@ -15,9 +15,9 @@ class Reporter:
         self.echo = echo
 
     def banner(self, mode: str, venue: str, preset: str, timeframe: str, interval: float,
-               database: str) -> None:
+               database: str, stops: str = "in the bot") -> None:
         self.echo(f"{mode} trading on {venue} | preset {preset} | timeframe {timeframe} | "
-                  f"every {interval:g}s of market time | database {database}")
+                  f"every {interval:g}s of market time | stops {stops} | database {database}")
 
     def opened(self, position: Position) -> None:
         self.echo(f"OPEN  {position.symbol:<12} {position.amount:.8g} @ {position.entry_price:.8g} "

@@ -8,6 +8,32 @@ synthetic book; request weights, 429/418 answers and injected faults behave like
 Two clocks (see the team contract): market data, orders and trades use the market clock
 (``speed`` times wall-clock); ``/api/v3/time``, signatures' timestamp/recvWindow checks and
 rate-limit windows use the wall clock.
+
+Orders: MARKET, LIMIT and LIMIT_MAKER (GTC, IOC, FOK), STOP_LOSS and STOP_LOSS_LIMIT
+(``POST /api/v3/order``), and OCO lists (``POST /api/v3/orderList/oco``, the deprecated
+``POST /api/v3/order/oco``; ``GET``/``DELETE /api/v3/orderList``, ``/api/v3/openOrderList``,
+``/api/v3/allOrderList``), with Binance's rules and error codes. Stops and resting orders
+are matched lazily, before every request is answered, on the market's 1m candles since the
+last match, minute by minute (so the outcome does not depend on when requests come):
+
+- a sell stop triggers in the first minute whose low reaches its stopPrice (a buy stop: the
+  high), then takes the book as it was then, centred on the stop price (a STOP_LOSS like a
+  market order, a STOP_LOSS_LIMIT up to its limit price, as its timeInForce says); the rest
+  rests on the book from the next minute;
+- a resting order fills at its price, as maker, in each minute whose range went through
+  that price, at most ``RESTING_FILL_SHARE`` x book depth x that minute's volume: a large
+  order stays PARTIALLY_FILLED over several minutes. The minute an order was placed (or
+  triggered) in is not matched; within a minute the path is open-low-high-close when it
+  rose, open-high-low-close otherwise;
+- an OCO leg that triggers or trades, even partly, expires the other one; cancelling either
+  leg cancels the list. Funds stay locked while an order rests or waits (once per OCO).
+
+Fault knobs (``set_faults``, ``set_rate_limit``, ``set_book_depth``, or all at once with
+``configure``) are also options of ``python sim_exchange.py`` (see ``--help``), and change at
+run time through ``POST /sim/admin/faults`` (not Binance): from 127.0.0.1 only, with the
+server's API key in ``X-MBX-APIKEY``, a JSON object of the knobs to change (latency,
+error_rate, hang_rate, hang_seconds, drop_rate, lost_answers, symbols, rate_limit,
+book_depth); it answers every knob now in force (``GET`` answers them unchanged).
 """
 from __future__ import annotations
 
@@ -854,7 +880,7 @@ class _Faults:
     hang_seconds: float = 30.0
     drop_rate: float = 0.0
     symbols: frozenset[str] | None = None
-    after_processing: bool = False
+    after_processing: float = 0.0     # share of the faults that strike after processing
 
 
 def _depth_weight(params: dict) -> int:
@@ -890,7 +916,35 @@ _ROUTES: dict[tuple[str, str], tuple[Callable[[dict], int], bool]] = {
     ("GET", "/api/v3/openOrders"): (lambda p: 6 if p.get("symbol") else 80, True),
     ("GET", "/api/v3/allOrders"): (lambda p: 20, True),
     ("GET", "/api/v3/myTrades"): (lambda p: 20, True),
+    ("POST", "/api/v3/orderList/oco"): (lambda p: 1, True),
+    ("POST", "/api/v3/order/oco"): (lambda p: 1, True),
+    ("GET", "/api/v3/orderList"): (lambda p: 4, True),
+    ("DELETE", "/api/v3/orderList"): (lambda p: 1, True),
+    ("GET", "/api/v3/openOrderList"): (lambda p: 6, True),
+    ("GET", "/api/v3/allOrderList"): (lambda p: 20, True),
 }
+ADMIN_PATH = "/sim/admin/faults"    # not Binance: the knobs at run time (see the module doc)
+_LOOPBACK = ("127.0.0.1", "::1")
+
+
+def _check_knobs(knobs: dict) -> None:
+    """ValueError naming the first knob out of range."""
+    for name in ("error_rate", "hang_rate", "drop_rate", "lost_answers"):
+        if not (isinstance(knobs[name], (int, float)) and 0 <= knobs[name] <= 1):
+            raise ValueError(f"{name} must be a share between 0 and 1, not {knobs[name]!r}")
+    if knobs["error_rate"] + knobs["hang_rate"] + knobs["drop_rate"] > 1:
+        raise ValueError("error_rate + hang_rate + drop_rate must not exceed 1")
+    for name in ("latency", "hang_seconds"):
+        if not (isinstance(knobs[name], (int, float)) and 0 <= knobs[name] <= 3600):
+            raise ValueError(f"{name} must be between 0 and 3600 seconds, not {knobs[name]!r}")
+    if not (type(knobs["rate_limit"]) is int and knobs["rate_limit"] >= 1):
+        raise ValueError(f"rate_limit must be a whole weight >= 1, not {knobs['rate_limit']!r}")
+    if not (isinstance(knobs["book_depth"], (int, float)) and 0 < knobs["book_depth"] <= 1000):
+        raise ValueError(f"book_depth must be > 0 and <= 1000, not {knobs['book_depth']!r}")
+    symbols = knobs["symbols"]
+    if symbols is not None and not (isinstance(symbols, list)
+                                    and all(isinstance(s, str) for s in symbols)):
+        raise ValueError("symbols must be null or a list of Binance ids such as \"BTCUSDT\"")
 
 
 # ----------------------------------------------------------------------------- server
@@ -995,18 +1049,54 @@ class SimExchangeServer:
     # -- test/bench knobs
     def set_faults(self, latency: float = 0.0, error_rate: float = 0.0, hang_rate: float = 0.0,
                    hang_seconds: float = 30.0, drop_rate: float = 0.0,
-                   symbols: set[str] | None = None, after_processing: bool = False) -> None:
+                   symbols: set[str] | None = None, after_processing: bool | float = False) -> None:
         """Inject faults from now on (all zero = none).
 
         latency: seconds added to every request; error_rate: share answered with a 5xx;
         hang_rate: share held for hang_seconds then closed unanswered; drop_rate: share whose
         connection is closed without an answer; symbols: only requests naming these Binance
-        ids; after_processing: 5xx/hang/drop happen after the request took effect (an order
-        is placed but its answer is lost), as Binance warns can happen.
+        ids; after_processing: the share (True = all) of those 5xx/hangs/drops that happen
+        after the request took effect (an order is placed but its answer is lost), as Binance
+        warns can happen.
         """
         self._faults = _Faults(latency, error_rate, hang_rate, hang_seconds, drop_rate,
                                frozenset(symbols) if symbols is not None else None,
-                               after_processing)
+                               float(after_processing))
+
+    def set_book_depth(self, factor: float) -> None:
+        """Scale every quantity of the order book served and matched (1.0 = normal, 0.01 =
+        a book a hundred times thinner; resting orders fill that much slower too)."""
+        if not factor > 0:
+            raise ValueError(f"book depth must be > 0, not {factor!r}")
+        with self._account._lock:
+            self._account.depth = float(factor)
+
+    def knobs(self) -> dict:
+        """The fault knobs now in force, by the names `configure` and the admin endpoint take."""
+        f = self._faults
+        return {"latency": f.latency, "error_rate": f.error_rate, "hang_rate": f.hang_rate,
+                "hang_seconds": f.hang_seconds, "drop_rate": f.drop_rate,
+                "lost_answers": f.after_processing,
+                "symbols": sorted(f.symbols) if f.symbols is not None else None,
+                "rate_limit": self._limiter.limit, "book_depth": self._account.depth}
+
+    def configure(self, changes: dict) -> dict:
+        """Change some knobs (names as in `knobs`), keep the others; the knobs now in force.
+        ValueError, and nothing changed, on an unknown name or a value out of range."""
+        knobs = self.knobs()
+        unknown = set(changes) - set(knobs)
+        if unknown:
+            raise ValueError(f"unknown knob(s) {', '.join(sorted(unknown))}; known: "
+                             f"{', '.join(knobs)}")
+        knobs |= changes
+        _check_knobs(knobs)
+        self.set_faults(knobs["latency"], knobs["error_rate"], knobs["hang_rate"],
+                        knobs["hang_seconds"], knobs["drop_rate"], knobs["symbols"],
+                        knobs["lost_answers"])
+        if knobs["rate_limit"] != self._limiter.limit:
+            self.set_rate_limit(knobs["rate_limit"])
+        self.set_book_depth(knobs["book_depth"])
+        return self.knobs()
 
     def set_rate_limit(self, weight_limit_per_minute: int, window_s: float = 60.0,
                        ban_after: int | None = 50, ban_seconds: float = 120.0) -> None:
@@ -1031,19 +1121,24 @@ class SimExchangeServer:
 
     @property
     def balances(self) -> dict[str, float]:
-        """Free balances of the simulated account (a copy)."""
+        """Free balances of the simulated account (a copy), open orders matched up to now."""
         with self._account._lock:
+            self._account.match_open_orders()
             return {a: float(v) for a, v in self._account.free.items()}
 
     @property
     def locked(self) -> dict[str, float]:
-        """Balances locked in open orders (a copy)."""
+        """Balances locked in open orders (a copy), open orders matched up to now."""
         with self._account._lock:
+            self._account.match_open_orders()
             return {a: float(v) for a, v in self._account.locked.items()}
 
     # -- request handling
     def _handle(self, req: _Handler, method: str) -> None:
         """Answer one request: delay, route, charge its weight, inject a fault, serve it."""
+        if urlsplit(req.path).path == ADMIN_PATH:
+            self._admin(req, method)
+            return
         parts, body = self._read(req)
         faults = self._faults
         if faults.latency > 0 and self._stopping.wait(faults.latency):
@@ -1060,7 +1155,7 @@ class SimExchangeServer:
             self._refuse(req, status, used, retry)
             return
         fault = self._draw_fault(faults, params)
-        if fault and not faults.after_processing:
+        if fault and not self._after_processing(faults):
             self._fault(req, fault, faults, used)
             return
         code, payload = self._answer(req, method, parts, body, params, signed)
@@ -1068,6 +1163,33 @@ class SimExchangeServer:
             self._fault(req, fault, faults, used)
         else:
             self._send(req, code, payload, used)
+
+    def _admin(self, req: _Handler, method: str) -> None:
+        """GET or POST /sim/admin/faults from 127.0.0.1 with the API key: the knobs (after
+        applying a POSTed JSON object of changes); no latency, weight or fault applies."""
+        length = int(req.headers.get("Content-Length") or 0)
+        body = req.rfile.read(length) if length else b""
+        key = req.headers.get("X-MBX-APIKEY") or ""
+        if req.client_address[0] not in _LOOPBACK:
+            status, answer = 403, {"error": "the admin endpoint answers on 127.0.0.1 only"}
+        elif not hmac.compare_digest(key, self.api_key):
+            status, answer = 401, {"error": "send the server's API key in X-MBX-APIKEY"}
+        elif method not in ("GET", "POST"):
+            status, answer = 405, {"error": "use GET or POST"}
+        else:
+            status, answer = self._admin_answer(method, body)
+        self._send(req, status, _json(answer), 0)
+
+    def _admin_answer(self, method: str, body: bytes) -> tuple[int, dict]:
+        if method == "GET":
+            return 200, self.knobs()
+        try:
+            changes = json.loads(body or b"{}")
+            if not isinstance(changes, dict):
+                raise ValueError("the body must be a JSON object of knob: value")
+            return 200, self.configure(changes)
+        except ValueError as err:        # json.JSONDecodeError is a ValueError
+            return 400, {"error": str(err)}
 
     def _read(self, req: _Handler) -> tuple[SplitResult, str]:
         """Count the request; its split URL and its body."""
@@ -1105,6 +1227,11 @@ class SimExchangeServer:
                 return name
             x -= rate
         return None
+
+    def _after_processing(self, faults: _Faults) -> bool:
+        """Whether a drawn fault strikes after the request took effect."""
+        share = faults.after_processing
+        return share >= 1 or (share > 0 and self._fault_rng.random() < share)
 
     def _fault(self, req: _Handler, fault: str, faults: _Faults, used: int) -> None:
         if fault == "error":
@@ -1189,19 +1316,22 @@ class SimExchangeServer:
     def _account_answer(self, method: str, name: str, params: dict) -> dict | list:
         """The answer of a signed (account) route."""
         acct = self._account
-        if name == "account":
-            return acct.account(params.get("omitZeroBalances") == "true")
-        if name == "order":
-            if method == "POST":
-                return acct.new_order(params)
-            if method == "DELETE":
-                return acct.cancel(params)
-            return acct.find(params, (-2013, "Order does not exist.")).as_dict()
-        if name == "openOrders":
-            return acct.open_orders(params.get("symbol"))
-        if name == "allOrders":
-            return acct.all_orders(params)
-        return acct.my_trades(params)    # myTrades: the only route left
+        answers: dict[tuple[str, str], Callable[[], dict | list]] = {
+            ("GET", "account"): lambda: acct.account(params.get("omitZeroBalances") == "true"),
+            ("POST", "order"): lambda: acct.new_order(params),
+            ("DELETE", "order"): lambda: acct.cancel(params),
+            ("GET", "order"): lambda: acct.find(params, (-2013, "Order does not exist.")).as_dict(),
+            ("GET", "openOrders"): lambda: acct.open_orders(params.get("symbol")),
+            ("GET", "allOrders"): lambda: acct.all_orders(params),
+            ("GET", "myTrades"): lambda: acct.my_trades(params),
+            ("POST", "orderList/oco"): lambda: acct.new_oco(params),
+            ("POST", "order/oco"): lambda: acct.new_oco(params, legacy=True),
+            ("GET", "orderList"): lambda: acct.order_list(params),
+            ("DELETE", "orderList"): lambda: acct.cancel_list(params),
+            ("GET", "openOrderList"): acct.open_lists,
+            ("GET", "allOrderList"): lambda: acct.all_lists(params),
+        }
+        return answers[(method, name)]()
 
     def _klines(self, params: dict) -> bytes:
         symbol = _symbol(params)
@@ -1249,7 +1379,7 @@ class SimExchangeServer:
         if limit < 1:
             raise BinanceError(-1100, "Illegal characters found in parameter 'limit'; legal "
                                       "range is '^[0-9]{1,20}$'.")
-        book = self.market.order_book(symbol, min(limit, 5000))
+        book = self.market.order_book(symbol, min(limit, 5000), self._account.depth)
         return _json({"lastUpdateId": self.market.now_ms(),
                       "bids": [[f8(p), f8(q)] for p, q in book["bids"]],
                       "asks": [[f8(p), f8(q)] for p, q in book["asks"]]})
@@ -1257,9 +1387,9 @@ class SimExchangeServer:
     def _ticker(self, name: str, params: dict) -> bytes:
         wanted = self._symbol_list(params)
         if name == "ticker/24hr":
-            rows = self.market.ticker_24h(wanted)
+            rows = self.market.ticker_24h(wanted, self._account.depth)
         elif name == "ticker/bookTicker":
-            rows = self.market.book_ticker(wanted)
+            rows = self.market.book_ticker(wanted, self._account.depth)
         else:
             ids = wanted or self.market.ids
             rows = [{"symbol": s, "price": f8(self.market.last_price(s))} for s in ids]
@@ -1289,8 +1419,19 @@ def _check_timestamp(timestamp: int, recv_window: int) -> None:
 
 # ----------------------------------------------------------------------------- CLI
 
+_ADMIN_EPILOG = f"""\
+Change the fault knobs while it runs (127.0.0.1 only; the API key authenticates):
+  curl -s -X POST http://127.0.0.1:8765{ADMIN_PATH} -H 'X-MBX-APIKEY: sim-key' \\
+       -d '{{"error_rate": 0.1, "hang_rate": 0.05, "lost_answers": 0.5}}'
+The body names any of: latency, error_rate, hang_rate, hang_seconds, drop_rate,
+lost_answers, symbols (a list of Binance ids, or null for all), rate_limit, book_depth;
+the others keep their values. The answer (as for GET) is every knob now in force."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Simulated Binance-dialect exchange on 127.0.0.1")
+    parser = argparse.ArgumentParser(description="Simulated Binance-dialect exchange on 127.0.0.1",
+                                     epilog=_ADMIN_EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--pairs", type=int, default=50)
@@ -1300,18 +1441,48 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", default="sim-key")
     parser.add_argument("--api-secret", default="sim-secret")
     parser.add_argument("--log-level", default="INFO")
+    faults = parser.add_argument_group("fault knobs (a bad day; all off by default)")
+    faults.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
+                        help="delay added to every request")
+    faults.add_argument("--error-rate", type=float, default=0.0, metavar="SHARE",
+                        help="share of requests answered with a 500/502/503")
+    faults.add_argument("--hang-rate", type=float, default=0.0, metavar="SHARE",
+                        help="share of requests held for --hang-seconds, then closed unanswered")
+    faults.add_argument("--hang-seconds", type=float, default=30.0, metavar="SECONDS",
+                        help="how long a hang lasts (default 30)")
+    faults.add_argument("--drop-rate", type=float, default=0.0, metavar="SHARE",
+                        help="share of requests whose connection is closed without an answer")
+    faults.add_argument("--lost-answers", type=float, default=0.0, metavar="SHARE",
+                        help="share of those 5xx/hangs/drops that strike after the request took "
+                             "effect: the order is placed, its answer lost")
+    faults.add_argument("--rate-limit", type=int, default=6000, metavar="WEIGHT",
+                        help="request weight per minute before 429s (and 418 bans); default 6000")
+    faults.add_argument("--book-depth", type=float, default=1.0, metavar="FACTOR",
+                        help="scales every order-book quantity (0.01: a thin book, market "
+                             "orders fill partly); default 1")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the simulated exchange alone until Ctrl-C."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    knobs = {"latency": args.latency, "error_rate": args.error_rate, "hang_rate": args.hang_rate,
+             "hang_seconds": args.hang_seconds, "drop_rate": args.drop_rate,
+             "lost_answers": args.lost_answers, "symbols": None, "rate_limit": args.rate_limit,
+             "book_depth": args.book_depth}
+    try:
+        _check_knobs(knobs)
+    except ValueError as err:
+        parser.error(str(err).replace("_", "-"))      # exit code 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     market = SimMarket(pairs=args.pairs, seed=args.seed, speed=args.speed)
     server = SimExchangeServer(market, args.host, args.port, args.api_key, args.api_secret,
                                {"USDT": args.balance})
+    server.configure(knobs)
     try:
         server.start()
+        logger.info("fault knobs (change them with POST %s): %s", ADMIN_PATH, server.knobs())
         logger.info("ccxt: ccxt.binance(ccxt_overrides(%r) | {'apiKey': %r, 'secret': ...})",
                     server.url, args.api_key)
         while True:

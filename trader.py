@@ -29,10 +29,14 @@ from orders import OrderExecutor
 from performance_monitor import PerformanceMonitor
 from reporter import Reporter
 from risk_manager import RiskManager
+from stops import EXCHANGE_STOP, ExchangeStops, left_to_exchange
 from store import Store, StoreError
 from strategy import check_exits, decide_entries
 
 log = logging.getLogger(__name__)
+
+
+STOP_LIMIT_BELOW = 0.01   # an exchange stop's limit price, this share below its trigger
 
 
 class StartupError(Exception):
@@ -71,6 +75,8 @@ class Trader:
         self.orders = OrderExecutor(self.store, self.broker, self.ledger, self.risk.group_of,
                                     persist_cash=config.dry_run, clock=self.clock)
         self.ledger.dust = self.store.dust()
+        self.stops = (ExchangeStops(self.store, self.broker, self.orders, STOP_LIMIT_BELOW)
+                      if not config.dry_run and self.broker.supports_stops else None)
         self._account: dict[str, float] | None = None   # live: the exchange's total balances
         self.cycle = 0
         self.start_equity = config.starting_balance
@@ -200,7 +206,8 @@ class Trader:
         venue = (f"simulated exchange at {server.url if server else c.sim_url} (market clock "
                  f"x{self.time_scale:g})" if c.is_simulated else c.exchange)
         self.reporter.banner("PAPER" if c.dry_run else "LIVE", venue, c.account_size, c.timeframe,
-                             c.check_interval, str(self.store.path))
+                             c.check_interval, str(self.store.path),
+                             "on the exchange" if self.stops else "in the bot")
 
     def run_cycle(self) -> None:
         self.cycle += 1
@@ -219,9 +226,11 @@ class Trader:
 
     def _cycle_steps(self) -> None:
         self.orders.resolve()
+        decided: list[tuple] = []
+        if self.stops is not None:
+            self._reconcile_stops(decided)
         self._sync_cash()
         record = self._record_state()
-        decided: list[tuple] = []
         with self.monitor.timing("update_positions"):
             self.update_positions(record, decided)
         if not self.stop.is_set():
@@ -234,12 +243,22 @@ class Trader:
         self.store.record_equity(int(self.clock() * 1000), self.equity(), self.ledger.cash,
                                  len(self.positions))
 
+    def _reconcile_stops(self, decided: list[tuple]) -> None:
+        """Book what the exchange's stops sold; put back the stops that are missing."""
+        for part in self.stops.reconcile(self.positions, self.orders.busy()):
+            decided.append(("exit", part.fill.symbol, part.fill.price, part.fill.amount,
+                            EXCHANGE_STOP, part.fill.client_order_id))
+            trade = self.store.recent_trades(1)[0]
+            self._learn(trade)
+            self.reporter.closed(part.fill, trade, part.left)
+
     def _record_state(self) -> dict:
         """The decision record's start of a cycle: the books, the risk state and, on the first
         cycle of a run, the settings the decisions depend on."""
         state = {"cash": self.ledger.cash, "peak_equity": self.risk.peak_equity,
                  "positions": [asdict(p) | {"features": None} for p in self.positions.values()],
-                 "last_exits": self.ledger.last_exits, "busy": sorted(self.orders.busy())}
+                 "last_exits": self.ledger.last_exits, "busy": sorted(self.orders.busy()),
+                 "exchange_stops": self.stops.limit_below if self.stops else None}
         if not self._recorded_ts:
             state["setup"] = {"params": asdict(self.params), "risk": self.risk.settings()}
         return state
@@ -269,6 +288,8 @@ class Trader:
                             position.entry_client_order_id if position else None))
             if position is not None:
                 self.last_prices[position.symbol] = position.entry_price
+                if self.stops is not None:
+                    self.stops.protect(position)
                 self.reporter.opened(position)
 
     @staticmethod
@@ -314,8 +335,17 @@ class Trader:
         for intent in check_exits(self.positions, bars, now_ms, self.params):
             if self.stop.is_set():
                 break
+            position = self.positions[intent.symbol]
+            if self.stops is not None:
+                if left_to_exchange(intent.reason, intent.price, position, self.stops.limit_below):
+                    continue
+                if not self.stops.release(intent.symbol):
+                    continue               # not sure the stop is gone: do not sell twice
+                position = self.positions.get(intent.symbol)
+                if position is None:       # the stop sold it all meanwhile
+                    continue
             with self.monitor.timing(f"execute_trade:{intent.symbol}"):
-                done = self.orders.sell(self.positions[intent.symbol], intent.price, intent.reason)
+                done = self.orders.sell(position, intent.price, intent.reason)
             if decided is not None:
                 decided.append(("exit", intent.symbol, intent.price,
                                 done[0].amount if done else 0.0, intent.reason,

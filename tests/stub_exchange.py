@@ -26,9 +26,9 @@ as "live".
 
 Knobs for tests: ``lose_answers`` (execute the next N orders, then drop the connection
 without an answer), ``unavailable`` (answer the next N private requests 503 "System is
-busy" (code 50013) without doing anything), ``allow_duplicate_ids`` (skip the 51016 check, to make an exchange that
-does not check). Every request is recorded in ``requests`` (method, path, query, parsed
-body, headers) so a test can see exactly what ccxt sent.
+busy" (code 50013) without doing anything), ``allow_duplicate_ids`` (skip the 51016
+check: an exchange that does not check). Every request is recorded in ``requests``
+(method, path, query, parsed body, headers) so a test can see exactly what ccxt sent.
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 import dataclasses
 import os
 import re
+import stat
 import subprocess
 import sys
 import tempfile
@@ -12,7 +13,8 @@ from unittest import mock
 from dotenv import dotenv_values
 
 import config
-from config import PRESETS, Config, ConfigError, check_exchange_id, load_config
+from config import (PRESETS, Config, ConfigError, check_exchange_id, check_pairs, load_config,
+                    parse_real, parse_whole)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = [f.name for f in dataclasses.fields(Config) if f.name != "sources"]
@@ -23,15 +25,15 @@ NAMES = [name.upper() for name in FIELDS]
 BAD_VALUES = {
     "ACCOUNT_SIZE": ["huge"],
     "EXCHANGE": ["bin ance", "9x"],
-    "DRY_RUN": ["maybe", ""],
-    "STARTING_BALANCE": ["0", "-5", "nan", "lots"],
+    "DRY_RUN": ["maybe", "", "yes", "no", "1", "2"],
+    "STARTING_BALANCE": ["0", "-5", "nan", "lots", "1e309", "1e13", "1_000"],
     "QUOTE_CURRENCY": ["US-D", ""],
-    "MAX_PAIRS": ["0", "501", "5.5"],
-    "PAIR_ALLOWLIST": ["BTCUSDT", "BTC/USDT,ETH-USDT"],
-    "PAIR_DENYLIST": ["BTC/USDT/X"],
+    "MAX_PAIRS": ["0", "501", "5.5", "1_0", "+5", "\u0665", "0x10", ""],
+    "PAIR_ALLOWLIST": ["BTCUSDT", "BTC/USDT,ETH-USDT", "BTC/USDT,,ETH/USDT", "BTC/USDT,btc/usdt"],
+    "PAIR_DENYLIST": ["BTC/USDT/X", "BTC/USDT,"],
     "TIMEFRAME": ["7m", "1H"],
     "CANDLE_HISTORY": ["99", "1001"],
-    "CHECK_INTERVAL": ["0.5", "inf"],
+    "CHECK_INTERVAL": ["0.5", "inf", "1e300", "86401"],
     "MARKET_SCAN_CACHE_DURATION": ["-1"],
     "MAX_PARALLEL_WORKERS": ["abc", "0", "65"],
     "SCAN_TIMEOUT": ["0"],
@@ -43,13 +45,13 @@ BAD_VALUES = {
     "CORRELATION_GROUPS": ["majors BTC", "a:BTC;b:ETH,BTC", "a:BTC;a:ETH", "a:"],
     "STOP_LOSS_ATR": ["0"],
     "TAKE_PROFIT_ATR": ["-1"],
-    "MAX_HOLD_CANDLES": ["0"],
+    "MAX_HOLD_CANDLES": ["0", "10001"],
     "COOLDOWN_CANDLES": ["-1", "1001", "1.5"],
-    "SIM_URL": ["ftp://x", "localhost:8765"],
-    "DATA_DIR": [""],
+    "SIM_URL": ["ftp://x", "localhost:8765", "http://127.0.0.1:0", "http://127.0.0.1:8765/?x=1"],
+    "DATA_DIR": ["", "a\x00b"],
     "LOG_LEVEL": ["TRACE"],
     "SIM_SPEED": ["0.5", "20000"],
-    "SIM_SEED": ["-1"],
+    "SIM_SEED": ["-1", "4294967296"],
     "SIM_PAIRS": ["201"],
     "ENABLE_PERFORMANCE_MONITORING": ["on"],
     "SLOW_OPERATION_THRESHOLD": ["0"],
@@ -72,7 +74,7 @@ BAD_VALUES = {
 SECRET_VALUE = "s3cr3t-VALUE-xyz"
 BAD_SECRETS = {"API_KEY": [f"{SECRET_VALUE} x"], "API_SECRET": [f"{SECRET_VALUE}\x00"],
                "LLM_API_KEY": [f"Bearer {SECRET_VALUE}"]}
-FREE_TEXT = {"LLM_MODEL"}
+FREE_TEXT = {"LLM_MODEL"}   # only control characters and length: see test_bad_input
 
 
 class ConfigTestCase(unittest.TestCase):
@@ -310,6 +312,121 @@ class ValidationTest(ConfigTestCase):
         for fragment in ("ETH/BTC", "BTC/USDT is in both", "LLM_CYCLE_BUDGET=5"):
             self.assertIn(fragment, text)
         self.assertEqual(config.config_warnings(cfg), [r.split(":", 2)[2] for r in logs.output])
+
+
+class NumberParsingTest(unittest.TestCase):
+    def test_whole_numbers_are_plain_ascii_decimals(self) -> None:
+        self.assertEqual([parse_whole(t, -5, 10) for t in ("0", "10", "-5", "007")], [0, 10, -5, 7])
+        for text in ("1_0", "+5", "\u0665", "\uff11", "0x1", "1e1", "5.0", "", " 5", "nan"):
+            with self.subTest(text=text), self.assertRaises(ValueError):
+                parse_whole(text, 0, 10)
+        with self.assertRaisesRegex(ValueError, "out of range"):
+            parse_whole("11", 0, 10)
+
+    def test_real_numbers_are_finite_plain_ascii_decimals(self) -> None:
+        self.assertEqual([parse_real(t, 0, 10) for t in ("1", "1.", ".5", "1e1", "-0")],
+                         [1.0, 1.0, 0.5, 10.0, 0.0])
+        for text in ("1_0", "+5", "\u0665", "0x1", "nan", "inf", "-inf", "1e309", "1e99999",
+                     "", "1e", ".", "1.2.3"):
+            with self.subTest(text=text), self.assertRaises(ValueError):
+                parse_real(text, 0, 10)
+        with self.assertRaisesRegex(ValueError, "out of range"):
+            parse_real("0", 0, 10, open_lo=True)
+
+
+class DataDirTest(ConfigTestCase):
+    def test_a_new_data_dir_is_readable_by_the_owner_only(self) -> None:
+        cfg = self.load(DATA_DIR=str(self.tmp / "new"))
+        self.assertEqual(stat.S_IMODE(cfg.data_dir.stat().st_mode) & 0o077, 0)
+
+    def test_a_path_under_a_regular_file_is_refused_even_for_root(self) -> None:
+        a_file = self.tmp / "file"
+        a_file.write_text("x")
+        for create in (True, False):
+            with self.subTest(create=create), self.assertRaises(ConfigError) as cm:
+                load_config(None, {"DATA_DIR": str(a_file / "sub" / "data")},
+                            create_data_dir=create)
+            self.assertIn("is a file", self.assert_one_line_error(cm, "DATA_DIR"))
+
+    @unittest.skipIf(hasattr(os, "geteuid") and os.geteuid() == 0,
+                     "root ignores directory permissions")
+    def test_a_read_only_data_dir_is_refused(self) -> None:
+        read_only = self.tmp / "ro"
+        read_only.mkdir()
+        read_only.chmod(0o500)
+        self.addCleanup(read_only.chmod, 0o700)
+        for path in (read_only, read_only / "sub"):
+            with self.subTest(path=path), self.assertRaises(ConfigError) as cm:
+                self.load(DATA_DIR=str(path))
+            self.assertRegex(self.assert_one_line_error(cm, "DATA_DIR"),
+                             "not writable|cannot be created")
+            self.assertEqual(list(read_only.iterdir()), [])
+
+    def test_without_create_nothing_is_written(self) -> None:
+        path = self.tmp / "later" / "data"
+        cfg = load_config(None, {"DATA_DIR": str(path)}, create_data_dir=False)
+        self.assertFalse((self.tmp / "later").exists())
+        config.prepare_data_dir(cfg)
+        self.assertTrue(path.is_dir())
+
+    def test_a_bad_value_creates_no_data_dir(self) -> None:
+        path = self.tmp / "never"
+        with self.assertRaises(ConfigError):
+            load_config(None, {"DATA_DIR": str(path), "MAX_PAIRS": "1_0"})
+        self.assertFalse(path.exists())
+
+
+class CrossFieldTest(ConfigTestCase):
+    def test_an_allowlist_that_leaves_nothing_to_trade_is_refused(self) -> None:
+        for env in ({"PAIR_ALLOWLIST": "ETH/BTC"},
+                    {"PAIR_ALLOWLIST": "BTC/USDT", "PAIR_DENYLIST": "BTC/USDT"},
+                    {"PAIR_ALLOWLIST": "BTC/USDT,ETH/BTC", "PAIR_DENYLIST": "BTC/USDT"}):
+            with self.subTest(env=env), self.assertRaises(ConfigError) as cm:
+                self.load(**env)
+            self.assertIn("leaves no pair to trade", self.assert_one_line_error(cm, "PAIR_ALLOWLIST"))
+
+    def test_a_variable_set_twice_in_the_env_file_is_refused(self) -> None:
+        with self.assertRaises(ConfigError) as cm:
+            self.load(f"MAX_PAIRS=5\nAPI_KEY={SECRET_VALUE}\n# x\nMAX_PAIRS=10\n")
+        message = self.assert_one_line_error(cm, "MAX_PAIRS", SECRET_VALUE)
+        self.assertIn("lines 1 and 4", message)
+        self.assertEqual(self.load("OTHER_TOOL=1\nOTHER_TOOL=2\n").max_pairs, 50)  # not ours
+
+
+MARKETS = {"BTC/USDT": {"spot": True, "active": True, "quote": "USDT"},
+           "ETH/USDT": {"spot": True, "active": True, "quote": "USDT"},
+           "NEO/USDT": {"spot": True, "active": True, "quote": "USDT"},
+           "OLD/USDT": {"spot": True, "active": False, "quote": "USDT"},
+           "BTC-PERP": {"spot": False, "active": True, "quote": "USDT"}}
+
+
+class CheckPairsTest(ConfigTestCase):
+    def test_listed_pairs_pass(self) -> None:
+        check_pairs(self.load(PAIR_ALLOWLIST="BTC/USDT,ETH/USDT"), MARKETS)
+        check_pairs(self.load(), MARKETS)                 # no allowlist: nothing to check
+
+    def test_unknown_pairs_are_named_with_close_matches(self) -> None:
+        with self.assertRaises(ConfigError) as cm:
+            check_pairs(self.load(PAIR_ALLOWLIST="BTC/USDT,NOPE/USDT,ETH/USTD,ZZZZZZ/USDT"),
+                        MARKETS)
+        message = self.assert_one_line_error(cm, "PAIR_ALLOWLIST")
+        self.assertNotIn("BTC/USDT,", message.split("(allowed")[0])
+        for fragment in ("NOPE/USDT (did you mean NEO/USDT?)", "ETH/USTD (did you mean ETH/USDT?)",
+                         "ZZZZZZ/USDT", "simulated does not list"):
+            self.assertIn(fragment, message)
+
+    def test_listed_but_untradable_pairs_are_named(self) -> None:
+        markets = MARKETS | {"SOL/USDT": {"spot": False, "active": True, "quote": "USDT"}}
+        with self.assertRaises(ConfigError) as cm:
+            check_pairs(self.load(PAIR_ALLOWLIST="OLD/USDT,SOL/USDT,BTC/USDT"), markets)
+        message = self.assert_one_line_error(cm, "PAIR_ALLOWLIST")
+        for symbol in ("OLD/USDT", "SOL/USDT"):
+            self.assertIn(f"{symbol} (listed but not an active spot market in USDT)", message)
+
+    def test_unknown_denylist_pairs_only_warn(self) -> None:
+        with self.assertLogs("config", "WARNING") as logs:
+            check_pairs(self.load(PAIR_DENYLIST="LUNA/USDT"), MARKETS, exchange="binance")
+        self.assertIn("LUNA/USDT, which binance does not list", logs.output[0])
 
 
 class MisspellingTest(ConfigTestCase):

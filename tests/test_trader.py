@@ -18,6 +18,11 @@ from trader import Trader
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def held_on(server, asset: str) -> float:
+    """What the simulated account holds of an asset: free, and locked in open orders (stops)."""
+    return server.balances.get(asset, 0.0) + server.locked.get(asset, 0.0)
+
+
 def trader_config(data_dir: str, **overrides):
     env = {"DATA_DIR": data_dir, "SIM_PAIRS": "15", "MAX_PAIRS": "15", "SIM_SPEED": "600",
            "CHECK_INTERVAL": "60", "CANDLE_HISTORY": "150", "ML_ENABLED": "false",
@@ -130,7 +135,7 @@ class TestLiveOnTheSim(TraderCase):
         self.run_until_positions(trader)
         for symbol, position in trader.positions.items():
             base = symbol.split("/")[0]
-            self.assertAlmostEqual(server.balances[base], position.amount, places=6,
+            self.assertAlmostEqual(held_on(server, base), position.amount, places=6,
                                    msg="the position is what the account holds after fees")
         spent = start_cash - server.balances["USDT"]
         cost = sum(p.amount * p.entry_price + p.entry_fee for p in trader.positions.values())
@@ -177,12 +182,12 @@ class TestLiveCrashRestart(unittest.TestCase):
                 self.assertEqual(store.open_positions(), [])
             symbol = pending[0].symbol
             base = symbol.split("/")[0]
-            self.assertGreater(server.balances.get(base, 0.0), 0, "the exchange filled the buy")
+            self.assertGreater(held_on(server, base), 0, "the exchange filled the buy")
 
             trader = Trader(load_config(None, env), reporter=Reporter(lambda line: None))
             try:
                 self.assertEqual(list(trader.positions), [symbol], "exactly one position")
-                self.assertAlmostEqual(trader.positions[symbol].amount, server.balances[base],
+                self.assertAlmostEqual(trader.positions[symbol].amount, held_on(server, base),
                                        places=9, msg="the position is what the exchange holds")
                 self.assertEqual(trader.store.pending_orders(), [])
                 self.assertEqual(trader.store.order(pending[0].client_order_id).status, "filled")
