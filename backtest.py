@@ -53,7 +53,7 @@ from threadpoolctl import threadpool_limits
 from brokers import PAPER_BOOK_DEPTH, BacktestBroker, Quote
 from candle_files import gaps, load_candles, timeframe_to_ms
 from domain import Bar, EntryIntent, Fill, MarketView, OrderRejected, StrategyParams, Trade
-from exchange import make_client_order_id
+from order_ids import client_order_id
 from features import HISTORY_NEEDED, close_windows, prepare_features
 from indicators import compute_all
 from labels import LabelParams, Samples, samples_from_candles
@@ -394,7 +394,7 @@ class _Replay:
         self.broker.quotes[symbol] = book_quote(price, timestamp_ms, float(d.book_vol[book_row]),
                                                 float(d.book_qv[book_row]), d.rules[p],
                                                 self.settings.slippage)
-        return make_client_order_id("bt", symbol, next(self._orders))
+        return client_order_id(None, "bt", symbol, next(self._orders))
 
     def _sold(self, fill: Fill, reason: str) -> None:
         trade, _ = self.ledger.close(fill, reason)

@@ -18,11 +18,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-import ccxt
 import numpy as np
 
 from domain import ExchangeError, Fill, OrderNotFound, OrderRejected, OrderStatus
-from exchange import CLIENT_ORDER_ID_RE, ExchangeClient
+import order_ids
+from exchange import ExchangeClient
 from ledger import Ledger
 from market_rules import MarketRules
 
@@ -242,22 +242,30 @@ class LiveBroker:
     def place_stop(self, symbol: str, amount: float, stop: float, limit: float,
                    client_order_id: str) -> dict:
         """A stop-loss limit sell resting on the exchange (ccxt's unified stopLossPrice)."""
-        params = {"stopLossPrice": stop, "newClientOrderId": client_order_id}
+        params = order_ids.create_params(self.client.ccxt, client_order_id) | {"stopLossPrice": stop}
         return self.client.call("create_order", symbol, "limit", "sell", amount, limit, params)
 
     def cancel(self, symbol: str, client_order_id: str) -> None:
-        """Cancel an order by its client order id; one the exchange no longer has is fine."""
+        """Cancel an order known by its client order id; one the exchange no longer has (or
+        never had) is fine."""
+        order = self._find(symbol, client_order_id)
+        if order is None or order.get("status") != "open":
+            return
         try:
-            self.client.call("cancel_order", None, symbol, {"origClientOrderId": client_order_id})
+            self.client.call("cancel_order", order["id"], symbol)
         except OrderNotFound:
             pass
 
+    def _find(self, symbol: str, client_order_id: str) -> dict | None:
+        """The ccxt order with this client order id, or None when the exchange has none."""
+        return self.client.with_retries(
+            "fetch_order", lambda attempt: order_ids.find_by_client_id(
+                self.client.ccxt, symbol, client_order_id), idempotent=True)
+
     def lookup(self, symbol: str, client_order_id: str) -> OrderStatus:
         """What the exchange knows of the order with this client order id."""
-        try:
-            order = self.client.call("fetch_order", None, symbol,
-                                     {"origClientOrderId": client_order_id})
-        except OrderNotFound:
+        order = self._find(symbol, client_order_id)
+        if order is None:
             return OrderStatus("missing")
         state = "open" if order.get("status") == "open" else "done"
         fill = self._fill(order, symbol, order["side"], client_order_id) if order.get("filled") else None
@@ -265,28 +273,26 @@ class LiveBroker:
 
     def _place(self, symbol: str, side: str, amount: float, client_order_id: str,
                ioc_price: float | None = None) -> dict:
-        """create_order (market, or limit IOC at `ioc_price`), retried safely: before each
-        retry, look the order up by its id."""
-        if not CLIENT_ORDER_ID_RE.match(client_order_id):
-            raise OrderRejected(f"{symbol}: client order id {client_order_id!r} is not valid")
+        """create_order (market, or limit IOC at `ioc_price`) with the client order id under
+        the exchange's own parameter. Retried only where the id makes that safe, and then
+        only after a lookup by the id says the order is not there."""
         ex = self.client.ccxt
+        params = order_ids.create_params(ex, client_order_id)   # OrderRejected if not valid
 
         def attempt(i: int) -> dict:
             if i > 0:
-                try:
-                    found = ex.fetch_order(None, symbol, {"origClientOrderId": client_order_id})
+                found = order_ids.find_by_client_id(ex, symbol, client_order_id)
+                if found is not None:
                     log.info("%s: order %s had reached the exchange; not placing it again",
                              symbol, client_order_id)
                     return found
-                except ccxt.OrderNotFound:
-                    pass
             if ioc_price is None:
-                return ex.create_order(symbol, "market", side, amount, None,
-                                       {"newClientOrderId": client_order_id})
+                return ex.create_order(symbol, "market", side, amount, None, dict(params))
             return ex.create_order(symbol, "limit", side, amount, ioc_price,
-                                   {"newClientOrderId": client_order_id, "timeInForce": "IOC"})
+                                   params | {"timeInForce": "IOC"})
 
-        return self.client.with_retries("create_order", attempt, idempotent=True)
+        return self.client.with_retries("create_order", attempt,
+                                        idempotent=order_ids.may_retry_create(ex))
 
     def _fill(self, order: dict, symbol: str, side: str, client_order_id: str) -> Fill:
         market = self.client.market(symbol)
@@ -306,8 +312,8 @@ class LiveBroker:
         """(all fees in quote, the part paid in the base coin) of an order."""
         fees = [f for f in (order.get("fees") or [order.get("fee")]) if f and f.get("cost") is not None]
         if not fees:
-            trades = self.client.call("fetch_my_trades", symbol, None, None, {"orderId": order["id"]})
-            fees = [t["fee"] for t in trades if t.get("fee") and t["fee"].get("cost") is not None]
+            fees = [t["fee"] for t in self._trades_of(order, symbol)
+                    if t.get("fee") and t["fee"].get("cost") is not None]
         fee_quote, fee_base = 0.0, 0.0
         for f in fees:
             amount = float(f["cost"])
@@ -317,6 +323,13 @@ class LiveBroker:
             else:
                 fee_quote += self._to_quote(amount, f.get("currency"), market)
         return fee_quote, fee_base
+
+    def _trades_of(self, order: dict, symbol: str) -> list[dict]:
+        """The trades that filled an order (ccxt's fetchOrderTrades where the exchange has it)."""
+        if self.client.ccxt.has.get("fetchOrderTrades"):
+            return self.client.call("fetch_order_trades", order["id"], symbol)
+        trades = self.client.call("fetch_my_trades", symbol, order.get("timestamp"))
+        return [t for t in trades if str(t.get("order")) == str(order["id"])]
 
     def _to_quote(self, amount: float, currency: str | None, market: Mapping) -> float:
         """A fee in quote (as is), or converted at the fee currency's last price (e.g. BNB)."""

@@ -8,7 +8,6 @@ can help with. Orders are the brokers' job (brokers.py).
 from __future__ import annotations
 
 import email.utils
-import hashlib
 import json
 import logging
 import random
@@ -32,7 +31,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_MS = 10_000
-CLIENT_ORDER_ID_RE = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 
 
 # --------------------------------------------------------------------------------------
@@ -389,16 +387,3 @@ class RemoteSimClock:
         if self.speed == 0:
             self._sync()
         return self._market0 + (time.monotonic() - self._wall0) * self.speed
-
-
-def make_client_order_id(prefix: str, symbol: str, sequence: int) -> str:
-    """Deterministic client order id valid on Binance ([.A-Z:/a-z0-9_-]{1,36})."""
-    clean = lambda s: re.sub(r"[^.A-Za-z0-9_-]", "", s)  # noqa: E731
-    head, sym, seq = clean(prefix)[:12], clean(symbol.replace("/", "")), str(int(sequence))
-    cid = "-".join(p for p in (head, sym, seq) if p)
-    if len(cid) > 36:
-        digest = hashlib.blake2b(symbol.encode(), digest_size=4).hexdigest()
-        cid = "-".join(p for p in (head, digest, seq) if p)
-    if not CLIENT_ORDER_ID_RE.match(cid):
-        raise ValueError(f"cannot build a client order id from {prefix!r}, {symbol!r}, {sequence}")
-    return cid

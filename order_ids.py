@@ -484,8 +484,8 @@ def _digest(text: str, size: int = 4) -> str:
 def client_order_id(exchange: Any, prefix: str, symbol: str, sequence: int) -> str:
     """A deterministic client order id valid on `exchange`.
 
-    ``<prefix>-<BASEQUOTE>-<sequence>`` where it fits (what exchange.make_client_order_id
-    builds for Binance, character for character), else ``<prefix>-<hash of symbol>-<seq>``,
+    ``<prefix>-<BASEQUOTE>-<sequence>`` where it fits (the form the bot has always used
+    on Binance), else ``<prefix>-<hash of symbol>-<seq>``,
     else ``<hash of prefix and symbol><seq>``; without separators where the exchange allows
     only alphanumerics (OKX), with the exchange's required prefix (Gate's "t-"), or as
     digits where it takes integers (Bitfinex). Exchanges that take no id still get one of

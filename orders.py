@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from brokers import Broker
 from domain import EntryIntent, ExchangeError, Fill, OrderRejected, OrderStatus, Position, Trade
-from exchange import make_client_order_id
+from order_ids import client_order_id
 from ledger import Ledger
 from store import OrderRow, Store
 
@@ -32,11 +32,12 @@ class OrderExecutor:
     lookups fail) until the venue says what happened, then books exactly that."""
 
     def __init__(self, store: Store, broker: Broker, ledger: Ledger, group_of: Callable[[str], str],
-                 persist_cash: bool, clock: Callable[[], float] = time.time):
+                 persist_cash: bool, clock: Callable[[], float] = time.time, venue: Any = None):
         self.store, self.broker, self.ledger = store, broker, ledger
         self.group_of = group_of
         self.persist_cash = persist_cash     # paper: the ledger's cash is the account's
         self.clock = clock
+        self.venue = venue        # the ccxt exchange whose client-id rules apply (None: paper)
         self._instance = self._instance_id()
         self._cycle = 0
         self._retry: dict[str, tuple[int, int]] = {}   # client id -> (failed lookups, next cycle)
@@ -50,7 +51,8 @@ class OrderExecutor:
 
     def next_client_order_id(self, symbol: str) -> str:
         """A new client order id, never handed out twice (the sequence is committed first)."""
-        return make_client_order_id(f"tb{self._instance}", symbol, self.store.next_sequence("order"))
+        return client_order_id(self.venue, f"tb{self._instance}", symbol,
+                               self.store.next_sequence("order"))
 
     def _cash(self) -> float | None:
         return self.ledger.cash if self.persist_cash else None

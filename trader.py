@@ -73,7 +73,8 @@ class Trader:
         self.broker = (PaperBroker(self.client, self.ledger) if config.dry_run
                        else LiveBroker(self.client, config.quote_currency))
         self.orders = OrderExecutor(self.store, self.broker, self.ledger, self.risk.group_of,
-                                    persist_cash=config.dry_run, clock=self.clock)
+                                    persist_cash=config.dry_run, clock=self.clock,
+                                    venue=None if config.dry_run else self.client.ccxt)
         self.ledger.dust = self.store.dust()
         self.stops = (ExchangeStops(self.store, self.broker, self.orders, STOP_LIMIT_BELOW)
                       if not config.dry_run and self.broker.supports_stops else None)

@@ -15,8 +15,7 @@ import exchange
 from brokers import LiveBroker
 from clock import ManualClock
 from domain import ExchangeError, OrderNotFound, OrderRejected
-from exchange import (CLIENT_ORDER_ID_RE, ExchangeClient, RateLimiter, create_client,
-                      make_client_order_id, sim_client)
+from exchange import ExchangeClient, RateLimiter, create_client, sim_client
 from market_rules import TICK_SIZE, MarketRules
 from sim_exchange import SimExchangeServer
 from sim_market import SimMarket
@@ -94,17 +93,6 @@ class PureHelpersTest(unittest.TestCase):
         before = time.monotonic()
         limiter.throttle()
         self.assertGreaterEqual(time.monotonic() - before, 0.1 - 1e-3)
-
-    def test_client_order_ids_are_deterministic_and_valid(self):
-        a = make_client_order_id("tb", "BTC/USDT", 17)
-        self.assertEqual(a, make_client_order_id("tb", "BTC/USDT", 17))
-        self.assertNotEqual(a, make_client_order_id("tb", "BTC/USDT", 18))
-        self.assertNotEqual(a, make_client_order_id("tb", "ETH/USDT", 17))
-        self.assertRegex(a, CLIENT_ORDER_ID_RE)
-        long_id = make_client_order_id("bot instance #1!", "VERYLONGTOKENNAME123/USDT", 10 ** 9)
-        self.assertRegex(long_id, CLIENT_ORDER_ID_RE)
-        self.assertLessEqual(len(long_id), 36)
-        self.assertTrue(long_id.endswith(str(10 ** 9)))
 
 
 class CreateClientTest(unittest.TestCase):

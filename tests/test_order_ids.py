@@ -24,7 +24,6 @@ import ccxt.async_support
 
 import order_ids
 from domain import OrderRejected
-from exchange import make_client_order_id
 from order_ids import (ClientIdLookupUnsupported, DuplicateClientOrderId, client_order_id,
                        create_params, find_by_client_id, id_support, may_retry_create)
 from sim_exchange import SimExchangeServer, ccxt_overrides
@@ -123,11 +122,14 @@ class TableTest(unittest.TestCase):
                 raise AssertionError("no network here")
         self.assertEqual(id_support(Recording()).name, "kraken")
 
-    def test_binance_ids_are_make_client_order_id(self):
+    def test_binance_ids_are_prefix_pair_and_sequence(self):
         ex = ccxt.binance()
-        for args in [("tb", "BTC/USDT", 17), ("bot instance #1!", "VERYLONGTOKENNAME123/USDT", 10 ** 9),
-                     ("", "ETH/USDT", 0), ("paper", "1000SHIB/USDT", 123456)]:
-            self.assertEqual(client_order_id(ex, *args), make_client_order_id(*args), args)
+        self.assertEqual(client_order_id(ex, "tb", "BTC/USDT", 17), "tb-BTCUSDT-17")
+        long_id = client_order_id(ex, "bot instance #1!", "VERYLONGTOKENNAME123/USDT", 10 ** 9)
+        self.assertRegex(long_id, r"^[.A-Z:/a-z0-9_-]{1,36}$")
+        self.assertTrue(long_id.endswith(str(10 ** 9)))
+        self.assertEqual(client_order_id(None, "tb", "BTC/USDT", 17), "tb-BTCUSDT-17",
+                         "paper and backtest ids have the same form")
 
     def test_ids_are_valid_deterministic_and_distinct_everywhere(self):
         cases = [("tb", s, n) for s in ("BTC/USDT", "ETH/USDT", "VERYLONGTOKENNAME123/USDT",
@@ -396,7 +398,7 @@ class OkxStubTest(unittest.TestCase):
         self.assertEqual(len(self.stub.orders_with(cid)), 1)
 
     def test_a_binance_style_id_is_caught_before_okx_refuses_it(self):
-        binance_style = make_client_order_id("tb", "BTC/USDT", 3)     # has hyphens
+        binance_style = client_order_id(ccxt.binance(), "tb", "BTC/USDT", 3)     # has hyphens
         with self.assertRaises(OrderRejected):
             create_params(self.ex, binance_style)
         self.assertEqual(self.posts(), [])

@@ -11,14 +11,14 @@ import sys
 import threading
 import time
 import unittest
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import ccxt
 import numpy as np
 
-from sim_exchange import SimExchangeServer, ccxt_overrides
+from sim_exchange import ADMIN_PATH, RESTING_FILL_SHARE, SimExchangeServer, ccxt_overrides
 from sim_market import SimMarket, simulated_ohlcv, synthetic_order_book
 
 START_MS = 1_717_200_000_000 + 150_000     # 2024-06-01 00:02:30 UTC, inside a 5m candle
@@ -579,12 +579,452 @@ class FaultInjectionTest(unittest.TestCase):
         self.assertEqual(self.server.request_count(), 0)
 
 
+STEP = Decimal("0.0001")        # ETH/USDT's lot step on the simulated market
+
+
+def d(x) -> Decimal:
+    """A ccxt number as the exact decimal Binance wrote."""
+    return Decimal(str(x))
+
+
+class SimOrderTest(unittest.TestCase):
+    """A speed-0 market (the clock moves only by advance) and an account trading ETH/USDT
+    through an unmodified ccxt.binance."""
+
+    def setUp(self):
+        self.market = SimMarket(pairs=5, seed=2, speed=0, start_ms=START_MS)
+        self.server = SimExchangeServer(self.market, api_key=KEY, api_secret=SECRET,
+                                        balances={"USDT": 10000.0, "ETH": 1.0}).start()
+        self.ex = make_client(self.server)
+        self.ex.load_markets()
+
+    def tearDown(self):
+        self.server.stop()
+
+    def price(self, factor: float) -> str:
+        """The last price times factor, on the tick grid."""
+        return self.ex.price_to_precision("ETH/USDT", self.ex.fetch_ticker("ETH/USDT")["last"] * factor)
+
+    def minutes_after(self, placed_ms: int) -> list[list]:
+        """1m klines after the minute an order was placed in, up to the current one."""
+        return self.market.klines("ETHUSDT", "1m", start_ms=placed_ms // 60_000 * 60_000 + 60_000,
+                                  limit=1000)
+
+    def advance_until(self, placed_ms: int, hit, step_s: int = 600, waiting=None) -> list:
+        """Advance the market until a minute after placed_ms satisfies hit(kline); that kline.
+        waiting() runs after each step that found none."""
+        for _ in range(150):
+            self.market.advance(step_s)
+            found = [k for k in self.minutes_after(placed_ms) if hit(k)]
+            if found:
+                return found[0]
+            if waiting:
+                waiting()
+        self.fail("the market never got there")
+
+    def oco(self, qty: str, above: str, stop: str, limit: str, **extra) -> dict:
+        """A sell OCO through ccxt's implicit API: limit maker above, stop-loss-limit below."""
+        return self.ex.private_post_orderlist_oco({
+            "symbol": "ETHUSDT", "side": "SELL", "quantity": qty, "aboveType": "LIMIT_MAKER",
+            "abovePrice": above, "belowType": "STOP_LOSS_LIMIT", "belowStopPrice": stop,
+            "belowPrice": limit, "belowTimeInForce": "GTC"} | extra)
+
+    def assert_trades_settle(self, order_ids, usdt0: Decimal, eth0: Decimal, maker: bool):
+        """The account's trades of these orders carry Binance's fee and move the balances by
+        exactly their amounts (sells of ETH for USDT)."""
+        trades = [t for t in self.ex.fetch_my_trades("ETH/USDT") if t["order"] in order_ids]
+        self.assertTrue(trades)
+        for t in trades:
+            self.assertEqual(t["fee"]["currency"], "USDT")
+            self.assertEqual(d(t["fee"]["cost"]),
+                             (d(t["cost"]) * Decimal("0.001")).quantize(Decimal("1e-8")))
+            self.assertEqual(t["takerOrMaker"], "maker" if maker else "taker")
+        sold = sum(d(t["amount"]) for t in trades)
+        proceeds = sum(d(t["cost"]) - d(t["fee"]["cost"]) for t in trades)
+        self.assertAlmostEqual(self.server.balances["USDT"], float(usdt0 + proceeds), places=8)
+        self.assertAlmostEqual(self.server.balances["ETH"] + self.server.locked["ETH"],
+                               float(eth0 - sold), places=8)
+        return trades
+
+
+class StopLossTest(SimOrderTest):
+    def test_unified_stop_loss_price_places_a_stop_loss_limit_that_fills_when_hit(self):
+        stop, limit = self.price(0.997), self.price(0.994)
+        order = self.ex.create_order("ETH/USDT", "limit", "sell", 0.5, float(limit),
+                                     {"stopLossPrice": float(stop)})
+        info = order["info"]
+        self.assertEqual((info["type"], info["stopPrice"], info["price"], info["timeInForce"],
+                          info["status"], info["workingTime"]),
+                         ("STOP_LOSS_LIMIT", f"{float(stop):.8f}", f"{float(limit):.8f}", "GTC",
+                          "NEW", -1))
+        self.assertEqual((order["status"], order["triggerPrice"]), ("open", float(stop)))
+        self.assertAlmostEqual(self.server.locked["ETH"], 0.5)
+        self.assertEqual([o["id"] for o in self.ex.fetch_open_orders("ETH/USDT")], [order["id"]])
+
+        def still_waiting():
+            waiting = self.ex.fetch_order(order["id"], "ETH/USDT")["info"]
+            self.assertEqual((waiting["status"], waiting["isWorking"]), ("NEW", False))
+
+        hit = self.advance_until(order["info"]["transactTime"], lambda k: float(k[3]) <= float(stop),
+                                 waiting=still_waiting)
+        got = self.ex.fetch_order(order["id"], "ETH/USDT")
+        self.assertEqual((got["info"]["workingTime"], got["info"]["isWorking"]), (hit[0], True))
+        self.assertEqual(got["status"], "closed")
+        trades = self.assert_trades_settle({order["id"]}, Decimal(10000), Decimal(1), maker=False)
+        self.assertTrue(all(float(limit) <= t["price"] <= float(stop) for t in trades))
+        self.assertEqual(sum(d(t["amount"]) for t in trades), Decimal("0.5"))
+        self.assertEqual({t["timestamp"] for t in trades}, {hit[0]})
+        self.assertEqual(self.server.locked["ETH"], 0.0)
+        self.assertEqual(self.ex.fetch_open_orders("ETH/USDT"), [])
+        listed = {o["id"]: o["status"] for o in self.ex.fetch_orders("ETH/USDT")}
+        self.assertEqual(listed[order["id"]], "closed")
+
+    def test_stop_price_param_and_explicit_type_send_the_same_order(self):
+        stop, limit = self.price(0.99), self.price(0.98)
+        via_stop_price = self.ex.create_order("ETH/USDT", "limit", "sell", 0.1, float(limit),
+                                              {"stopPrice": float(stop)})
+        explicit = self.ex.create_order("ETH/USDT", "STOP_LOSS_LIMIT", "sell", 0.1, float(limit),
+                                        {"stopPrice": float(stop), "timeInForce": "GTC"})
+        market_stop = self.ex.create_order("ETH/USDT", "market", "sell", 0.1, None,
+                                           {"stopLossPrice": float(stop)})
+        for order in (via_stop_price, explicit):
+            self.assertEqual((order["info"]["type"], order["info"]["stopPrice"]),
+                             ("STOP_LOSS_LIMIT", f"{float(stop):.8f}"))
+        self.assertEqual((market_stop["info"]["type"], market_stop["info"]["price"]),
+                         ("STOP_LOSS", "0.00000000"))
+        self.assertAlmostEqual(self.server.locked["ETH"], 0.3)
+        self.ex.cancel_order(explicit["id"], "ETH/USDT")
+        self.assertAlmostEqual(self.server.locked["ETH"], 0.2)
+
+    def test_stop_loss_market_order_sells_into_the_book_when_triggered(self):
+        stop = self.price(0.997)
+        order = self.ex.create_order("ETH/USDT", "market", "sell", 0.4, None,
+                                     {"stopLossPrice": float(stop)})
+        hit = self.advance_until(order["info"]["transactTime"], lambda k: float(k[3]) <= float(stop))
+        got = self.ex.fetch_order(order["id"], "ETH/USDT")
+        self.assertEqual((got["status"], got["filled"], got["info"]["workingTime"]),
+                         ("closed", 0.4, hit[0]))
+        trades = self.assert_trades_settle({order["id"]}, Decimal(10000), Decimal(1), maker=False)
+        self.assertTrue(all(t["price"] < float(stop) for t in trades))
+
+    def test_buy_stop_limit_triggers_on_the_way_up_with_quote_locked(self):
+        stop, limit = self.price(1.003), self.price(1.006)
+        order = self.ex.create_order("ETH/USDT", "limit", "buy", 0.5, float(limit),
+                                     {"stopLossPrice": float(stop)})
+        self.assertAlmostEqual(self.server.locked["USDT"], float(d(limit) * Decimal("0.5")), places=8)
+        hit = self.advance_until(order["info"]["transactTime"], lambda k: float(k[2]) >= float(stop))
+        got = self.ex.fetch_order(order["id"], "ETH/USDT")
+        self.assertEqual((got["status"], got["info"]["workingTime"]), ("closed", hit[0]))
+        self.assertTrue(float(stop) <= got["average"] <= float(limit))
+        self.assertEqual(self.server.locked["USDT"], 0.0)
+        self.assertAlmostEqual(self.server.balances["USDT"],
+                               float(Decimal(10000) - d(got["info"]["cummulativeQuoteQty"])), places=8)
+        self.assertAlmostEqual(self.server.balances["ETH"], 1.0 + 0.5 - 0.0005, places=8)
+
+    def test_stop_rules_and_error_codes(self):
+        with self.assertRaises(ccxt.OrderImmediatelyFillable) as ctx:     # sell stop above last
+            self.ex.create_order("ETH/USDT", "limit", "sell", 0.1, float(self.price(1.0)),
+                                 {"stopLossPrice": float(self.price(1.002))})
+        self.assertIn("Order would trigger immediately.", str(ctx.exception))
+        with self.assertRaises(ccxt.OrderImmediatelyFillable):              # buy stop below last
+            self.ex.create_order("ETH/USDT", "limit", "buy", 0.1, float(self.price(1.0)),
+                                 {"stopLossPrice": float(self.price(0.998))})
+        base = {"symbol": "ETHUSDT", "side": "SELL", "quantity": "0.1"}
+        stop = self.price(0.99)
+        for params, code in (
+                ({"type": "STOP_LOSS_LIMIT", "price": stop, "stopPrice": stop}, "-1102"),
+                ({"type": "STOP_LOSS_LIMIT", "price": stop, "timeInForce": "GTC"}, "-1102"),
+                ({"type": "STOP_LOSS", "stopPrice": stop, "price": stop}, "-1106"),
+                ({"type": "STOP_LOSS", "stopPrice": stop, "timeInForce": "GTC"}, "-1106"),
+                ({"type": "LIMIT", "price": stop, "timeInForce": "GTC", "stopPrice": stop}, "-1106"),
+                ({"type": "STOP_LOSS", "stopPrice": stop + "001"}, "PRICE_FILTER"),
+                ({"type": "STOP_LOSS", "stopPrice": stop, "quantity": "2"}, "insufficient")):
+            with self.assertRaises(ccxt.ExchangeError) as ctx:
+                self.ex.privatePostOrder(base | params)
+            self.assertIn(code, str(ctx.exception), params)
+        self.assertEqual((self.server.locked["ETH"], self.server.balances["ETH"]), (0.0, 1.0))
+        self.assertEqual(self.ex.fetch_orders("ETH/USDT"), [])
+
+    def test_cancelled_stop_releases_its_funds_and_never_triggers(self):
+        stop = self.price(0.997)
+        order = self.ex.create_order("ETH/USDT", "limit", "sell", 0.5, float(stop),
+                                     {"stopLossPrice": float(stop)})
+        canceled = self.ex.cancel_order(order["id"], "ETH/USDT")
+        self.assertEqual((canceled["status"], canceled["info"]["stopPrice"]),
+                         ("canceled", f"{float(stop):.8f}"))
+        self.assertEqual((self.server.locked["ETH"], self.server.balances["ETH"]), (0.0, 1.0))
+        self.advance_until(order["info"]["transactTime"], lambda k: float(k[3]) < float(stop))
+        self.assertEqual(self.ex.fetch_order(order["id"], "ETH/USDT")["status"], "canceled")
+        self.assertEqual(self.ex.fetch_my_trades("ETH/USDT"), [])
+        with self.assertRaises(ccxt.OrderNotFound):
+            self.ex.cancel_order(order["id"], "ETH/USDT")
+
+
+class OcoTest(SimOrderTest):
+    def test_oco_locks_once_is_listed_and_cancels_as_a_list(self):
+        placed = self.oco("0.4", self.price(1.01), self.price(0.99), self.price(0.985),
+                          listClientOrderId="exit-1")
+        self.assertEqual((placed["contingencyType"], placed["listOrderStatus"],
+                          placed["listClientOrderId"]), ("OCO", "EXECUTING", "exit-1"))
+        self.assertEqual([(r["type"], r["status"], r["orderListId"]) for r in placed["orderReports"]],
+                         [("STOP_LOSS_LIMIT", "NEW", placed["orderListId"]),
+                          ("LIMIT_MAKER", "NEW", placed["orderListId"])])
+        self.assertAlmostEqual(self.server.locked["ETH"], 0.4)         # once, not per leg
+        legs = [str(o["orderId"]) for o in placed["orders"]]
+        self.assertEqual(sorted(o["id"] for o in self.ex.fetch_open_orders("ETH/USDT")), sorted(legs))
+        fetched = self.ex.private_get_orderlist({"origClientOrderId": "exit-1"})
+        self.assertEqual((fetched["orderListId"], fetched["listStatusType"]),
+                         (placed["orderListId"], "EXEC_STARTED"))
+        self.assertEqual([x["orderListId"] for x in self.ex.private_get_openorderlist()],
+                         [placed["orderListId"]])
+        canceled = self.ex.private_delete_orderlist({"symbol": "ETHUSDT",
+                                                     "orderListId": placed["orderListId"]})
+        self.assertEqual(canceled["listOrderStatus"], "ALL_DONE")
+        self.assertEqual([r["status"] for r in canceled["orderReports"]], ["CANCELED", "CANCELED"])
+        self.assertEqual((self.server.locked["ETH"], self.server.balances["ETH"]), (0.0, 1.0))
+        self.assertEqual(self.ex.private_get_openorderlist(), [])
+        self.assertEqual(self.ex.private_get_allorderlist()[0]["listOrderStatus"], "ALL_DONE")
+        with self.assertRaises(ccxt.OrderNotFound) as ctx:
+            self.ex.private_delete_orderlist({"symbol": "ETHUSDT", "orderListId": placed["orderListId"]})
+        self.assertIn("Unknown order list sent.", str(ctx.exception))
+        with self.assertRaises(ccxt.OrderNotFound) as ctx:
+            self.ex.private_get_orderlist({"orderListId": 999})
+        self.assertIn("-2013", str(ctx.exception))
+
+    def test_legacy_endpoint_and_cancelling_one_leg_cancels_the_other(self):
+        placed = self.ex.private_post_order_oco({
+            "symbol": "ETHUSDT", "side": "SELL", "quantity": "0.3", "price": self.price(1.01),
+            "stopPrice": self.price(0.99), "stopLimitPrice": self.price(0.985),
+            "stopLimitTimeInForce": "GTC"})
+        stop_id, maker_id = (str(o["orderId"]) for o in placed["orders"])
+        self.assertEqual(self.ex.fetch_order(maker_id, "ETH/USDT")["info"]["type"], "LIMIT_MAKER")
+        self.ex.cancel_order(maker_id, "ETH/USDT")
+        self.assertEqual(self.ex.fetch_order(stop_id, "ETH/USDT")["status"], "canceled")
+        self.assertEqual(self.server.locked["ETH"], 0.0)
+        self.assertEqual(self.ex.private_get_orderlist({"orderListId": placed["orderListId"]})
+                         ["listOrderStatus"], "ALL_DONE")
+
+    def test_oco_price_rules_and_error_codes(self):
+        above, below = self.price(1.01), self.price(0.99)
+        for params, code in (
+                ({"abovePrice": self.price(0.995)}, "relationship of the prices"),   # under last
+                ({"belowStopPrice": self.price(1.005)}, "relationship of the prices"),
+                ({"aboveType": "STOP_LOSS", "aboveStopPrice": above}, "-1014"),
+                ({"belowType": "STOP_LOSS"}, "-1106"),                               # belowPrice sent
+                ({"belowTimeInForce": ""}, "-1102"),
+                ({"quantity": "5"}, "insufficient balance")):
+            with self.assertRaises(ccxt.ExchangeError) as ctx:
+                self.oco("0.4", above, below, below, **params)
+            self.assertIn(code, str(ctx.exception), params)
+        self.assertEqual(self.server.locked["ETH"], 0.0)
+        self.assertEqual(self.ex.private_get_allorderlist(), [])
+
+    def test_stop_leg_triggering_expires_the_limit_maker(self):
+        stop = self.price(0.997)
+        placed = self.oco("0.5", self.price(1.05), stop, self.price(0.994))
+        stop_id, maker_id = (str(o["orderId"]) for o in placed["orders"])
+        hit = self.advance_until(placed["transactionTime"], lambda k: float(k[3]) <= float(stop))
+        stop_leg, maker = (self.ex.fetch_order(i, "ETH/USDT") for i in (stop_id, maker_id))
+        self.assertEqual((stop_leg["status"], stop_leg["info"]["workingTime"]), ("closed", hit[0]))
+        self.assertEqual((maker["status"], maker["filled"]), ("expired", 0.0))
+        self.assert_trades_settle({stop_id}, Decimal(10000), Decimal(1), maker=False)
+        self.assertEqual(self.server.locked["ETH"], 0.0)
+        self.assertEqual(self.ex.private_get_orderlist({"orderListId": placed["orderListId"]})
+                         ["listOrderStatus"], "ALL_DONE")
+
+    def test_partly_filled_limit_maker_expires_the_stop_and_keeps_resting(self):
+        self.server.set_book_depth(0.001)          # a thin market: the maker leg fills slowly
+        above = self.price(1.002)
+        placed = self.oco("0.5", above, self.price(0.95), self.price(0.94))
+        stop_id, maker_id = (str(o["orderId"]) for o in placed["orders"])
+        self.advance_until(placed["transactionTime"], lambda k: float(k[2]) > float(above), step_s=60)
+        maker, stop_leg = (self.ex.fetch_order(i, "ETH/USDT") for i in (maker_id, stop_id))
+        self.assertEqual((maker["status"], maker["info"]["status"]), ("open", "PARTIALLY_FILLED"))
+        self.assertTrue(0 < maker["filled"] < 0.5, maker["filled"])
+        self.assertEqual(stop_leg["status"], "expired")
+        self.assertAlmostEqual(self.server.locked["ETH"], 0.5 - maker["filled"], places=8)
+        self.assert_trades_settle({maker_id}, Decimal(10000), Decimal(1), maker=True)
+        self.assertEqual(self.ex.private_get_orderlist({"orderListId": placed["orderListId"]})
+                         ["listOrderStatus"], "EXECUTING")
+        self.ex.private_delete_orderlist({"symbol": "ETHUSDT", "orderListId": placed["orderListId"]})
+        self.assertEqual(self.ex.fetch_order(maker_id, "ETH/USDT")["status"], "canceled")
+        self.assertEqual(self.server.locked["ETH"], 0.0)
+
+
+class PartialFillTest(SimOrderTest):
+    DEPTH = 0.01
+
+    def expected_fill(self, placed_ms: int, price: float, qty: Decimal) -> Decimal:
+        """What the fill model allows a resting buy: a share of the volume of every minute
+        after the placement minute whose low went under its price."""
+        capacity = sum(Decimal(f"{RESTING_FILL_SHARE * self.DEPTH * float(k[5]):.8f}")
+                       for k in self.minutes_after(placed_ms) if float(k[3]) < price)
+        return min(qty, (capacity / STEP).to_integral_value(ROUND_DOWN) * STEP)
+
+    def test_resting_order_fills_a_share_of_each_crossing_minute(self):
+        self.server.set_book_depth(self.DEPTH)
+        price = self.price(0.999)
+        order = self.ex.create_order("ETH/USDT", "limit", "buy", 2, float(price))
+        seen_partial = False
+        for _ in range(240):
+            self.market.advance(60)
+            got = self.ex.fetch_order(order["id"], "ETH/USDT")
+            expected = self.expected_fill(order["timestamp"], float(price), Decimal(2))
+            self.assertAlmostEqual(got["filled"], float(expected), delta=0.0003)
+            if 0 < got["filled"] < 2:
+                seen_partial = True
+                self.assertEqual((got["status"], got["info"]["status"]), ("open", "PARTIALLY_FILLED"))
+                self.assertAlmostEqual(self.server.locked["USDT"],
+                                       float(d(price) * (2 - d(got["filled"]))), places=6)
+            if got["status"] == "closed":
+                break
+        self.assertTrue(seen_partial, "never partly filled")
+        trades = self.ex.fetch_my_trades("ETH/USDT")
+        self.assertGreater(len(trades), 2)
+        self.assertTrue(all(t["price"] == float(price) and t["takerOrMaker"] == "maker"
+                            for t in trades))
+        self.assertEqual(sum(d(t["amount"]) for t in trades), d(got["filled"]))
+
+    def test_fills_do_not_depend_on_when_requests_come(self):
+        twin = SimExchangeServer(SimMarket(pairs=5, seed=2, speed=0, start_ms=START_MS),
+                                 api_key=KEY, api_secret=SECRET,
+                                 balances={"USDT": 10000.0, "ETH": 1.0}).start()
+        try:
+            clients = [(self.server, self.ex), (twin, make_client(twin))]
+            price = float(self.price(0.999))
+            ids = []
+            for server, ex in clients:
+                server.set_book_depth(self.DEPTH / 5)
+                ids.append(ex.create_order("ETH/USDT", "limit", "buy", 2, price)["id"])
+            for _ in range(90):                    # one checks every minute...
+                self.market.advance(60)
+                self.ex.fetch_order(ids[0], "ETH/USDT")
+            twin.market.advance(90 * 60)           # ...the other once, at the end
+            filled = [ex.fetch_order(i, "ETH/USDT")["filled"] for (_, ex), i in zip(clients, ids)]
+            self.assertEqual(filled[0], filled[1])
+            self.assertTrue(0 < filled[0] < 2, filled)
+            self.assertEqual(self.server.balances, twin.balances)
+            self.assertEqual(self.server.locked, twin.locked)
+        finally:
+            twin.stop()
+
+    def test_thin_book_scales_quantities_and_market_orders_fill_partly(self):
+        normal = self.ex.fetch_order_book("ETH/USDT", limit=20)
+        self.server.set_book_depth(0.01)
+        thin = self.ex.fetch_order_book("ETH/USDT", limit=20)
+        for a, b in zip(normal["bids"] + normal["asks"], thin["bids"] + thin["asks"]):
+            self.assertEqual(a[0], b[0])
+            self.assertEqual(d(b[1]), max(STEP, (d(a[1]) * Decimal("0.01") / STEP)
+                                          .to_integral_value(ROUND_DOWN) * STEP))
+        self.assertEqual(self.ex.fetch_ticker("ETH/USDT")["bidVolume"], thin["bids"][0][1])
+        self.server.set_book_depth(1e-7)          # one lot step a level, about
+        bids = self.ex.fetch_order_book("ETH/USDT", limit=1000)["bids"]
+        available = sum(d(q) for _, q in bids)
+        self.assertLess(available, Decimal("0.8"))
+        sell = self.ex.create_order("ETH/USDT", "market", "sell", 0.8)
+        self.assertEqual((sell["status"], sell["info"]["status"]), ("expired", "EXPIRED"))
+        self.assertEqual(d(sell["filled"]), available)
+        self.assertAlmostEqual(self.server.balances["ETH"], float(1 - available), places=8)
+        with self.assertRaises(ValueError):
+            self.server.set_book_depth(0)
+
+
+class KnobsTest(unittest.TestCase):
+    """The admin endpoint and configure: the fault knobs at run time."""
+
+    def setUp(self):
+        self.server = SimExchangeServer(SimMarket(pairs=3, seed=1, speed=0, start_ms=START_MS),
+                                        api_key=KEY, api_secret=SECRET).start()
+        self.ex = make_client(self.server, timeout=2000, enableRateLimit=False)
+        self.ex.load_markets()
+
+    def tearDown(self):
+        self.server.stop()
+
+    def admin(self, method="POST", body=None, key=KEY):
+        """(status, decoded JSON) of a request to the admin endpoint."""
+        return admin_request(self.server.url, method, body, key)
+
+    def test_admin_endpoint_changes_faults_at_run_time(self):
+        status, knobs = self.admin("GET")
+        self.assertEqual((status, knobs["error_rate"], knobs["rate_limit"], knobs["book_depth"]),
+                         (200, 0.0, 6000, 1.0))
+        status, knobs = self.admin(body={"error_rate": 1.0, "symbols": ["BTCUSDT"]})
+        self.assertEqual((status, knobs["error_rate"], knobs["symbols"], knobs["latency"]),
+                         (200, 1.0, ["BTCUSDT"], 0.0))
+        with self.assertRaises(ccxt.ExchangeNotAvailable):
+            self.ex.fetch_ticker("BTC/USDT")
+        self.assertGreater(self.ex.fetch_ticker("ETH/USDT")["last"], 0)
+        self.assertEqual(self.admin("GET")[0], 200)          # the admin is never faulted
+        self.assertEqual(self.admin(body={"symbols": None, "error_rate": 0})[1]["error_rate"], 0)
+        self.assertGreater(self.ex.fetch_ticker("BTC/USDT")["last"], 0)
+
+    def test_admin_endpoint_sets_rate_limit_and_book_depth(self):
+        before = self.ex.fetch_order_book("ETH/USDT", limit=5)["asks"][0][1]
+        self.assertEqual(self.admin(body={"book_depth": 0.1, "rate_limit": 40})[0], 200)
+        self.assertLess(self.ex.fetch_order_book("ETH/USDT", limit=5)["asks"][0][1], before)
+        with self.assertRaises(ccxt.DDoSProtection):
+            for _ in range(10):
+                self.ex.fetch_order_book("ETH/USDT", limit=5)      # weight 5 each
+        self.assertEqual(self.admin("GET")[1]["rate_limit"], 40)
+
+    def test_admin_endpoint_refuses_bad_keys_and_values(self):
+        self.assertEqual(self.admin("GET", key="wrong")[0], 401)
+        self.assertEqual(self.admin(body={"error_rate": 1.0}, key=None)[0], 401)
+        for body in ({"error_rate": 2}, {"error_rate": 0.6, "hang_rate": 0.6}, {"latency": -1},
+                     {"book_depth": 0}, {"rate_limit": 0.5}, {"symbols": "BTCUSDT"},
+                     {"nope": 1}, [1, 2], "not json"):
+            status, answer = self.admin(body=body)
+            self.assertEqual(status, 400, body)
+            self.assertTrue(answer["error"], body)
+        self.assertEqual(self.admin("GET")[1], self.server.knobs())
+        self.assertEqual(self.server.knobs()["error_rate"], 0.0)      # nothing was changed
+        self.assertEqual(self.admin("DELETE")[0], 405)
+
+    def test_lost_answers_share_places_some_orders_whose_answers_were_lost(self):
+        self.server.configure({"error_rate": 1.0, "lost_answers": 0.5})
+        for i in range(20):
+            with self.assertRaises(ccxt.ExchangeNotAvailable):
+                self.ex.create_order("BTC/USDT", "market", "buy", 0.001,
+                                     params={"clientOrderId": f"lost-{i}"})
+        self.server.configure({"error_rate": 0.0})
+        placed = self.ex.fetch_orders("BTC/USDT")
+        self.assertTrue(5 <= len(placed) <= 15, len(placed))
+        self.assertTrue(all(o["clientOrderId"].startswith("lost-") for o in placed))
+
+
+def admin_request(url: str, method: str = "POST", body=None, key: str | None = KEY):
+    """(status, decoded JSON) of a request to a simulator's admin endpoint."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        data = body if isinstance(body, str) else json.dumps(body) if body is not None else None
+        conn.request(method, ADMIN_PATH, body=data, headers={"X-MBX-APIKEY": key} if key else {})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def ping_status(url: str) -> int:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request("GET", "/api/v3/ping")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 class StandaloneTest(unittest.TestCase):
-    def test_runs_alone_and_stops_on_ctrl_c(self):
+    COMMAND = [sys.executable, str(ROOT / "sim_exchange.py")]
+    ENV = os.environ | {"PYTHONPATH": str(ROOT)}
+
+    def run_alone(self, *options: str, check) -> None:
+        """Start `python sim_exchange.py` with options, run check(url), then Ctrl-C it."""
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "sim_exchange.py"), "--port", "0", "--pairs", "3",
-             "--speed", "60", "--seed", "1"],
-            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)})
+            self.COMMAND + ["--port", "0", "--pairs", "3", "--speed", "60", "--seed", "1", *options],
+            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=self.ENV)
         killer = threading.Timer(30, proc.kill)
         killer.start()
         try:
@@ -594,11 +1034,7 @@ class StandaloneTest(unittest.TestCase):
                     url = line.split("listening on ")[1].split()[0]
                     break
             self.assertIsNotNone(url)
-            parts = urlsplit(url)
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-            conn.request("GET", "/api/v3/ping")
-            self.assertEqual(conn.getresponse().status, 200)
-            conn.close()
+            check(url)
             proc.send_signal(signal.SIGINT)
             self.assertEqual(proc.wait(timeout=20), 0)
         finally:
@@ -606,6 +1042,36 @@ class StandaloneTest(unittest.TestCase):
             if proc.poll() is None:
                 proc.kill()
             proc.stderr.close()
+
+    def test_runs_alone_and_stops_on_ctrl_c(self):
+        self.run_alone(check=lambda url: self.assertEqual(ping_status(url), 200))
+
+    def test_fault_knobs_as_options_and_changed_at_run_time(self):
+        def check(url):
+            status, knobs = admin_request(url, "GET", key="sim-key")
+            self.assertEqual(status, 200)
+            self.assertEqual(knobs, {"latency": 0.01, "error_rate": 1.0, "hang_rate": 0.0,
+                                     "hang_seconds": 5.0, "drop_rate": 0.0, "lost_answers": 0.25,
+                                     "symbols": None, "rate_limit": 5000, "book_depth": 0.5})
+            self.assertIn(ping_status(url), (500, 502, 503))
+            self.assertEqual(admin_request(url, body={"error_rate": 0}, key="sim-key")[0], 200)
+            self.assertEqual(ping_status(url), 200)
+            self.assertEqual(admin_request(url, body={"error_rate": 1}, key="sim-secret")[0], 401)
+
+        self.run_alone("--latency", "0.01", "--error-rate", "1", "--hang-seconds", "5",
+                       "--lost-answers", "0.25", "--rate-limit", "5000", "--book-depth", "0.5",
+                       check=check)
+
+    def test_help_and_a_bad_knob(self):
+        shown = subprocess.run(self.COMMAND + ["--help"], capture_output=True, text=True,
+                               cwd=ROOT, env=self.ENV, timeout=60)
+        for option in ("--latency", "--error-rate", "--hang-rate", "--hang-seconds", "--drop-rate",
+                       "--lost-answers", "--rate-limit", "--book-depth", ADMIN_PATH):
+            self.assertIn(option, shown.stdout)
+        bad = subprocess.run(self.COMMAND + ["--port", "0", "--error-rate", "1.5"],
+                             capture_output=True, text=True, cwd=ROOT, env=self.ENV, timeout=60)
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn("error-rate must be a share between 0 and 1", bad.stderr)
 
 
 if __name__ == "__main__":
