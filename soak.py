@@ -53,7 +53,7 @@ def bot_env(data_dir: str, url: str, pairs: int) -> dict[str, str]:
 
 
 def faulty(server: SimExchangeServer) -> None:
-    server.set_faults(error_rate=0.10, hang_rate=0.05, hang_seconds=1.0, drop_rate=0.02,
+    server.set_faults(error_rate=0.10, hang_rate=0.05, hang_seconds=0.3, drop_rate=0.02,
                       after_processing=True)
 
 
@@ -61,7 +61,7 @@ def soak(server: SimExchangeServer, data_dir: str, cycles: int, pairs: int) -> d
     """Phase 1: the bot in this process, cycle after cycle, the market running 300x."""
     config = load_config(None, bot_env(data_dir, server.url, pairs))
     trader = Trader(config, reporter=Reporter(lambda line: None))
-    trader.client.attempts = 3
+    trader.client.attempts, trader.client.base_delay, trader.client.max_delay = 3, 0.05, 0.5
     crashes, storms = 0, 0
     faulty(server)
     try:

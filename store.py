@@ -16,6 +16,7 @@ and what it decided, so `bot.py parity` can replay a run through the backtester.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 import threading
@@ -249,8 +250,10 @@ class Store:
 
     def _connect(self) -> sqlite3.Connection:
         try:
+            # Owner-only from the start; SQLite gives the -wal and -shm files the same mode.
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}; check the path "
                              "and its permissions") from exc
         try:

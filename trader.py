@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict
@@ -103,7 +104,7 @@ class Trader:
     def _claim_data_dir(config):
         """One bot per database: a second one would trade the same positions twice."""
         path = Path(config.data_dir) / f".bot-{config.mode}.lock"
-        handle = open(path, "w")
+        handle = os.fdopen(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600), "w")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -659,5 +659,16 @@ class CrashTest(unittest.TestCase):
             self.assertGreater(store.next_sequence("order"), used)
 
 
+
+class PermissionTest(unittest.TestCase):
+    def test_the_database_and_its_journal_are_readable_by_the_owner_only(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            with Store.open(tmp, "live") as store:
+                store.set_meta("k", "v")
+                files = [p for p in Path(tmp).iterdir() if p.name.startswith("trades-live")]
+                self.assertIn("trades-live.sqlite-wal", {p.name for p in files})
+                for p in files:
+                    self.assertEqual(p.stat().st_mode & 0o777, 0o600, p.name)
+
 if __name__ == "__main__":
     unittest.main()
