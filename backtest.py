@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -50,9 +51,10 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from brokers import PAPER_BOOK_DEPTH, BacktestBroker, Quote
+from brokers import PAPER_BOOK_DEPTH, BacktestBroker, Quote, check_funds
 from candle_files import gaps, load_candles, timeframe_to_ms
-from domain import Bar, EntryIntent, Fill, MarketView, OrderRejected, StrategyParams, Trade
+from domain import (Bar, EntryIntent, Fill, MarketView, OrderRejected, Position,
+                    StrategyParams, Trade)
 from order_ids import client_order_id
 from features import HISTORY_NEEDED, close_windows, prepare_features
 from indicators import compute_all
@@ -70,6 +72,9 @@ log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
 PROGRESS_EVERY = 64                     # steps between progress callbacks
+ENTRY_ORDERS = ("market", "limit")
+DEFAULT_LIMIT_TIMEOUT_S = 60            # when the config has no LIMIT_ENTRY_TIMEOUT (seconds)
+DEFAULT_LIMIT_REPRICES = 2              # when the config has no LIMIT_ENTRY_REPRICES
 
 
 # --------------------------------------------------------------------------- settings, results
@@ -86,10 +91,36 @@ class BacktestSettings:
     end_ms: int | None = None             # ignore candles opening at/after this
     skip_idle_steps: bool = True          # skip decide_entries where it provably has no candidate
     fit_workers: int = 0                  # threads fitting models ahead (0: min(4, CPUs))
+    entry_order: str = "market"           # "market" or "limit" (post-only at the best bid)
+    limit_timeout_ms: int = DEFAULT_LIMIT_TIMEOUT_S * 1000   # a limit entry rests this long
+    limit_reprices: int = DEFAULT_LIMIT_REPRICES              # then is repriced this often
+    max_slippage: float | None = None     # market orders take book levels within this of the best
+
+    def __post_init__(self) -> None:
+        if self.entry_order not in ENTRY_ORDERS:
+            raise ValueError(f"entry_order {self.entry_order!r} is not one of "
+                             f"{', '.join(ENTRY_ORDERS)}")
+        if not self.limit_timeout_ms > 0:
+            raise ValueError(f"limit_timeout_ms {self.limit_timeout_ms!r} is not positive")
+        if not self.limit_reprices >= 0:
+            raise ValueError(f"limit_reprices {self.limit_reprices!r} is negative")
+        if self.max_slippage is not None and not self.max_slippage >= 0:
+            raise ValueError(f"max_slippage {self.max_slippage!r} is negative")
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> "BacktestSettings":
-        return cls(starting_balance=float(config.starting_balance), **overrides)
+        """The starting balance and the order settings of a config.Config. The order
+        settings are read with getattr defaults, so a config without them (older, or a
+        test's stand-in) replays market entries without a slippage guard."""
+        slippage = getattr(config, "max_slippage", None)
+        base = dict(
+            starting_balance=float(config.starting_balance),
+            entry_order=str(getattr(config, "entry_order", "market")).lower(),
+            limit_timeout_ms=int(round(float(getattr(config, "limit_entry_timeout",
+                                                     DEFAULT_LIMIT_TIMEOUT_S)) * 1000)),
+            limit_reprices=int(getattr(config, "limit_entry_reprices", DEFAULT_LIMIT_REPRICES)),
+            max_slippage=None if slippage is None else float(slippage))
+        return cls(**(base | overrides))
 
 
 @dataclass
@@ -363,6 +394,63 @@ class _WalkForward:
         return predict
 
 
+# --------------------------------------------------------------------------- limit entries
+
+def timeout_candles(timeout_ms: int, tf_ms: int) -> int:
+    """How many candles a limit entry rests before it is repriced: the timeout rounded up to
+    whole candles (the replay sees prices once a candle)."""
+    return max(1, -(-int(timeout_ms) // int(tf_ms)))
+
+
+def limit_buy_fills(limit: float, low: float) -> bool:
+    """Whether a resting limit buy at `limit` fills in a candle reaching down to `low`: only
+    when the market trades strictly below it. A touch does not fill: the order joined the
+    queue at that price last and the candle need not have reached it."""
+    return low < limit
+
+
+def limit_fill(rules: MarketRules, amount: float, price: float, timestamp_ms: int,
+               order_id: str, client_order_id: str) -> Fill:
+    """A resting limit buy filled in full at its limit price, paying the maker fee."""
+    cost = amount * price
+    return Fill(rules.symbol, "buy", amount, price, cost, cost * rules.maker, timestamp_ms,
+                order_id, client_order_id)
+
+
+def after_limit_fill(price: float, bar: Bar) -> Bar:
+    """What a candle showed after a limit buy at `price` filled in it: the fill came when
+    the price first fell below the limit, so the low and the close came at or after it; of
+    the high only max(price, close) surely did. Exits on the fill candle are checked on this
+    bar (a stop the low went through is hit; a high that may have come first is not used)."""
+    return Bar(price, max(price, bar.close), bar.low, bar.close)
+
+
+@dataclass
+class _RestingEntry:
+    """A post-only limit buy resting on the book (entry_order='limit')."""
+    intent: EntryIntent           # what the strategy decided (its stop distances travel on)
+    p: int                        # the pair
+    price: float                  # limit price, on the tick
+    amount: float                 # on the step
+    maker: float                  # the market's maker fee
+    placed_ms: int                # placed (or last repriced) at this close
+    deadline_ms: int              # repriced (or given up) at the first close at/after this
+    reprices: int                 # reprices so far
+    client_order_id: str
+
+    @property
+    def reserved(self) -> float:
+        """The cash the order holds: what its fill will cost with the fee."""
+        return self.amount * self.price * (1.0 + self.maker)
+
+    def as_position(self, group: str) -> Position:
+        """The pair as the strategy must see it while the order rests: held (not a candidate;
+        it takes a position slot and a place in its group)."""
+        i = self.intent
+        return Position(i.symbol, self.amount, self.price, self.placed_ms, i.stop_loss,
+                        i.take_profit, group=group)
+
+
 # --------------------------------------------------------------------------- the replay
 
 class _Replay:
@@ -373,10 +461,16 @@ class _Replay:
         self.d, self.params, self.risk, self.settings, self.model = data, params, risk, settings, model
         self.index = {s: p for p, s in enumerate(data.symbols)}
         self.ledger = Ledger(settings.starting_balance)
-        self.broker = BacktestBroker(dict(zip(data.symbols, data.rules)), self.ledger)
+        self.broker = BacktestBroker(dict(zip(data.symbols, data.rules)), self.ledger,
+                                     max_slippage=settings.max_slippage)
         self.min_local = MIN_CANDLES - 1
         self.k_off = np.arange(-HISTORY_NEEDED, 1)
-        self.pending: list[tuple[EntryIntent, int]] = []
+        self.pending: list[tuple[EntryIntent, int]] = []          # market entries to fill
+        self.limit = settings.entry_order == "limit"
+        self.rest_ms = timeout_candles(settings.limit_timeout_ms, data.tf_ms) * data.tf_ms
+        self.resting: dict[str, _RestingEntry] = {}               # limit entries on the book
+        self.fill_bars: dict[str, Bar] = {}   # this step's bars after a limit fill, for exits
+        self.last_step = np.searchsorted(data.grid, data.ts[data.last])   # (P,) a pair's last step
         self.trades: list[Trade] = []
         self.events: list[tuple] = []
         self.last_close = np.full(len(data.symbols), np.nan)
@@ -397,13 +491,22 @@ class _Replay:
         return client_order_id(None, "bt", symbol, next(self._orders))
 
     def _sold(self, fill: Fill, reason: str) -> None:
-        trade, _ = self.ledger.close(fill, reason)
+        trade, _ = self.ledger.close(fill, reason, lambda amount: self._sellable(fill, amount))
         self.trades.append(trade)
         self.events.append(("fill_sell", fill.timestamp_ms, fill.symbol, fill.amount, fill.price,
                             fill.fee, reason))
 
+    def _sellable(self, fill: Fill, amount: float) -> bool:
+        """Whether the market takes a sell of what a partly filled exit left (else it is
+        dust, as the live order executor books it)."""
+        try:
+            self.broker.round_order(fill.symbol, "sell", amount, fill.price)
+        except OrderRejected:
+            return False
+        return True
+
     def fill_entries(self, col: np.ndarray, t: int) -> None:
-        """Fill the entries decided at the previous close at this candle's open."""
+        """Fill the market entries decided at the previous close at this candle's open."""
         pending, self.pending = self.pending, []
         for intent, decided_ms in pending:
             p = self.index[intent.symbol]
@@ -420,6 +523,87 @@ class _Replay:
             self.ledger.open(fill, intent, self.risk.group_of(intent.symbol))
             self.events.append(("fill_buy", t, intent.symbol, fill.amount, fill.price, fill.fee))
 
+    # -- limit entries (entry_order='limit')
+    def reserved(self) -> float:
+        """Cash held by the resting limit entries."""
+        return math.fsum(o.reserved for o in self.resting.values())
+
+    def place_limit(self, intent: EntryIntent, price: float, amount: float, now_ms: int,
+                    reprices: int = 0) -> None:
+        """Rest a post-only limit buy of `amount` at `price` (the best bid: a close) from the
+        close `now_ms`, on the market's step and tick, with the cash it needs set aside."""
+        p = self.index[intent.symbol]
+        rules = self.d.rules[p]
+        try:
+            amount, price = rules.round_order("buy", amount, price)
+        except OrderRejected as exc:
+            self.events.append(("entry_rejected", now_ms, intent.symbol, str(exc)))
+            return
+        cid = client_order_id(None, "bt", intent.symbol, next(self._orders))
+        order = _RestingEntry(intent, p, price, amount, rules.maker, now_ms, now_ms + self.rest_ms,
+                              reprices, cid)
+        free = self.ledger.cash - self.reserved()
+        if order.reserved > free:
+            self.events.append(("entry_rejected", now_ms, intent.symbol,
+                                f"{intent.symbol}: insufficient cash: need {order.reserved:.2f}, "
+                                f"have {free:.2f}"))
+            return
+        self.resting[intent.symbol] = order
+        self.events.append(("limit_placed", now_ms, intent.symbol, price, amount, reprices))
+
+    def fill_limits(self, col: np.ndarray, t: int) -> None:
+        """Fill every resting limit entry this candle trades below, at its limit price with
+        the maker fee; the fill is timed at the candle's open (as a market entry's)."""
+        d = self.d
+        for symbol, order in list(self.resting.items()):
+            r = int(col[order.p])
+            if r < 0 or not limit_buy_fills(order.price, float(d.l[r])):
+                continue
+            del self.resting[symbol]
+            fill = limit_fill(d.rules[order.p], order.amount, order.price, t,
+                              f"bt-limit-{order.client_order_id}", order.client_order_id)
+            try:
+                check_funds(self.ledger, fill)
+            except OrderRejected as exc:      # not expected: the cash was set aside
+                self.events.append(("entry_rejected", t, symbol, str(exc)))
+                continue
+            self.ledger.open(fill, order.intent, self.risk.group_of(symbol))
+            self.events.append(("fill_buy", t, symbol, fill.amount, fill.price, fill.fee))
+            self.fill_bars[symbol] = after_limit_fill(
+                order.price, Bar(float(d.o[r]), float(d.h[r]), float(d.l[r]), float(d.c[r])))
+
+    def expire_limits(self, col: np.ndarray, g: int, close_ms: int) -> None:
+        """At this close, cancel every resting limit entry whose time is up: reprice it at
+        the pair's close (the new best bid) with the amount unfilled, or give it up after
+        `limit_reprices` reprices ('entry_expired'); also give up those whose pair has no
+        later candle."""
+        d = self.d
+        for symbol, order in list(self.resting.items()):
+            p = order.p
+            r = int(col[p])
+            if (r >= 0 and r == d.last[p]) or (r < 0 and g > self.last_step[p]):
+                del self.resting[symbol]
+                self.events.append(("entry_expired", close_ms, symbol, "no later candle"))
+                continue
+            if close_ms < order.deadline_ms:
+                continue
+            del self.resting[symbol]
+            if order.reprices >= self.settings.limit_reprices:
+                self.events.append(("entry_expired", close_ms, symbol,
+                                    f"not filled after {order.reprices} reprice(s)"))
+                continue
+            self.place_limit(order.intent, float(self.last_close[p]), order.amount, close_ms,
+                             order.reprices + 1)
+
+    def _held(self) -> Mapping[str, Position]:
+        """What the strategy sees as held: the positions and the pairs with a resting entry."""
+        if not self.resting:
+            return self.ledger.positions
+        held = dict(self.ledger.positions)
+        for symbol, order in self.resting.items():
+            held[symbol] = order.as_position(self.risk.group_of(symbol))
+        return held
+
     def check_exits(self, col: np.ndarray, close_ms: int) -> None:
         d = self.d
         positions = self.ledger.positions
@@ -427,7 +611,8 @@ class _Replay:
         for s in positions:
             r = int(col[self.index[s]])
             if r >= 0:
-                bars[s] = Bar(float(d.o[r]), float(d.h[r]), float(d.l[r]), float(d.c[r]))
+                bars[s] = self.fill_bars.get(s) or Bar(float(d.o[r]), float(d.h[r]),
+                                                       float(d.l[r]), float(d.c[r]))
         for intent in check_exits(positions, bars, close_ms, self.params):
             self.events.append(("exit", close_ms, intent.symbol, intent.price, intent.reason))
             p = self.index[intent.symbol]
@@ -474,13 +659,17 @@ class _Replay:
                           {k: v[rows] for k, v in d.ind.items()},
                           d.c[rows[:, None] + self.k_off], close_ms)
         predict = model.predictor(rows) if model is not None else None
-        decisions = decide_entries(view, self.ledger.positions, self.ledger.cash, equity,
+        cash = self.ledger.cash - self.reserved() if self.resting else self.ledger.cash
+        decisions = decide_entries(view, self._held(), cash, equity,
                                    self.params, self.risk, self.broker.round_order, predict,
                                    last_exits=self.ledger.last_exits)
         for e in decisions.entries:
-            self.pending.append((e, close_ms))
             self.events.append(("entry", close_ms, e.symbol, e.price, e.amount, e.stop_loss,
                                 e.take_profit, e.reason))
+            if self.limit:
+                self.place_limit(e, e.price, e.amount, close_ms)
+            else:
+                self.pending.append((e, close_ms))
 
     def _may_have_candidate(self, pairs: np.ndarray, rows: np.ndarray,
                             model: _WalkForward | None, close_ms: int) -> bool:
@@ -489,7 +678,7 @@ class _Replay:
         (elementwise, so scored for all rows at once) or the model's threshold (the batched
         predictions of the same feature rows; the skip-equivalence test checks both
         against the unskipped pipeline)."""
-        if len(self.ledger.positions) >= self.risk.max_open_positions:
+        if len(self.ledger.positions) + len(self.resting) >= self.risk.max_open_positions:
             return False
         if model is None:
             ok = self.d.rule_ok[rows]
@@ -503,9 +692,11 @@ class _Replay:
         return bool(ok.any())
 
     def _excluded(self, now_ms: int) -> set[str]:
-        """The pairs decide_entries leaves out at this close: held, or cooling down."""
+        """The pairs decide_entries leaves out at this close: held (or with a resting
+        entry), or cooling down."""
         clock = MarketView((), {}, np.empty((0, 1)), now_ms)   # cooling_down reads the time only
-        return set(self.ledger.positions) | cooling_down(clock, self.params, self.ledger.last_exits)
+        return (set(self.ledger.positions) | set(self.resting)
+                | cooling_down(clock, self.params, self.ledger.last_exits))
 
     # -- the loop
     def step(self, g: int) -> None:
@@ -519,6 +710,10 @@ class _Replay:
         here = np.flatnonzero(col >= 0)
         if self.pending:
             self.fill_entries(col, t)
+        if self.fill_bars:
+            self.fill_bars = {}
+        if self.resting:
+            self.fill_limits(col, t)
         held = bool(self.ledger.positions)
         if held:
             self.check_exits(col, close_ms)
@@ -528,6 +723,8 @@ class _Replay:
                   if col[p] == d.last[p] and d.symbols[p] in self.ledger.positions]
         if ending and not final:
             self.close_all("end_of_data", close_ms, ending)
+        if self.resting:
+            self.expire_limits(col, g, close_ms)
         if self.model is not None and self.model.due(g):
             self.model.update(g)
         eq = self.equity()
@@ -558,6 +755,7 @@ class _Replay:
             self.close_all("end_of_backtest", self.times[-1] + self.d.tf_ms)
             self.curve[-1] = self.ledger.cash
         self.pending = []
+        self.resting = {}
         return interrupted
 
 

@@ -51,8 +51,8 @@ def _one_line(text: str) -> str:
 
 
 class OneLineErrors:
-    """click's usage errors as one `error: ...` line (exit 2) instead of usage + hint + error,
-    Ctrl-C during option parsing or a prompt as one line (exit 130)."""
+    """click's usage errors as one `error: ...` line (exit 2) instead of usage + hint + error;
+    a declined or interrupted prompt as one line, `aborted` (exit 1, as click does)."""
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         if not standalone_mode:
@@ -60,8 +60,8 @@ class OneLineErrors:
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.Abort:
-            click.echo("\nerror: aborted", err=True)
-            sys.exit(130)
+            click.echo("aborted", err=True)
+            sys.exit(1)
         except click.ClickException as exc:
             click.echo(f"error: {_one_line(exc.format_message())}", err=True)
             sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)

@@ -119,6 +119,8 @@ class PaperBroker:
         self.client, self.ledger, self.book_depth = client, ledger, book_depth
         self.max_slippage = max_slippage
         self._ids = itertools.count(1)
+        self._resting: dict[str, tuple[str, float, float]] = {}   # cid -> (symbol, amount, price)
+        self._done: dict[str, OrderStatus] = {}
 
     def rules(self, symbol: str) -> MarketRules:
         return self.client.rules(symbol)
@@ -138,9 +140,38 @@ class PaperBroker:
         check_funds(self.ledger, fill)
         return fill
 
+    def place_limit(self, symbol: str, amount: float, price: float, client_order_id: str) -> dict:
+        """A post-only limit buy, resting in memory until the market's best ask falls to it."""
+        amount, price = self.round_order(symbol, "buy", amount, price)
+        book = self.client.fetch_order_book(symbol, 1)
+        if book["asks"] and float(book["asks"][0][0]) <= price:
+            raise OrderRejected(f"{symbol}: a post-only buy at {price:.10g} would take liquidity")
+        self._resting[client_order_id] = (symbol, amount, price)
+        return {"id": f"paper-{next(self._ids)}"}
+
+    def cancel(self, symbol: str, client_order_id: str) -> None:
+        if self._resting.pop(client_order_id, None) is not None:
+            self._done[client_order_id] = OrderStatus("done")
+
     def lookup(self, symbol: str, client_order_id: str) -> OrderStatus:
-        """A paper order exists only in memory: one whose fill was not recorded never filled."""
-        return OrderStatus("missing")
+        """A resting paper order fills whole, at its price with the maker fee, once the best
+        ask reaches it. A paper order exists only in memory: after a restart it is missing
+        (and one whose fill was not recorded never filled)."""
+        if client_order_id in self._done:
+            return self._done[client_order_id]
+        if client_order_id not in self._resting:
+            return OrderStatus("missing")
+        symbol, amount, price = self._resting[client_order_id]
+        book = self.client.fetch_order_book(symbol, 1)
+        if not book["asks"] or float(book["asks"][0][0]) > price:
+            return OrderStatus("open")
+        rules = self.rules(symbol)
+        fill = Fill(symbol, "buy", amount, price, amount * price, amount * price * rules.maker,
+                    int(self.client.clock() * 1000), f"paper-{next(self._ids)}", client_order_id)
+        check_funds(self.ledger, fill)
+        del self._resting[client_order_id]
+        self._done[client_order_id] = OrderStatus("done", fill)
+        return self._done[client_order_id]
 
 
 @dataclass(frozen=True)
@@ -238,6 +269,13 @@ class LiveBroker:
     def supports_stops(self) -> bool:
         """Whether the exchange takes stop-loss orders through ccxt's unified parameters."""
         return bool(self.client.ccxt.has.get("createStopLossOrder"))
+
+    def place_limit(self, symbol: str, amount: float, price: float, client_order_id: str) -> dict:
+        """A post-only limit buy resting on the exchange (maker fee, or refused if it would
+        take liquidity)."""
+        amount, price = self.round_order(symbol, "buy", amount, price)
+        params = order_ids.create_params(self.client.ccxt, client_order_id) | {"postOnly": True}
+        return self.client.call("create_order", symbol, "limit", "buy", amount, price, params)
 
     def place_stop(self, symbol: str, amount: float, stop: float, limit: float,
                    client_order_id: str) -> dict:

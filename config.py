@@ -367,8 +367,15 @@ VARIABLES: tuple[Var, ...] = (
     Var("MAX_HOLD_CANDLES", 48, *_whole(
         1, 10_000, unit="candles", why="35 days of 5m candles, 27 years of 1d candles")),
     Var("COOLDOWN_CANDLES", 1, *_whole(0, 1000)),
+    Var("MAX_SLIPPAGE", 0.01, *_real(
+        0, 0.2, open_lo=True, why="a market order more than 20 % from the best price is no guard")),
+    Var("ENTRY_ORDER", "market", *_choice(("market", "limit"))),
+    Var("LIMIT_ENTRY_TIMEOUT", 300.0, *_real(
+        1, 86_400, unit="market seconds", why="a day; a limit entry older than that is stale")),
+    Var("LIMIT_ENTRY_REPRICES", 2, *_whole(0, 20)),
     Var("DATA_DIR", Path("user_data"), *_directory()),
     Var("LOG_LEVEL", "INFO", *_choice(("DEBUG", "INFO", "WARNING", "ERROR"), str.upper)),
+    Var("LOG_CCXT_DEBUG", False, *_boolean()),
     Var("SIM_SPEED", 60.0, *_real(1, 10000)),
     Var("SIM_SEED", 1, *_whole(0, 2**32 - 1, why="a 32-bit seed")),
     Var("SIM_PAIRS", 50, *_whole(1, 200)),
@@ -454,8 +461,13 @@ class Config:
     take_profit_atr: float
     max_hold_candles: int
     cooldown_candles: int
+    max_slippage: float
+    entry_order: str
+    limit_entry_timeout: float
+    limit_entry_reprices: int
     data_dir: Path
     log_level: str
+    log_ccxt_debug: bool
     sim_speed: float
     sim_seed: int
     sim_pairs: int

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 from brokers import Broker
@@ -20,6 +21,7 @@ from store import OrderRow, Store
 log = logging.getLogger(__name__)
 
 
+LIMIT_FILL = "limit_fill"  # the decision record's name for a limit entry's (part) fill
 ABANDON_AFTER_S = 120.0   # market seconds: an order the venue does not know by then never reached it
 MAX_BACKOFF_CYCLES = 4    # an unresolved order is looked up at least every 4 cycles
 
@@ -91,9 +93,9 @@ class OrderExecutor:
         return fill, trade, left
 
     # -- booking
-    def book_entry(self, fill: Fill, intent: EntryIntent) -> Position:
+    def book_entry(self, fill: Fill, intent: EntryIntent, order_done: bool = True) -> Position:
         position = self.ledger.open(fill, intent, self.group_of(fill.symbol))
-        self.store.record_entry(fill, position, self._cash())
+        self.store.record_entry(fill, position, self._cash(), order_done)
         return position
 
     def book_exit(self, fill: Fill, reason: str, order_done: bool = True) -> tuple[Trade, Position | None]:
@@ -115,16 +117,18 @@ class OrderExecutor:
 
     # -- resolving
     def busy(self) -> set[str]:
-        """Pairs with an order whose outcome is not known yet: they take no new order."""
-        return {o.symbol for o in self.store.pending_orders()}
+        """Pairs with an order whose outcome is not known yet, or a resting limit entry: they
+        take no new order."""
+        return {o.symbol for o in self.store.pending_orders() + self.store.live_limits()}
 
     def unresolved(self) -> list[OrderRow]:
         return self.store.pending_orders()
 
-    def resolve(self, restart: bool = False) -> int:
+    def resolve(self, restart: bool = False) -> list[Fill]:
         """Ask the venue about every unresolved order that is due; book what it says.
-        Returns how many stay unresolved."""
+        Returns the fills booked."""
         self._cycle += 1
+        self._found: list[Fill] = []
         for order in self.store.pending_orders():
             attempts, due = self._retry.get(order.client_order_id, (0, 0))
             if not restart and self._cycle < due:
@@ -136,7 +140,7 @@ class OrderExecutor:
                 continue
             if not self._settle(order, status, restart):
                 self._back_off(order, attempts, f"the exchange says {status.state}")
-        return len(self.store.pending_orders())
+        return self._found
 
     def _back_off(self, order: OrderRow, attempts: int, why: str) -> None:
         wait = min(MAX_BACKOFF_CYCLES, 2 ** attempts)
@@ -164,6 +168,7 @@ class OrderExecutor:
         return True
 
     def _book_found(self, order: OrderRow, fill: Fill) -> None:
+        self._found.append(fill)
         if order.side == "buy":
             self.book_entry(fill, intent_of(order))
             log.info("%s: entry %s found filled on the exchange; position booked", order.symbol,
@@ -173,6 +178,7 @@ class OrderExecutor:
             log.info("%s: exit %s found filled on the exchange; trade booked", order.symbol,
                      order.client_order_id)
         else:
+            self._found.pop()
             self.store.mark_order(order.client_order_id, "abandoned",
                                   "filled on the exchange after the position was closed")
             log.error("%s: sell %s filled on the exchange but the bot holds no position: check "
@@ -181,6 +187,87 @@ class OrderExecutor:
     def reconcile(self) -> None:
         """At start-up: settle every order a crash left unresolved."""
         self.resolve(restart=True)
+
+    # -- limit entries
+    def buy_limit(self, intent: EntryIntent, price: float, attempt: int = 0,
+                  amount: float | None = None) -> str:
+        """Rest a post-only limit buy at `price` (recorded as pending before it is sent);
+        returns its client order id."""
+        amount = intent.amount if amount is None else amount
+        cid = self.next_client_order_id(intent.symbol)
+        self.store.add_pending_order(cid, intent.symbol, "buy", amount, price, intent.reason,
+                                     intent.stop_loss, intent.take_profit, kind="limit",
+                                     attempt=attempt)
+        try:
+            order = self.broker.place_limit(intent.symbol, amount, price, cid)
+        except OrderRejected as exc:
+            self.store.mark_order(cid, "rejected", str(exc))
+            log.info("limit buy %s refused: %s", intent.symbol, exc)
+            return cid
+        except ExchangeError as exc:
+            self.store.mark_order(cid, "unknown", None)
+            log.warning("limit buy %s: answer lost (%s); looked up next cycle", intent.symbol, exc)
+            return cid
+        self.store.mark_order(cid, "open", None, exchange_order_id=str(order.get("id")))
+        return cid
+
+    def resolve_limits(self, timeout_s: float, reprices: int,
+                       best_bid: Callable[[str], float]) -> list[tuple[Fill, Position]]:
+        """Book what the resting limit entries filled; cancel the ones past their timeout and
+        reprice them at the best bid (at most `reprices` times). Returns the fills booked."""
+        booked = []
+        for row in self.store.live_limits():
+            try:
+                status = self.broker.lookup(row.symbol, row.client_order_id)
+                expired = (status.state == "open"
+                           and self.clock() * 1000 - row.created_ms >= timeout_s * 1000)
+                if expired:
+                    self.broker.cancel(row.symbol, row.client_order_id)
+                    status = self.broker.lookup(row.symbol, row.client_order_id)
+            except (ExchangeError, OrderRejected) as exc:
+                log.warning("%s: limit entry %s not checked (%s)", row.symbol,
+                            row.client_order_id, exc)
+                continue
+            booked += self._book_limit(row, status)
+            if expired and status.state != "open":
+                self._reprice(row, status, reprices, best_bid)
+        return booked
+
+    def _book_limit(self, row: OrderRow, status: OrderStatus) -> list[tuple[Fill, Position]]:
+        done = status.state != "open"
+        part = unbooked_part(row, status.fill)
+        if part is not None:
+            position = self.book_entry(part, intent_of(row), order_done=done)
+            return [(part, position)]
+        if done:
+            self.store.mark_order(row.client_order_id, "filled" if status.fill else
+                                  ("abandoned" if status.state == "missing" else "canceled"), None)
+        elif row.status != "open":
+            self.store.mark_order(row.client_order_id, "open", None)
+        return []
+
+    def _reprice(self, row: OrderRow, status: OrderStatus, reprices: int,
+                 best_bid: Callable[[str], float]) -> None:
+        left = row.amount - (status.fill.amount if status.fill else 0.0)
+        if row.attempt >= reprices or not self.sellable(row.symbol, left, row.price):
+            log.info("%s: limit entry %s expired after %d reprice(s)", row.symbol,
+                     row.client_order_id, row.attempt)
+            return
+        price = best_bid(row.symbol)
+        moved = price - row.price       # the stops keep their distance from the entry
+        intent = replace(intent_of(row), price=price, stop_loss=row.stop_loss + moved,
+                         take_profit=row.take_profit + moved)
+        self.buy_limit(intent, price, row.attempt + 1, amount=left)
+def unbooked_part(row: OrderRow, fill: Fill | None) -> Fill | None:
+    """What of a resting order's fill (so far) has not been booked yet, as a fill of its own."""
+    if fill is None or fill.amount <= row.filled * (1 + 1e-12):
+        return None
+    amount = fill.amount - row.filled
+    return Fill(fill.symbol, fill.side, amount, fill.price, amount * fill.price,
+                max(0.0, fill.fee - row.fee), fill.timestamp_ms, fill.order_id,
+                fill.client_order_id)
+
+
 def intent_of(order: OrderRow) -> EntryIntent:
     """The entry an order row was sent for: its stops travel with it in the store."""
     return EntryIntent(order.symbol, order.price, order.amount, order.stop_loss, order.take_profit,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -38,7 +38,7 @@ from market_rules import MarketRules
 from orders import intent_of
 from risk_manager import RiskManager
 from store import OrderRow, Store
-from stops import EXCHANGE_STOP, left_to_exchange
+from stops import left_to_exchange
 from strategy import check_exits, decide_entries
 
 PRICE_TOLERANCE = 1e-9    # relative; recorded floats round-trip exactly, indicators nearly
@@ -149,6 +149,8 @@ class _Replay:
     def cycle(self, cycle: int, view_ms: int | None, rec: dict, decided: list[tuple]) -> None:
         self._setup(rec)
         self._check_books(cycle, rec)
+        for _kind, symbol, price, amount, reason, cid in [d for d in decided if d[0] == "fill"]:
+            self._book_fill(symbol, price, amount, reason, cid)
         exits = [d for d in decided if d[0] == "exit"]
         entries = [d for d in decided if d[0] == "entry"]
         self.exits += len(exits)
@@ -209,9 +211,7 @@ class _Replay:
                     if rec.get("exchange_stops") is None or not left_to_exchange(
                         e.reason, e.price, self.ledger.positions[e.symbol], rec["exchange_stops"])}
         seen = set()
-        # the exchange's own stop fills are in the cycle's recorded books already
-        for _kind, symbol, price, amount, reason, cid in [d for d in recorded
-                                                          if d[4] != EXCHANGE_STOP]:
+        for _kind, symbol, price, amount, reason, cid in recorded:
             seen.add(symbol)
             mine = replayed.get(symbol)
             if mine is None:
@@ -255,25 +255,38 @@ class _Replay:
             elif not (_close(mine.amount, amount) and _close(mine.price, price)):
                 self.note(cycle, "decision", symbol, f"entry {amount:.10g} @ {price:.10g}; replay "
                                                      f"{mine.amount:.10g} @ {mine.price:.10g}")
-            self._book(cycle, symbol, "buy", cid, view_ms, decided_price=price)
+            self._book(cycle, symbol, "buy", cid, view_ms)
         for symbol in sorted(set(replayed) - seen):
             e = replayed[symbol]
             self.note(cycle, "decision", symbol, f"the replay would enter {e.amount:.10g} @ "
                                                  f"{e.price:.10g} ({e.reason}); the bot did not")
 
     # -- fills
+    def _book_fill(self, symbol: str, price: float, amount: float, reason: str, cid: str) -> None:
+        """A fill no decision of the cycle made (a resolved order, a resting limit entry's
+        part, a stop on the exchange): booked as the bot booked it."""
+        order = self.store.order(cid)
+        if order is None:
+            return
+        fee = order.fee * amount / order.filled if order.filled else order.fee
+        fill = Fill(symbol, order.side, amount, price, amount * price, fee, order.updated_ms,
+                    order.exchange_order_id or "", cid)
+        if order.side == "buy":
+            self.ledger.open(fill, intent_of(order), self.risk.group_of(symbol))
+        elif symbol in self.ledger.positions:
+            self.ledger.close(fill, reason, lambda left: self._sellable(symbol, left, price))
+
     def _book(self, cycle: int, symbol: str, side: str, cid: str | None, at_ms: int,
-              reason: str = "", decided_price: float = 0.0) -> None:
+              reason: str = "") -> None:
         """Book the recorded fill in the replay's ledger; compare the fill model with it."""
         order = self.store.order(cid) if cid else None
-        if order is None or order.status != "filled":
-            return
-        fill = Fill(symbol, side, order.amount, order.price, order.amount * order.price,
+        if order is None or order.status != "filled" or order.kind != "market":
+            return          # a resting order's fills come as the "fill" records of later cycles
+        fill = Fill(symbol, side, order.amount, order.fill_price, order.amount * order.fill_price,
                     order.fee, order.updated_ms, order.exchange_order_id or "", cid)
         self._compare_fill(cycle, order, fill, at_ms)
-        if side == "buy":   # the stops travel with the order; its price is now the fill's
-            intent = replace(intent_of(order), price=decided_price)
-            self.ledger.open(fill, intent, self.risk.group_of(symbol))
+        if side == "buy":   # the stops travel with the order
+            self.ledger.open(fill, intent_of(order), self.risk.group_of(symbol))
         elif symbol in self.ledger.positions:
             self.ledger.close(fill, reason, lambda amount: self._sellable(symbol, amount, fill.price))
 

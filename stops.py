@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 
 from domain import ExchangeError, Fill, OrderRejected, OrderStatus, Position
-from orders import OrderExecutor
+from orders import OrderExecutor, unbooked_part
 from store import OrderRow, Store
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class ExchangeStops:
         """Book the part of the stop filled since the last look; close the row when done."""
         done = status.state != "open"
         out = []
-        new = self._new_part(row, status.fill)
+        new = unbooked_part(row, status.fill)
         if new is not None and row.symbol in self.orders.ledger.positions:
             _trade, left = self.orders.book_exit(new, EXCHANGE_STOP, order_done=done)
             out.append(StopFill(new, left))
@@ -111,15 +111,10 @@ class ExchangeStops:
             self.store.mark_order(row.client_order_id, "open", None)
         return out
 
-    @staticmethod
-    def _new_part(row: OrderRow, fill: Fill | None) -> Fill | None:
-        """What of a stop's fill has not been booked yet, as a fill of its own."""
-        if fill is None or fill.amount <= row.filled * (1 + 1e-12):
-            return None
-        amount = fill.amount - row.filled
-        return Fill(fill.symbol, "sell", amount, fill.price, amount * fill.price,
-                    max(0.0, fill.fee - row.fee), fill.timestamp_ms, fill.order_id,
-                    fill.client_order_id)
+    def refresh(self, position: Position) -> None:
+        """After the position grew (a limit entry filled more): one stop for all of it."""
+        if self.release(position.symbol) and position.symbol in self.orders.ledger.positions:
+            self.protect(self.orders.ledger.positions[position.symbol])
 
     # -- before the bot sells
     def release(self, symbol: str) -> bool:

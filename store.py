@@ -114,7 +114,7 @@ _SCHEMA_V2 = (
     """CREATE TABLE decisions (
         id INTEGER PRIMARY KEY,
         cycle INTEGER NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('entry', 'exit')),
+        kind TEXT NOT NULL CHECK (kind IN ('entry', 'exit', 'fill')),
         symbol TEXT NOT NULL,
         price REAL NOT NULL,
         amount REAL NOT NULL,
@@ -142,8 +142,10 @@ _SCHEMA_V3 = (
         reason TEXT NOT NULL DEFAULT '',
         stop_loss REAL,
         take_profit REAL,
-        kind TEXT NOT NULL DEFAULT 'market' CHECK (kind IN ('market', 'stop')),
-        filled REAL NOT NULL DEFAULT 0)""",
+        kind TEXT NOT NULL DEFAULT 'market' CHECK (kind IN ('market', 'stop', 'limit')),
+        filled REAL NOT NULL DEFAULT 0,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        fill_price REAL)""",
     """INSERT INTO orders_v3 (id, client_order_id, symbol, side, amount, price, status,
         exchange_order_id, fee, created_ms, updated_ms, reason, stop_loss, take_profit)
         SELECT id, client_order_id, symbol, side, amount, price, status, exchange_order_id,
@@ -177,8 +179,11 @@ class OrderRow:
     reason: str
     stop_loss: float | None = None     # an entry's protective levels travel with its order,
     take_profit: float | None = None   # so a fill found after a crash gets the same ones
-    kind: str = "market"               # or "stop": a stop-loss resting on the exchange
-    filled: float = 0.0                # of a stop: how much of it is booked so far
+    kind: str = "market"               # "stop": a stop-loss resting on the exchange;
+                                       # "limit": a limit entry resting there
+    filled: float = 0.0                # of a resting order: how much of it is booked so far
+    attempt: int = 0                   # of a limit entry: how many times it was repriced
+    fill_price: float | None = None    # the average fill price (`price` is the order's own)
 
 
 @dataclass(frozen=True)
@@ -336,16 +341,17 @@ class Store:
 
     def add_pending_order(self, client_order_id: str, symbol: str, side: str, amount: float,
                           price: float, reason: str = "", stop_loss: float | None = None,
-                          take_profit: float | None = None, kind: str = "market") -> None:
+                          take_profit: float | None = None, kind: str = "market",
+                          attempt: int = 0) -> None:
         """Record an order about to be sent (committed before returning, so before sending)."""
         now = self._now_ms()
         with self._transaction("add_pending_order") as conn:
             conn.execute(
                 "INSERT INTO orders (client_order_id, symbol, side, amount, price, status,"
-                " created_ms, updated_ms, reason, stop_loss, take_profit, kind)"
-                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+                " created_ms, updated_ms, reason, stop_loss, take_profit, kind, attempt)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
                 (client_order_id, symbol, side, amount, price, now, now, reason, stop_loss,
-                 take_profit, kind))
+                 take_profit, kind, attempt))
 
     def mark_order(self, client_order_id: str, status: str, reason: str | None = "",
                    exchange_order_id: str | None = None) -> None:
@@ -369,8 +375,15 @@ class Store:
 
     def live_stops(self) -> list[OrderRow]:
         """Stop orders that rest (or may rest) on the exchange, oldest first."""
-        return self._orders("WHERE status IN ('pending', 'unknown', 'open') AND kind = 'stop'"
-                            " ORDER BY created_ms, id")
+        return self._resting("stop")
+
+    def live_limits(self) -> list[OrderRow]:
+        """Limit entries that rest (or may rest) on the exchange, oldest first."""
+        return self._resting("limit")
+
+    def _resting(self, kind: str) -> list[OrderRow]:
+        return self._orders("WHERE status IN ('pending', 'unknown', 'open') AND kind = ?"
+                            " ORDER BY created_ms, id", (kind,))
 
     def all_orders(self, symbol: str | None = None) -> list[OrderRow]:
         """Every order (of one pair), oldest first."""
@@ -385,18 +398,19 @@ class Store:
     def _orders(self, where: str, params: Sequence[Any] = ()) -> list[OrderRow]:
         rows = self._query(
             "SELECT client_order_id, symbol, side, amount, price, status, exchange_order_id,"
-            " fee, created_ms, updated_ms, reason, stop_loss, take_profit, kind, filled"
-            f" FROM orders {where}",
+            " fee, created_ms, updated_ms, reason, stop_loss, take_profit, kind, filled, attempt,"
+            f" fill_price FROM orders {where}",
             params)
         return [OrderRow(*row) for row in rows]
 
     @staticmethod
     def _fill_order(conn: sqlite3.Connection, fill: Fill, done: bool = True) -> None:
-        """A market order's fill (final: the order is filled), or the next part of a stop's
-        (`done` False: it may fill more; amount and fee accumulate in `filled` and `fee`)."""
+        """A market order's fill (final: the order is filled), or the next part of a resting
+        order's (`done` False: it may fill more; amount and fee accumulate in `filled` and
+        `fee`)."""
         if done:
             cur = conn.execute(
-                "UPDATE orders SET status = 'filled', amount = filled + ?, price = ?,"
+                "UPDATE orders SET status = 'filled', amount = filled + ?, fill_price = ?,"
                 " fee = fee + ?, filled = filled + ?, exchange_order_id = ?, updated_ms = ?"
                 " WHERE client_order_id = ? AND status != 'filled'",
                 (fill.amount, fill.price, fill.fee, fill.amount, fill.order_id,
@@ -404,9 +418,10 @@ class Store:
         else:
             cur = conn.execute(
                 "UPDATE orders SET status = 'open', fee = fee + ?, filled = filled + ?,"
-                " exchange_order_id = ?, updated_ms = ? WHERE client_order_id = ?"
+                " fill_price = ?, exchange_order_id = ?, updated_ms = ? WHERE client_order_id = ?"
                 " AND status != 'filled'",
-                (fill.fee, fill.amount, fill.order_id, fill.timestamp_ms, fill.client_order_id))
+                (fill.fee, fill.amount, fill.price, fill.order_id, fill.timestamp_ms,
+                 fill.client_order_id))
         if cur.rowcount != 1:
             raise StoreError(f"order {fill.client_order_id!r} is unknown or already filled")
 
@@ -416,11 +431,12 @@ class Store:
 
     # -- positions and trades -------------------------------------------------------------
 
-    def record_entry(self, fill: Fill, position: Position, cash: float | None = None) -> None:
-        """One transaction: order -> filled, the position inserted (or, after a second buy
-        of a held pair, updated), paper cash set (if given)."""
+    def record_entry(self, fill: Fill, position: Position, cash: float | None = None,
+                     order_done: bool = True) -> None:
+        """One transaction: order -> filled (or a resting order's part booked), the position
+        inserted (or, after another buy of a held pair, updated), paper cash set (if given)."""
         with self._transaction("record_entry") as conn:
-            self._fill_order(conn, fill)
+            self._fill_order(conn, fill, order_done)
             conn.execute(
                 "INSERT INTO positions (symbol, amount, entry_price, entry_time_ms, stop_loss,"
                 " take_profit, entry_fee, group_name, entry_client_order_id, features,"
@@ -536,7 +552,8 @@ class Store:
     def record_cycle(self, cycle: int, view_ms: int | None, inputs: str,
                      decisions: Sequence[tuple]) -> None:
         """One cycle's inputs (JSON text) and decisions: (kind, symbol, price, amount, reason,
-        client_order_id)."""
+        client_order_id); kind "fill" is a fill booked that no decision of this cycle made
+        (a resolved order, a resting limit entry, a stop on the exchange)."""
         with self._transaction("record_cycle") as conn:   # a cycle number reused after a
             conn.execute("DELETE FROM decisions WHERE cycle = ?", (cycle,))   # crash replaces it
             conn.execute("INSERT OR REPLACE INTO cycles (cycle, ts_ms, view_ms, inputs)"

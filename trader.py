@@ -26,7 +26,7 @@ from market_scanner import MarketScanner, ScanResult
 from labels import LabelParams, samples_from_candles
 from ml_model import MLModel, PredictionCache, saved_model_status
 from model_training import Retrainer, TrainingData
-from orders import OrderExecutor
+from orders import LIMIT_FILL, OrderExecutor
 from performance_monitor import PerformanceMonitor
 from reporter import Reporter
 from risk_manager import RiskManager
@@ -35,9 +35,6 @@ from store import Store, StoreError
 from strategy import check_exits, decide_entries
 
 log = logging.getLogger(__name__)
-
-
-STOP_LIMIT_BELOW = 0.01   # an exchange stop's limit price, this share below its trigger
 
 
 class StartupError(Exception):
@@ -71,13 +68,14 @@ class Trader:
         self.risk = RiskManager.from_config(config, fee_rate=self._fee_rate())
         self.ledger = Ledger(self.store.paper_cash(config.starting_balance),
                              self.store.open_positions(), self.store.last_exits())
-        self.broker = (PaperBroker(self.client, self.ledger) if config.dry_run
-                       else LiveBroker(self.client, config.quote_currency))
+        self.broker = (PaperBroker(self.client, self.ledger, max_slippage=config.max_slippage)
+                       if config.dry_run else
+                       LiveBroker(self.client, config.quote_currency, config.max_slippage))
         self.orders = OrderExecutor(self.store, self.broker, self.ledger, self.risk.group_of,
                                     persist_cash=config.dry_run, clock=self.clock,
                                     venue=None if config.dry_run else self.client.ccxt)
         self.ledger.dust = self.store.dust()
-        self.stops = (ExchangeStops(self.store, self.broker, self.orders, STOP_LIMIT_BELOW)
+        self.stops = (ExchangeStops(self.store, self.broker, self.orders, config.max_slippage)
                       if not config.dry_run and self.broker.supports_stops else None)
         self._account: dict[str, float] | None = None   # live: the exchange's total balances
         self.cycle = 0
@@ -227,12 +225,17 @@ class Trader:
             self.reporter.text(self.monitor.report())
 
     def _cycle_steps(self) -> None:
-        self.orders.resolve()
-        decided: list[tuple] = []
+        self._sync_cash()
+        record = self._record_state()          # the books as the cycle found them
+        decided: list[tuple] = [("fill", f.symbol, f.price, f.amount, "resolved",
+                                 f.client_order_id) for f in self.orders.resolve()]
+        if self.config.entry_order == "limit":
+            self._resolve_limits(decided)
         if self.stops is not None:
             self._reconcile_stops(decided)
-        self._sync_cash()
-        record = self._record_state()
+        if decided:
+            self._sync_cash()
+        record["busy"] = sorted(self.orders.busy())   # what the decisions below see
         with self.monitor.timing("update_positions"):
             self.update_positions(record, decided)
         if not self.stop.is_set():
@@ -245,10 +248,23 @@ class Trader:
         self.store.record_equity(int(self.clock() * 1000), self.equity(), self.ledger.cash,
                                  len(self.positions))
 
+    def _resolve_limits(self, decided: list[tuple]) -> None:
+        """Book what the resting limit entries filled; reprice the stale ones."""
+        c = self.config
+        best_bid = lambda symbol: self.scanner.fresh_prices([symbol])[symbol]  # noqa: E731
+        for fill, position in self.orders.resolve_limits(c.limit_entry_timeout,
+                                                         c.limit_entry_reprices, best_bid):
+            decided.append(("fill", fill.symbol, fill.price, fill.amount, LIMIT_FILL,
+                            fill.client_order_id))
+            self.last_prices[fill.symbol] = fill.price
+            self.reporter.opened(position)
+            if self.stops is not None:
+                self.stops.refresh(position)
+
     def _reconcile_stops(self, decided: list[tuple]) -> None:
         """Book what the exchange's stops sold; put back the stops that are missing."""
         for part in self.stops.reconcile(self.positions, self.orders.busy()):
-            decided.append(("exit", part.fill.symbol, part.fill.price, part.fill.amount,
+            decided.append(("fill", part.fill.symbol, part.fill.price, part.fill.amount,
                             EXCHANGE_STOP, part.fill.client_order_id))
             trade = self.store.recent_trades(1)[0]
             self._learn(trade)
@@ -284,6 +300,11 @@ class Trader:
         for intent in decisions.entries:
             if self.stop.is_set():
                 break
+            if self.config.entry_order == "limit":
+                cid = self.orders.buy_limit(intent, intent.price)
+                decided.append(("entry", intent.symbol, intent.price, intent.amount,
+                                intent.reason, cid))
+                continue
             with self.monitor.timing(f"execute_trade:{intent.symbol}"):
                 position = self.orders.buy(intent)
             decided.append(("entry", intent.symbol, intent.price, intent.amount, intent.reason,

@@ -115,8 +115,8 @@ class BadConfigValuesTest(TmpCase):
         self.assertEqual(len(set(BAD_CONFIG)), len(BAD_CONFIG))
 
     def test_every_bad_value_is_one_line_naming_it_and_writes_nothing(self) -> None:
-        data_dir = self.tmp / "data"
-        for name, value in BAD_CONFIG:
+        for i, (name, value) in enumerate(BAD_CONFIG):
+            data_dir = self.tmp / f"data{i}"
             with self.subTest(name=name, value=value):
                 environ = {"DATA_DIR": str(data_dir), name: value}
                 with self.assertRaises(ConfigError) as cm:
@@ -137,15 +137,15 @@ class BadConfigValuesTest(TmpCase):
                  "PAIR_ALLOWLIST=BTC/USDT,,ETH/USDT\n": "PAIR_ALLOWLIST",
                  "CHECK_INTERVAL=1_20\n": "CHECK_INTERVAL",
                  "MAX_PARALEL_WORKERS=3\n": "MAX_PARALEL_WORKERS"}     # misspelt
-        for text, name in cases.items():
+        for i, (text, name) in enumerate(cases.items()):
             with self.subTest(text=text):
                 env_file = self.tmp / ".env"
                 env_file.write_text(text)
                 with self.assertRaises(ConfigError) as cm:
-                    load_config(env_file, {"DATA_DIR": str(self.tmp / "data")})
+                    load_config(env_file, {"DATA_DIR": str(self.tmp / f"data{i}")})
                 self.assertNotIn("\n", str(cm.exception))
                 self.assertIn(name, str(cm.exception))
-                self.assertFalse((self.tmp / "data").exists())
+                self.assertFalse((self.tmp / f"data{i}").exists())
 
 
 class BadConfigEndToEndTest(TmpCase):
@@ -300,7 +300,10 @@ class CliCase(TmpCase):
         self.addCleanup(lambda: (setattr(root, "handlers", saved[0]), root.setLevel(saved[1])))
 
     def invoke(self, *args: str):
-        with mock.patch.dict(os.environ, clean_env(**self.env), clear=True):
+        refuse_to_trade = mock.Mock(side_effect=AssertionError("accepted: the bot would trade"))
+        with mock.patch.dict(os.environ, clean_env(**self.env), clear=True), \
+                mock.patch("trader.Trader", refuse_to_trade), \
+                mock.patch("bot.exit_without_stray_requests"):
             return CliRunner().invoke(bot.cli, ["--env-file", os.devnull, *args], obj={})
 
     def snapshot(self) -> dict:
@@ -432,7 +435,8 @@ class BadArgumentsTest(CliCase):
             (["download-data", "--days", "inf"], "--days"),
             (["download-data", "--days", "1e309"], "--days"),
             (["download-data", "--days", "3651"], "--days"),
-            (["download-data", "--pairs", ",,"], "--pairs"),
+            (["download-data", "--pairs", ",,"], "empty item"),
+            (["download-data", "--pairs", "BTC/USDT,BTC/USDT"], "twice"),
             (["download-data", "--pairs", "BTC/USDT", "--exchange", "Bin Ance"], "--exchange"),
             (["download-data", "--pairs", "BTC/USDT", "--timeframe", "\u0661h"], "--timeframe"),
             (["download-data", "--pairs", "BTC/USDT", "--data-dir", str(a_file)], "--data-dir"),
@@ -441,6 +445,8 @@ class BadArgumentsTest(CliCase):
         ]
         for args, needle in cases:
             with self.subTest(args=args):
+                if args[0] == "download-data" and "--exchange" not in args:
+                    args = [*args, "--exchange", "simulated"]    # never the network
                 self.assert_refused(args, needle)
         with mock.patch.dict(os.environ, clean_env(**self.env), clear=True):
             result = CliRunner().invoke(bot.cli, ["--env-file", str(self.tmp), "config"], obj={})

@@ -72,6 +72,31 @@ class TestBadConfig(unittest.TestCase):
             self.assertRegex(proc.stdout, r"SIM_SPEED\s+600\s+\(environment\)")
 
 
+class TestCommandLine(unittest.TestCase):
+    def test_help_stays_light(self):
+        code = ("import sys, bot\n"
+                "for args in (['--help'], ['backtest', '--help'], ['download-data', '--help']):\n"
+                "    try:\n"
+                "        bot.cli(args, obj={})\n"
+                "    except SystemExit as exc:\n"
+                "        assert exc.code == 0, exc.code\n"
+                "print([m for m in ('numpy', 'ccxt', 'sklearn', 'candle_files') if m in sys.modules])")
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(proc.stdout.strip().splitlines()[-1], "[]")
+
+    def test_usage_errors_are_one_line(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for args in (["--cycles", "0"], ["nope"], ["run", "--bogus"], ["status", "--trades", "x"]):
+                with self.subTest(args=args):
+                    proc = run_bot(args, bot_env(tmp), timeout=60)
+                    self.assertEqual(proc.returncode, 2, proc.stderr)
+                    lines = proc.stderr.strip().splitlines()
+                    self.assertEqual(len(lines), 1, proc.stderr)
+                    self.assertTrue(lines[0].startswith("error: "), proc.stderr)
+
+
 class TestTrading(unittest.TestCase):
     def test_paper_run_opens_and_closes_positions_and_reports(self):
         with tempfile.TemporaryDirectory() as tmp:

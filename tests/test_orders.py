@@ -73,7 +73,7 @@ class LostAnswers(unittest.TestCase):
         self.assertEqual(held_on(self.server, base), held)
         self.assertIn(symbol, self.trader.orders.busy())
         self.heal()
-        self.cycles(5)
+        self.cycles(6)                           # the longest backoff is 4 cycles
         self.assertEqual(self.trader.orders.unresolved(), [], "resolved without a restart")
         self.assertAlmostEqual(self.trader.positions[symbol].amount, held_on(self.server, base),
                                places=9)
@@ -100,7 +100,7 @@ class LostAnswers(unittest.TestCase):
         self.cycles(3)
         self.assertEqual(len(self.orders_of(symbol, "sell")), 1, "the sell was not sent again")
         self.heal()
-        self.cycles(5)
+        self.cycles(6)                           # the longest backoff is 4 cycles
         self.assertNotIn(symbol, self.trader.positions)
         self.assertEqual(self.trader.orders.unresolved(), [])
         trades = [t for t in self.trader.store.all_trades() if t.symbol == symbol]

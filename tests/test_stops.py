@@ -42,7 +42,8 @@ class TestStopsOnTheExchange(StopsCase):
             self.assertEqual(len(stops), 1)
             position = trader.positions[symbol]
             trigger = float(stops[0].get("triggerPrice") or stops[0]["stopPrice"])
-            self.assertAlmostEqual(trigger, position.stop_loss, delta=position.stop_loss * 1e-4)
+            self.assertAlmostEqual(trigger, position.stop_loss,
+                                   delta=trader.client.rules(symbol).tick * 1.0001)
             self.assertAlmostEqual(stops[0]["amount"], position.amount, delta=trader.client.rules(symbol).step)
 
     def test_a_stop_that_fills_while_the_bot_is_down_is_booked_at_the_restart(self):
