@@ -406,7 +406,8 @@ VARIABLES: tuple[Var, ...] = (
     Var("LLM_CYCLE_BUDGET", 20.0, *_real(
         0, 3600, open_lo=True, unit="wall seconds", why="at most an hour of LLM calls per cycle")),
     Var("LLM_MAX_CALLS_PER_CYCLE", 3, *_whole(1, 50)),
-    Var("LLM_CACHE_TTL", 600.0, *_real(0, 7 * DAY, unit="market seconds (0: no cache)", why="an answer older than a week is stale")),
+    Var("LLM_CACHE_TTL", 600.0, *_real(
+        0, 7 * DAY, unit="market seconds (0: no cache)", why="an answer older than a week is stale")),
     Var("LLM_CACHE_MAX_SIZE", 1000, *_whole(
         1, 1_000_000, why="every answer is kept in memory")),
     Var("LLM_ON_FAILURE", "reject", *_choice(("reject", "model"))),

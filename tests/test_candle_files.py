@@ -173,6 +173,39 @@ class TestBadFiles(FileCase):
                                               ' [1704066900000, 1, 2, 0.5, 1.5, 10]]\n')
         self.assertFileError(path, 3, "is earlier than 1704067500000")
 
+    def test_strict_numbers_and_sane_sizes(self):
+        rows = self.lines()
+        rows[2] = rows[2].replace(rows[2].split(",")[1], "1_00.5")
+        self.assertFileError(self.bad(rows), 3, "not a number: '1_00.5'")
+        rows = self.lines()
+        rows[2] = "  " + rows[2].replace(",", " , ") + "\r"     # blanks and CRLF are fine
+        np.testing.assert_array_equal(cf.read_candles(self.bad(rows), "5m"), candles())
+        self.assertFileError(self.bad(self.lines(candles() * [1, 1e16, 1e16, 1e16, 1e16, 1])), 2,
+                             "price above 1e+15")
+        path = self.write("ETH_USDT-5m.json", "[[" + "9" * 400 + ", 1, 2, 0.5, 1.5, 10]]")
+        self.assertFileError(path, 1, "too large")
+
+    def test_empty_and_unreadable_files(self):
+        for name, content, needle in (("ETH_USDT-5m.csv", b"", "empty"),
+                                      ("ETH_USDT-5m.csv.gz", b"plain text", "not a readable gzip"),
+                                      ("ETH_USDT-5m.csv.gz", gzip.compress(b"x" * 999)[:-9],
+                                       "not a readable gzip")):
+            with self.subTest(name=name, content=content[:10]):
+                path = self.write(name, content)
+                with self.assertRaisesRegex(cf.CandleFileError, needle):
+                    cf.read_candles(path, "5m")
+                path.unlink()
+        header_only = self.write("ETH_USDT-5m.csv", CSV)
+        self.assertEqual(len(cf.read_candles(header_only, "5m")), 0)       # the file API
+        with self.assertRaisesRegex(cf.CandleFileError, "no candles, only the header"):
+            cf.load_candles(self.dir, "5m")                                  # what a run needs
+
+    def test_strict_timeframes(self):
+        self.assertEqual(cf.timeframe_to_ms(" 15m "), 900_000)
+        for bad in ("\u0665m", "0m", "5", "m5", "1y", "367d", "1234567m"):
+            with self.subTest(bad=bad), self.assertRaises(ValueError):
+                cf.timeframe_to_ms(bad)
+
     def test_exact_duplicates_are_dropped_with_a_warning(self):
         rows = self.lines()
         rows.insert(3, rows[2])

@@ -111,5 +111,40 @@ class LostAnswers(unittest.TestCase):
             self.assertAlmostEqual(self.trader.store.dust()[symbol], left, places=6)
 
 
+class LimitEntries(unittest.TestCase):
+    def test_limit_entries_rest_fill_at_their_price_with_the_maker_fee_and_are_repriced(self):
+        from parity import check_parity
+        with tempfile.TemporaryDirectory() as tmp:
+            trader = Trader(trader_config(tmp, ENTRY_ORDER="limit", LIMIT_ENTRY_TIMEOUT="120",
+                                          LIMIT_ENTRY_REPRICES="1", MAX_HOLD_CANDLES="2"),
+                            reporter=Reporter(lambda line: None))
+            try:
+                for _ in range(40):
+                    trader.client.sim.advance(60)
+                    trader.run_cycle()
+                    rows = [o for o in trader.store.all_orders() if o.kind == "limit"]
+                    if any(o.status == "filled" for o in rows) and any(o.attempt for o in rows):
+                        break
+                rows = [o for o in trader.store.all_orders() if o.kind == "limit"]
+                market_buys = [o for o in trader.store.all_orders()
+                               if o.kind == "market" and o.side == "buy"]
+                maker = trader.client.rules(rows[0].symbol).maker if rows else 0.0
+            finally:
+                trader.close()
+            filled = [o for o in rows if o.status == "filled"]
+            self.assertTrue(filled, "a limit entry filled")
+            self.assertTrue(any(o.attempt == 1 for o in rows), "a stale limit entry was repriced")
+            self.assertTrue(all(o.attempt <= 1 for o in rows), "never more than LIMIT_ENTRY_REPRICES")
+            for o in filled:
+                self.assertAlmostEqual(o.fill_price, o.price, msg="a limit fills at its price")
+                self.assertAlmostEqual(o.fee, o.filled * o.price * maker, places=9)
+            self.assertEqual(market_buys, [], "no market entries")
+            from store import Store
+            with Store.open(tmp, "paper") as store:
+                report = check_parity(store)
+            self.assertEqual(report.of_kind("decision") + report.of_kind("books"), [],
+                             report.format())
+
+
 if __name__ == "__main__":
     unittest.main()
