@@ -142,10 +142,14 @@ def _directory_or_fail(path: Path, option: str, create: bool) -> None:
              f"written to)")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+def setup_logging(config) -> None:
+    """Log lines on stderr, with every secret of the configuration masked in all of them."""
+    import redaction
+
+    logging.basicConfig(level=getattr(logging, config.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    redaction.install(redaction.secrets_of(config), ccxt_debug=config.log_ccxt_debug)
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -226,7 +230,7 @@ def cli(ctx: click.Context, env_file: str, cycles: int | None, assume_yes: bool)
 def run(ctx: click.Context, cycles: int | None, assume_yes: bool) -> None:
     """Run the trading loop (the default command)."""
     config = load_or_fail(ctx.obj["env_file"], create_data_dir=False)
-    setup_logging(config.log_level)
+    setup_logging(config)
     try:
         check_exchange_id(config)
     except ConfigError as exc:

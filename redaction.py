@@ -35,8 +35,8 @@ any secret variable added later), from a Config or from a mapping of variable na
 ccxt logs every request with its headers (``X-MBX-APIKEY``) at DEBUG on the logger
 ``ccxt.base.exchange``, and urllib3 logs every request line on ``urllib3.connectionpool``.
 ``install`` keeps those loggers (``NOISY_LOGGERS``) at INFO or above unless the
-environment variable ``LOG_CCXT_DEBUG`` is true (1/true/yes/on, read from ``os.environ``
-at each call until config.py carries it); when let through they are masked like every
+configuration's LOG_CCXT_DEBUG is true (`install(..., ccxt_debug=config.log_ccxt_debug)`;
+without it, the environment variable is read); when let through they are masked like every
 other record. ccxt's ``verbose`` mode prints to stdout with ``print`` and bypasses logging
 altogether: nothing in the bot sets it, and nothing here can mask it.
 """

@@ -379,7 +379,7 @@ class BotDebugLogTest(unittest.TestCase):
         self.assertNotIn("ccxt.base.exchange", output)
 
     def test_even_with_ccxt_debug_asked_for(self) -> None:
-        output = self.check(self.run_bot(LOG_CCXT_DEBUG="1"))
+        output = self.check(self.run_bot(LOG_CCXT_DEBUG="true"))
         self.assertIn("ccxt.base.exchange", output)
         self.assertIn("'X-MBX-APIKEY': '***'", output)
 
