@@ -24,7 +24,21 @@ time, through the same `strategy.check_exits` / `strategy.decide_entries`, `Risk
   The broker rounds and checks the order with the pair's `MarketRules` (derived from its
   price level, as the simulated exchange does), walks the book and charges the taker fee;
   the ledger books the fill. A pair is not re-entered on the close of the candle it was
-  sold in (the strategy's cooldown, `StrategyParams.cooldown_candles`).
+  sold in (the strategy's cooldown, `StrategyParams.cooldown_candles`). With a slippage
+  guard (`max_slippage`, the live MAX_SLIPPAGE) a market order takes only the book levels
+  within it of the best price: a thin book fills partly (an entry opens what filled, an
+  exit leaves the rest open, or as dust when the market would not take it).
+- Limit entries (`entry_order='limit'`, the live ENTRY_ORDER=limit). An entry decided at
+  the close of candle t rests as a post-only limit buy at the decision's price (the close,
+  the best bid) on the tick, holding amount x price x (1 + maker fee) of the cash, and its
+  pair counts as held (not a candidate, a position slot, a place in its group). It fills in
+  full, at its limit price with the maker fee, on a later candle of the pair whose low is
+  strictly below the limit (a touch does not fill: the order is behind the queue); the
+  fill is timed at that candle's open, as a market entry's, and that candle's exits are
+  checked on what it showed after the fill (`after_limit_fill`). At the first close
+  `limit_timeout_ms` (rounded up to whole candles) after it was placed it is cancelled and
+  repriced at that close with the same amount, up to `limit_reprices` times, then given
+  up (`entry_expired`), as it is when its pair's candles end.
 - Model (use_model). Walk-forward: every `retrain_interval_ms` of market time the model is
   refit on the samples whose labels were known then (the label window's last candle
   closed at or before now, as the live bot's candle history would have them); before the
@@ -134,6 +148,10 @@ class BacktestResult:
     buy_hold: np.ndarray              # equal-weight buy-and-hold of the same pairs
     exposed: np.ndarray               # bool: a position was held during the step
     trades: list[Trade]               # entry time: open of the fill candle; exit: close of its candle
+    # events: ("entry", close, symbol, price, amount, stop, take, reason), ("fill_buy", t,
+    # symbol, amount, price, fee), ("limit_placed", close, symbol, price, amount, reprices),
+    # ("entry_expired" | "entry_dropped" | "entry_rejected" | "exit_rejected", t, symbol, why),
+    # ("exit", close, symbol, price, reason), ("fill_sell", t, symbol, amount, price, fee, reason)
     events: list[tuple]               # every decision and fill, in order (for audits/tests)
     pair_info: dict[str, dict]
     used_model: bool

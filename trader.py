@@ -452,6 +452,14 @@ def status_report(config, n_trades: int = 10) -> str:
         for t in trades:
             lines.append(f"  {t.symbol:<12} {t.entry_price:.8g} -> {t.exit_price:.8g} "
                          f"{t.exit_reason:<11} PnL {t.profit:+.2f} ({t.return_pct:+.2f}%)")
+        unresolved = store.pending_orders()
+        if unresolved:
+            lines.append(f"orders whose outcome is not known yet: {len(unresolved)} ("
+                         + ", ".join(f"{o.side} {o.symbol}" for o in unresolved) + ")")
+        dust = store.dust()
+        if dust:
+            lines.append("dust (below the market's minimum, not sellable): "
+                         + ", ".join(f"{a:.8g} {s.split('/')[0]}" for s, a in sorted(dust.items())))
         tot = store.totals()
         lines.append(f"totals: {tot.trades} trades, win rate {tot.win_rate:.0%}, profit "
                      f"{tot.total_profit:+.2f}, fees {tot.fees:.2f}, best {tot.best:+.2f}, "
