@@ -30,15 +30,17 @@ time, through the same `strategy.check_exits` / `strategy.decide_entries`, `Risk
   exit leaves the rest open, or as dust when the market would not take it).
 - Limit entries (`entry_order='limit'`, the live ENTRY_ORDER=limit). An entry decided at
   the close of candle t rests as a post-only limit buy at the decision's price (the close,
-  the best bid) on the tick, holding amount x price x (1 + maker fee) of the cash, and its
-  pair counts as held (not a candidate, a position slot, a place in its group). It fills in
-  full, at its limit price with the maker fee, on a later candle of the pair whose low is
-  strictly below the limit (a touch does not fill: the order is behind the queue); the
-  fill is timed at that candle's open, as a market entry's, and that candle's exits are
-  checked on what it showed after the fill (`after_limit_fill`). At the first close
-  `limit_timeout_ms` (rounded up to whole candles) after it was placed it is cancelled and
-  repriced at that close with the same amount, up to `limit_reprices` times, then given
-  up (`entry_expired`), as it is when its pair's candles end.
+  the best bid) on the tick, holding amount x price x (1 + maker fee) of the cash (live:
+  not in the exchange's free balance); its pair takes no new entry meanwhile (busy, as in
+  the live bot, which, like the backtest, does not count it against MAX_OPEN_POSITIONS
+  before it fills). It fills in full, at its limit price with the maker fee, on a later
+  candle of the pair whose low is strictly below the limit (a touch does not fill: the
+  order is behind the queue); the fill is timed at that candle's open, as a market
+  entry's, and that candle's exits are checked on what it showed after the fill
+  (`after_limit_fill`). At the first close `limit_timeout_ms` (rounded up to whole
+  candles) after it was placed it is cancelled and repriced at that close with the same
+  amount, up to `limit_reprices` times, then given up (`entry_expired`), as it is when its
+  pair's candles end.
 - Model (use_model). Walk-forward: every `retrain_interval_ms` of market time the model is
   refit on the samples whose labels were known then (the label window's last candle
   closed at or before now, as the live bot's candle history would have them); before the
@@ -67,8 +69,7 @@ from threadpoolctl import threadpool_limits
 
 from brokers import PAPER_BOOK_DEPTH, BacktestBroker, Quote, check_funds
 from candle_files import gaps, load_candles, timeframe_to_ms
-from domain import (Bar, EntryIntent, Fill, MarketView, OrderRejected, Position,
-                    StrategyParams, Trade)
+from domain import Bar, EntryIntent, Fill, MarketView, OrderRejected, StrategyParams, Trade
 from order_ids import client_order_id
 from features import HISTORY_NEEDED, close_windows, prepare_features
 from indicators import compute_all
@@ -87,7 +88,7 @@ log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 PROGRESS_EVERY = 64                     # steps between progress callbacks
 ENTRY_ORDERS = ("market", "limit")
-DEFAULT_LIMIT_TIMEOUT_S = 60            # when the config has no LIMIT_ENTRY_TIMEOUT (seconds)
+DEFAULT_LIMIT_TIMEOUT_S = 300           # when the config has no LIMIT_ENTRY_TIMEOUT (seconds)
 DEFAULT_LIMIT_REPRICES = 2              # when the config has no LIMIT_ENTRY_REPRICES
 
 
@@ -461,13 +462,6 @@ class _RestingEntry:
         """The cash the order holds: what its fill will cost with the fee."""
         return self.amount * self.price * (1.0 + self.maker)
 
-    def as_position(self, group: str) -> Position:
-        """The pair as the strategy must see it while the order rests: held (not a candidate;
-        it takes a position slot and a place in its group)."""
-        i = self.intent
-        return Position(i.symbol, self.amount, self.price, self.placed_ms, i.stop_loss,
-                        i.take_profit, group=group)
-
 
 # --------------------------------------------------------------------------- the replay
 
@@ -613,15 +607,6 @@ class _Replay:
             self.place_limit(order.intent, float(self.last_close[p]), order.amount, close_ms,
                              order.reprices + 1)
 
-    def _held(self) -> Mapping[str, Position]:
-        """What the strategy sees as held: the positions and the pairs with a resting entry."""
-        if not self.resting:
-            return self.ledger.positions
-        held = dict(self.ledger.positions)
-        for symbol, order in self.resting.items():
-            held[symbol] = order.as_position(self.risk.group_of(symbol))
-        return held
-
     def check_exits(self, col: np.ndarray, close_ms: int) -> None:
         d = self.d
         positions = self.ledger.positions
@@ -677,10 +662,13 @@ class _Replay:
                           {k: v[rows] for k, v in d.ind.items()},
                           d.c[rows[:, None] + self.k_off], close_ms)
         predict = model.predictor(rows) if model is not None else None
+        # A resting limit entry's pair is busy (no new entry; as live, it takes no position
+        # slot before it fills) and its cash is held (live: not in the free balance).
         cash = self.ledger.cash - self.reserved() if self.resting else self.ledger.cash
-        decisions = decide_entries(view, self._held(), cash, equity,
+        decisions = decide_entries(view, self.ledger.positions, cash, equity,
                                    self.params, self.risk, self.broker.round_order, predict,
-                                   last_exits=self.ledger.last_exits)
+                                   last_exits=self.ledger.last_exits,
+                                   busy=set(self.resting) if self.resting else frozenset())
         for e in decisions.entries:
             self.events.append(("entry", close_ms, e.symbol, e.price, e.amount, e.stop_loss,
                                 e.take_profit, e.reason))
@@ -696,7 +684,7 @@ class _Replay:
         (elementwise, so scored for all rows at once) or the model's threshold (the batched
         predictions of the same feature rows; the skip-equivalence test checks both
         against the unskipped pipeline)."""
-        if len(self.ledger.positions) + len(self.resting) >= self.risk.max_open_positions:
+        if len(self.ledger.positions) >= self.risk.max_open_positions:
             return False
         if model is None:
             ok = self.d.rule_ok[rows]
@@ -710,8 +698,8 @@ class _Replay:
         return bool(ok.any())
 
     def _excluded(self, now_ms: int) -> set[str]:
-        """The pairs decide_entries leaves out at this close: held (or with a resting
-        entry), or cooling down."""
+        """The pairs decide_entries leaves out at this close: held, busy with a resting
+        limit entry, or cooling down."""
         clock = MarketView((), {}, np.empty((0, 1)), now_ms)   # cooling_down reads the time only
         return (set(self.ledger.positions) | set(self.resting)
                 | cooling_down(clock, self.params, self.ledger.last_exits))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from config import (ConfigError, check_exchange_id, check_pairs, directory_problem, load_config,
+from config import (ConfigError, check_exchange_id, directory_problem, load_config,
                     parse_real, parse_symbols, parse_whole, prepare_data_dir, real_range,
                     whole_range)
 
@@ -252,12 +252,7 @@ def run(ctx: click.Context, cycles: int | None, assume_yes: bool) -> None:
     stop.install()
     try:
         trader = Trader(config, stop.event, Reporter(click.echo))
-    except (StartupError, ConfigError) as exc:   # ConfigError: e.g. config.check_pairs
-        fail(str(exc))
-    try:   # the trader checks this at start-up too once it calls check_pairs; cheap twice
-        check_pairs(config, trader.client.load_markets())
-    except ConfigError as exc:
-        trader.close()
+    except StartupError as exc:
         fail(str(exc))
     from store import StoreError
 

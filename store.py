@@ -250,13 +250,16 @@ class Store:
              clock: Callable[[], float] = time.time) -> Store:
         """Open (creating if needed) DATA_DIR/trades-<mode>.sqlite."""
         path = store_path(data_dir, mode)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         return cls(path, clock)
 
     def _connect(self) -> sqlite3.Connection:
         try:
             # Owner-only from the start; SQLite gives the -wal and -shm files the same mode.
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+                if path.exists():      # an older database may have been readable by all
+                    os.chmod(path, 0o600)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}; check the path "

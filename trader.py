@@ -17,6 +17,7 @@ from pathlib import Path
 
 from brokers import LiveBroker, PaperBroker
 from domain import Bar, Decisions, ExchangeError, Position, StrategyParams
+from config import ConfigError, check_pairs
 from exchange import create_client
 from features import feature_key
 from ledger import Ledger
@@ -54,10 +55,10 @@ class Trader:
         self.store: Store | None = None
         try:
             self.client = create_client(config)
-            self.client.load_markets()
+            check_pairs(config, self.client.load_markets())
             self.clock = self.client.clock   # the one clock: market time on the simulator
             self.store = Store.open(config.data_dir, config.mode, clock=self.clock)
-        except (ExchangeError, StoreError) as exc:
+        except (ExchangeError, StoreError, ConfigError) as exc:
             self.close()
             prefix = f"{config.exchange}: " if isinstance(exc, ExchangeError) else ""
             raise StartupError(f"{prefix}{exc}") from exc
@@ -464,15 +465,15 @@ def status_report(config, n_trades: int = 10) -> str:
         lines.append(f"totals: {tot.trades} trades, win rate {tot.win_rate:.0%}, profit "
                      f"{tot.total_profit:+.2f}, fees {tot.fees:.2f}, best {tot.best:+.2f}, "
                      f"worst {tot.worst:+.2f}")
-        lines.append(model_summary(config.data_dir))
+        lines.append(model_summary(config.data_dir, config.mode))
         return "\n".join(lines)
     finally:
         store.close()
 
 
-def model_summary(data_dir) -> str:
+def model_summary(data_dir, mode: str = "paper") -> str:
     """The saved model's out-of-sample quality, read from its metadata (nothing unpickled)."""
-    meta = saved_model_status(data_dir)
+    meta = saved_model_status(data_dir, mode)
     if not meta:
         return "model: none trained yet (the bot trades on its fallback rule)"
     return (f"model: {meta.get('kind')} trained on {meta.get('samples')} samples; out-of-sample "

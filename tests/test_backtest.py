@@ -88,10 +88,11 @@ def cents(candles) -> dict[str, MarketRules]:
                            taker=FEE, maker=FEE) for s in candles}
 
 
-def run(candles, use_model=False, strategy=None, **settings):
+def run(candles, use_model=False, strategy=None, rules=None, manager=None, **settings):
     s = dict(starting_balance=START, slippage=False, fee_rate=FEE) | settings
-    return bt.run_backtest(candles, use_model=use_model, params=strategy or params(), risk=risk(),
-                           settings=bt.BacktestSettings(**s), rules=cents(candles))
+    return bt.run_backtest(candles, use_model=use_model, params=strategy or params(),
+                           risk=manager or risk(), settings=bt.BacktestSettings(**s),
+                           rules=rules or cents(candles))
 
 
 class TestHandBuiltMarket(unittest.TestCase):
@@ -238,6 +239,24 @@ class TestGapsAndMisalignedPairs(unittest.TestCase):
         self.assertEqual([t.symbol for t in result.trades], ["BBB/USDT", "CCC/USDT"])
 
 
+LIMIT = {"entry_order": "limit", "limit_timeout_ms": TF, "limit_reprices": 1}
+
+
+def touching(candles: dict, share: float = 0.6, seed: int = 3) -> dict:
+    """The candles with no lower wick on `share` of them (low = min(open, close)): a limit
+    buy at the previous close is then only touched by an up candle (the simulated market's
+    lows are otherwise nearly always below the previous close, so every limit buy fills on
+    the next candle)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for s, a in candles.items():
+        b = a.copy()
+        m = rng.random(len(b)) < share
+        b[m, 3] = np.minimum(b[m, 1], b[m, 4])
+        out[s] = b
+    return out
+
+
 def perturbed(candles: dict, cut: int, seed: int = 7) -> dict:
     """Every candle from `cut` on scaled by a random walk and given another volume."""
     rng = np.random.default_rng(seed)
@@ -260,9 +279,9 @@ class TestNoLookAhead(unittest.TestCase):
         cls.cut = 1000
         cls.cut_ms = int(next(iter(cls.candles.values()))[cls.cut, 0])
 
-    def replay(self, candles, use_model, cooldown=1, skip=True):
+    def replay(self, candles, use_model, cooldown=1, skip=True, **settings):
         s = bt.BacktestSettings(starting_balance=10_000.0, retrain_interval_ms=12 * 3_600_000,
-                                skip_idle_steps=skip)
+                                skip_idle_steps=skip, **settings)
         r = RiskManager(0.01, 3, 0.3, 2, fee_rate=FEE)
         return bt.run_backtest(candles, use_model=use_model,
                                params=StrategyParams(timeframe_ms=TF, min_confidence=0.45,
@@ -272,14 +291,15 @@ class TestNoLookAhead(unittest.TestCase):
     def before_cut(self, result):
         return [e for e in result.events if e[1] < self.cut_ms]
 
-    def check(self, use_model):
-        full = self.replay(self.candles, use_model)
+    def check(self, use_model, candles=None, **settings):
+        candles = self.candles if candles is None else candles
+        full = self.replay(candles, use_model, **settings)
         early = self.before_cut(full)
         self.assertGreater(sum(e[0] == "entry" for e in early), 3)     # decisions to compare
-        changed = self.replay(perturbed(self.candles, self.cut), use_model)
+        changed = self.replay(perturbed(candles, self.cut), use_model, **settings)
         self.assertEqual(self.before_cut(changed), early)
         self.assertNotEqual(changed.events, full.events)                # the future did change
-        cut = self.replay({s: a[: self.cut] for s, a in self.candles.items()}, use_model)
+        cut = self.replay({s: a[: self.cut] for s, a in candles.items()}, use_model, **settings)
         self.assertEqual(self.before_cut(cut), early)
         return full
 
@@ -292,14 +312,43 @@ class TestNoLookAhead(unittest.TestCase):
         self.assertTrue(any(e[0] == "entry" and e[7] == "model" and e[1] < self.cut_ms
                             for e in full.events))
 
+    def test_decisions_ignore_every_later_candle_with_limit_entries(self):
+        for use_model in (False, True):
+            with self.subTest(use_model=use_model):
+                full = self.check(use_model, touching(self.candles), **LIMIT)
+                kinds = {e[0] for e in self.before_cut(full)}
+                self.assertLessEqual({"limit_placed", "fill_buy", "entry_expired"}, kinds)
+
     def test_skipping_idle_steps_changes_nothing(self):
-        for use_model, cooldown in ((False, 0), (False, 1), (True, 1), (True, 3)):
-            with self.subTest(use_model=use_model, cooldown=cooldown):
-                slow = self.replay(self.candles, use_model, cooldown, skip=False)
-                fast = self.replay(self.candles, use_model, cooldown)
+        for use_model, cooldown, mode in ((False, 0, {}), (False, 1, {}), (True, 1, {}),
+                                          (True, 3, {}), (False, 0, LIMIT), (False, 1, LIMIT),
+                                          (True, 1, LIMIT), (True, 3, LIMIT)):
+            with self.subTest(use_model=use_model, cooldown=cooldown, mode=mode):
+                candles = touching(self.candles) if mode else self.candles
+                slow = self.replay(candles, use_model, cooldown, skip=False, **mode)
+                fast = self.replay(candles, use_model, cooldown, **mode)
                 self.assertEqual(fast.trades, slow.trades)
                 self.assertEqual(fast.events, slow.events)
                 self.assertEqual(fast.final_equity, slow.final_equity)
+                if mode:       # the limit path ran: reprices, expiries, a busy pair skipped
+                    kinds = {e[0] for e in fast.events}
+                    self.assertLessEqual({"limit_placed", "fill_buy", "entry_expired"}, kinds)
+                    self.assertTrue(any(e[0] == "limit_placed" and e[5] == 1 for e in fast.events))
+
+    def test_a_pair_with_a_resting_limit_entry_is_not_entered_again(self):
+        result = self.replay(touching(self.candles), False, 0, skip=False,
+                             **(LIMIT | {"limit_timeout_ms": 6 * TF}))
+        resting: set[str] = set()
+        reprices = 0
+        for e in result.events:
+            if e[0] == "entry":
+                self.assertNotIn(e[2], resting)
+            elif e[0] == "limit_placed":
+                reprices += e[2] in resting
+                resting.add(e[2])
+            elif e[0] in ("fill_buy", "entry_expired", "entry_rejected"):
+                resting.discard(e[2])
+        self.assertGreater(reprices, 3)        # orders rested for a while
 
 
 class TestInterrupt(unittest.TestCase):
