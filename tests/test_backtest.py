@@ -191,6 +191,192 @@ class TestHandBuiltMarket(unittest.TestCase):
                                         "equity_curve"})
 
 
+MAKER = 0.0002
+
+
+def maker_rules(candles) -> dict[str, MarketRules]:
+    """The cent markets of `cents`, with a maker fee (0.02 %) other than the taker fee."""
+    return {s: MarketRules(s, amount_precision=0.01, price_precision=0.01, min_amount=0.01,
+                           taker=FEE, maker=MAKER) for s in candles}
+
+
+def limit(**kw) -> dict:
+    """Settings of a limit-entry replay: rests one candle, no reprice unless told."""
+    return {"entry_order": "limit", "limit_timeout_ms": TF, "limit_reprices": 0} | kw
+
+
+def at(i: int) -> int:
+    """The open time of candle i (= the close of candle i - 1)."""
+    return T0 + i * TF
+
+
+def rising(p):
+    """An up candle with no lower wick: it opens at the previous close and never trades
+    below it, so a limit buy at that close is touched, not filled."""
+    return (p, p + 1, p, p + 1)
+
+
+class TestLimitEntries(unittest.TestCase):
+    """ENTRY_ORDER=limit: a post-only buy at the decision's close, filled at its price with
+    the maker fee when a later candle trades below it; repriced after the timeout, then
+    given up. AAA's rule fires at the close of candle 150 (close 177, ATR 2: stop 174.5,
+    take-profit 182.5, 20 units as in the hand-computed test above)."""
+
+    def limit_run(self, special, **kw):
+        candles = {"AAA/USDT": build(100, 150, special)}
+        return candles, run(candles, rules=maker_rules(candles), **limit(**kw))
+
+    def test_fills_at_its_price_with_the_maker_fee_when_the_low_goes_below(self):
+        # candle 151 opens at 177.5 (a market buy pays that), trades down to 176.5
+        special = {151: lambda p: (p + 0.5, p + 1, p - 0.5, p)}
+        candles, result = self.limit_run(special)
+        self.assertEqual([e for e in result.events if e[0] == "limit_placed"],
+                         [("limit_placed", at(151), "AAA/USDT", 177.0, 20.0, 0)])
+        self.assertEqual(len(result.trades), 1)
+        t = result.trades[0]
+        self.assertEqual((t.amount, t.entry_price, t.entry_time_ms), (20.0, 177.0, at(151)))
+        self.assertEqual(t.entry_fee, 20.0 * 177.0 * MAKER)
+        # its stops keep the intent's distances: take-profit 182.5, first reached by 159's
+        # high (it opens at 182 and reaches 183)
+        self.assertEqual((t.exit_price, t.exit_time_ms, t.exit_reason),
+                         (182.5, at(160), "take_profit"))
+        cash = START - (20.0 * 177.0 + 20.0 * 177.0 * MAKER) + 20.0 * 182.5 * (1 - FEE)
+        self.assertAlmostEqual(result.final_equity, cash, places=9)
+        # the same decision as a market order: at the open, with the taker fee
+        market = run(candles, rules=maker_rules(candles))
+        m = market.trades[0]
+        self.assertEqual((m.entry_price, m.entry_time_ms), (177.5, at(151)))
+        self.assertAlmostEqual(m.entry_fee, 20.0 * 177.5 * FEE, places=12)
+
+    def test_a_touch_does_not_fill(self):
+        # candle 151 trades down to exactly 177 then rises; no later candle goes lower
+        _, touched = self.limit_run({151: lambda p: (p, p + 2, p, p + 2)})
+        self.assertEqual([e[0] for e in touched.events], ["entry", "limit_placed", "entry_expired"])
+        self.assertEqual(touched.events[-1],
+                         ("entry_expired", at(152), "AAA/USDT", "not filled after 0 reprice(s)"))
+        self.assertEqual((touched.trades, touched.final_equity), ([], START))
+        # one cent below the limit fills it
+        _, below = self.limit_run({151: lambda p: (p, p + 2, p - 0.01, p + 2)})
+        self.assertIn(("fill_buy", at(151), "AAA/USDT", 20.0, 177.0, 20.0 * 177.0 * MAKER),
+                      below.events)
+
+    def test_times_out_is_repriced_at_the_new_close_then_expires(self):
+        special = {i: rising for i in range(151, 170)}      # closes 178, 179, 180, ...
+        # a timeout of one candle and a millisecond rests two candles
+        _, result = self.limit_run(special, limit_timeout_ms=TF + 1, limit_reprices=1)
+        self.assertEqual(result.events[1:], [
+            ("limit_placed", at(151), "AAA/USDT", 177.0, 20.0, 0),
+            ("limit_placed", at(153), "AAA/USDT", 179.0, 20.0, 1),     # at 152's close
+            ("entry_expired", at(155), "AAA/USDT", "not filled after 1 reprice(s)")])
+        self.assertEqual(result.trades, [])
+        # 153 dips a cent below the new limit (the first, 177, it never reaches): fills at 179
+        special[153] = lambda p: (p, p + 1, p - 0.01, p + 1)
+        _, filled = self.limit_run(special, limit_timeout_ms=TF + 1, limit_reprices=1)
+        self.assertIn(("fill_buy", at(153), "AAA/USDT", 20.0, 179.0, 20.0 * 179.0 * MAKER),
+                      filled.events)
+        t = filled.trades[0]
+        self.assertEqual((t.entry_price, t.entry_time_ms), (179.0, at(153)))
+        self.assertNotIn("entry_expired", [e[0] for e in filled.events])
+        # without a reprice it expires at the first timeout
+        _, once = self.limit_run(special, limit_timeout_ms=TF + 1)
+        self.assertEqual(once.events[-1],
+                         ("entry_expired", at(153), "AAA/USDT", "not filled after 0 reprice(s)"))
+
+    def test_exits_on_the_fill_candle_see_only_what_came_after_the_fill(self):
+        # 151 opens at 177.1 and reaches 183 (above the take-profit) before it falls to
+        # 176.5: the limit buy filled on the way down, so that high is not its take-profit
+        _, high_first = self.limit_run({151: lambda p: (p + 0.1, p + 6, p - 0.5, p - 0.2)})
+        self.assertNotIn(("exit", at(152), "AAA/USDT", 182.5, "take_profit"), high_first.events)
+        self.assertEqual(high_first.trades[0].exit_time_ms, at(160))    # 159's high, as above
+        # 151 falls through the stop (174.5) after the fill: stopped out at its close
+        _, stopped = self.limit_run({151: lambda p: (p + 0.1, p + 0.5, p - 3, p - 2.8)})
+        t = stopped.trades[0]
+        self.assertEqual((t.entry_price, t.exit_price, t.exit_time_ms, t.exit_reason),
+                         (177.0, 174.5, at(152), "stop_loss"))
+
+    def test_a_resting_entry_holds_its_cash_and_its_pair(self):
+        """AAA (rule at 150 and at 153) and BBB (rule at 153) rest without filling; sizing
+        is bound by cash, so BBB gets only what AAA's order leaves."""
+        def pair(base, spikes):
+            a = build(base, None, {151: lambda p: (p, p + 1, p, p)})   # lows stay >= 177
+            a[list(spikes), 5] = 10_000.0
+            return a
+
+        manager = lambda: RiskManager(risk_per_trade=1.0, max_open_positions=3,  # noqa: E731
+                                      max_position_size=1.0, max_positions_per_group=2,
+                                      fee_rate=FEE)
+        candles = {"AAA/USDT": pair(100, (150, 153)), "BBB/USDT": pair(150, (153,))}
+        result = run(candles, rules=maker_rules(candles), manager=manager(),
+                     **limit(limit_timeout_ms=10 * TF))
+        entries = [e for e in result.events if e[0] == "entry"]
+        self.assertEqual([(e[1], e[2]) for e in entries],
+                         [(at(151), "AAA/USDT"), (at(154), "BBB/USDT")])   # AAA not again
+        # ... though AAA's rule does pick it at 153 when nothing rests
+        alone = {"AAA/USDT": pair(100, (153,))}
+        self.assertEqual([(e[1], e[2]) for e in run(alone, rules=maker_rules(alone),
+                                                    manager=manager(), **limit()).events
+                          if e[0] == "entry"], [(at(154), "AAA/USDT")])
+        a_amount = entries[0][4]
+        reserved = a_amount * 177.0 * (1 + MAKER)
+        b_price, b_stop, b_amount = entries[1][3], entries[1][5], entries[1][4]
+        rules = maker_rules(candles)["BBB/USDT"]
+        expected = rules.round_amount(manager().size(b_price, b_stop, START - reserved, START))
+        self.assertEqual(b_amount, expected)
+        self.assertLess(b_amount, rules.round_amount(manager().size(b_price, b_stop, START, START)))
+        self.assertEqual(result.trades, [])
+        self.assertEqual(result.final_equity, START)         # expired: nothing spent
+
+    def test_an_order_whose_pair_ends_is_given_up(self):
+        candles = {"AAA/USDT": build(100, 150, {i: rising for i in range(151, 156)}, n=156)}
+        result = run(candles, rules=maker_rules(candles), **limit(limit_timeout_ms=20 * TF))
+        self.assertEqual(result.events[-1], ("entry_expired", at(156), "AAA/USDT",
+                                             "no later candle"))
+
+    def test_settings_from_a_config_with_or_without_the_order_settings(self):
+        from types import SimpleNamespace
+
+        old = bt.BacktestSettings.from_config(SimpleNamespace(starting_balance=500))
+        self.assertEqual((old.entry_order, old.max_slippage, old.limit_timeout_ms,
+                          old.limit_reprices, old.starting_balance),
+                         ("market", None, bt.DEFAULT_LIMIT_TIMEOUT_S * 1000,
+                          bt.DEFAULT_LIMIT_REPRICES, 500.0))
+        new = bt.BacktestSettings.from_config(SimpleNamespace(
+            starting_balance=500, entry_order="limit", limit_entry_timeout=90.5,
+            limit_entry_reprices=4, max_slippage=0.02), start_ms=7, limit_reprices=1)
+        self.assertEqual((new.entry_order, new.max_slippage, new.limit_timeout_ms,
+                          new.limit_reprices, new.start_ms), ("limit", 0.02, 90_500, 1, 7))
+        self.assertEqual(bt.timeout_candles(90_500, TF), 1)
+        self.assertEqual(bt.timeout_candles(TF, TF), 1)
+        self.assertEqual(bt.timeout_candles(TF + 1, TF), 2)
+        with self.assertRaises(ValueError):
+            bt.BacktestSettings(entry_order="stop")
+
+
+class TestSlippageGuard(unittest.TestCase):
+    def test_a_large_market_buy_fills_only_within_the_guard(self):
+        """AAA's 20-unit buy at 151's open (177) on the synthetic book: its best ask holds
+        12.88 at 177.04 and the next level, 177.18, is 0.08 % above it; a 0.05 % guard
+        takes the first level only."""
+        candles = {"AAA/USDT": scenario()["AAA/USDT"]}
+        unguarded = run(candles, slippage=True)
+        self.assertEqual(unguarded.trades[0].amount, 20.0)
+        guarded = run(candles, slippage=True, max_slippage=0.0005)
+        data = bt._prepare(candles, params(), bt.BacktestSettings(), cents(candles))
+        asks = bt.book_quote(177.0, at(151), float(data.book_vol[150]), float(data.book_qv[150]),
+                             data.rules[0]).levels("buy")
+        (best, qty), (second, _) = asks[0], asks[1]
+        self.assertEqual((best, qty), (177.04, 12.88))          # the book this test is about
+        self.assertGreater(second, best * 1.0005)
+        buy = next(e for e in guarded.events if e[0] == "fill_buy")
+        self.assertEqual(buy, ("fill_buy", at(151), "AAA/USDT", 12.88, 177.04,
+                               12.88 * 177.04 * FEE))
+        trades = guarded.trades
+        self.assertEqual(trades[0].entry_price, 177.04)
+        self.assertAlmostEqual(sum(t.amount for t in trades), 12.88, places=12)  # all sold
+        self.assertAlmostEqual(guarded.final_equity, START + math.fsum(t.profit for t in trades),
+                               places=9)
+
+
 class TestGapsAndMisalignedPairs(unittest.TestCase):
     def test_no_candle_after_the_decision_drops_the_entry(self):
         candles = scenario()
@@ -444,6 +630,33 @@ class TestBooks(unittest.TestCase):
             self.assertAlmostEqual(result.fees, sum(e[5] for e in buys + sells), places=9)
             for t in result.trades:
                 self.assertAlmostEqual(t.entry_fee, t.amount * t.entry_price * FEE, places=9)
+
+    # sha256 of (events, trades, equity curve, exposure) of the two replays above (no model,
+    # model) as the backtester computed them before limit entries and the slippage guard
+    # (commit ae59499): market entries without a guard must stay bit-identical. A deliberate
+    # change of the market fill model (or of the simulated candles) changes them: recompute
+    # with `digest` and say why in the commit.
+    MARKET_DIGESTS = ("9a7d8459f1b2390865e1ea64b02d731239e39da4fcd0898065c0c567a55545b1",
+                      "c7e43eca08c1f81d62192ead477c3743f8879c14d3150a8d08e083f7104d59b6")
+
+    @staticmethod
+    def digest(result) -> str:
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(repr(result.events).encode())
+        h.update(repr(result.trades).encode())
+        h.update(result.equity.tobytes())
+        h.update(result.exposed.tobytes())
+        return h.hexdigest()
+
+    def test_market_entries_are_bit_identical_to_the_replay_before_limit_entries(self):
+        self.assertEqual(bt.BacktestSettings().entry_order, "market")
+        self.assertIsNone(bt.BacktestSettings().max_slippage)
+        self.assertEqual(tuple(self.digest(r) for r in self.results), self.MARKET_DIGESTS)
+        self.assertEqual([len(r.trades) for r in self.results], [138, 171])
+        self.assertEqual([r.final_equity for r in self.results],
+                         [9412.066445785, 9283.879638992006])
 
     def test_each_pair_trades_on_the_simulated_exchange_rules_of_its_price(self):
         data = bt._prepare(self.candles, StrategyParams(timeframe_ms=TF), bt.BacktestSettings())

@@ -111,6 +111,41 @@ class LostAnswers(unittest.TestCase):
             self.assertAlmostEqual(self.trader.store.dust()[symbol], left, places=6)
 
 
+class PartialFills(unittest.TestCase):
+    def test_a_partly_filled_exit_keeps_the_rest_under_management(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            trader = Trader(trader_config(tmp, DRY_RUN="false", MAX_HOLD_CANDLES="1"),
+                            reporter=Reporter(lambda line: None))
+            self.addCleanup(trader.close)
+            server = trader.client.sim_server
+            for _ in range(30):
+                trader.run_cycle()
+                if trader.positions:
+                    break
+                trader.client.sim.advance(300)
+            symbol, position = next(iter(trader.positions.items()))
+            base = symbol.split("/")[0]
+            server.set_book_depth(0.0003)       # a thin book: the guard lets only part fill
+            trader.client.sim.advance(600)
+            trader.run_cycle()                  # the time limit: the bot sells what it can
+            left = trader.positions.get(symbol)
+            self.assertIsNotNone(left, "the unfilled rest is still a position")
+            self.assertLess(left.amount, position.amount)
+            self.assertAlmostEqual(left.amount, held_on(server, base), places=6,
+                                   msg="the position is what the account still holds")
+            sold = [t for t in trader.store.all_trades() if t.symbol == symbol]
+            self.assertEqual(len(sold), 1)
+            self.assertAlmostEqual(sold[0].amount + left.amount, position.amount, places=6)
+            stored = {p.symbol: p for p in trader.store.open_positions()}
+            self.assertAlmostEqual(stored[symbol].amount, left.amount, places=9)
+            server.set_book_depth(1.0)
+            trader.client.sim.advance(60)
+            trader.run_cycle()                  # the rest goes once the book is back
+            self.assertNotIn(symbol, trader.positions)
+            sold = [t for t in trader.store.all_trades() if t.symbol == symbol]
+            self.assertAlmostEqual(sum(t.amount + t.dust for t in sold), position.amount, places=6)
+
+
 class LimitEntries(unittest.TestCase):
     def test_limit_entries_rest_fill_at_their_price_with_the_maker_fee_and_are_repriced(self):
         from parity import check_parity
