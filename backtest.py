@@ -452,7 +452,6 @@ class _RestingEntry:
     price: float                  # limit price, on the tick
     amount: float                 # on the step
     maker: float                  # the market's maker fee
-    placed_ms: int                # placed (or last repriced) at this close
     deadline_ms: int              # repriced (or given up) at the first close at/after this
     reprices: int                 # reprices so far
     client_order_id: str
@@ -552,8 +551,8 @@ class _Replay:
             self.events.append(("entry_rejected", now_ms, intent.symbol, str(exc)))
             return
         cid = client_order_id(None, "bt", intent.symbol, next(self._orders))
-        order = _RestingEntry(intent, p, price, amount, rules.maker, now_ms, now_ms + self.rest_ms,
-                              reprices, cid)
+        order = _RestingEntry(intent, p, price, amount, rules.maker, now_ms + self.rest_ms, reprices,
+                              cid)
         free = self.ledger.cash - self.reserved()
         if order.reserved > free:
             self.events.append(("entry_rejected", now_ms, intent.symbol,
