@@ -136,6 +136,14 @@ class MarketRules:
             return _significant(price, int(self.price_precision), down=False)
         return max(self.tick, _to_grid(price, self.tick, down=False))
 
+    def sellable(self, amount: float, price: float) -> bool:
+        """Whether the market would take a sell of `amount` at `price` (else it is dust)."""
+        try:
+            self.round_order("sell", amount, price)
+        except OrderRejected:
+            return False
+        return True
+
     def round_order(self, side: str, amount: float, price: float) -> tuple[float, float]:
         """(amount, price) rounded to the market's step and tick; OrderRejected if off-limits."""
         s = self.symbol

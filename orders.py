@@ -100,20 +100,13 @@ class OrderExecutor:
 
     def book_exit(self, fill: Fill, reason: str, order_done: bool = True) -> tuple[Trade, Position | None]:
         """Book a sell; a remainder the market will not buy is written off as dust."""
-        trade, left = self.ledger.close(fill, reason, lambda amount: self.sellable(fill.symbol, amount,
-                                                                                 fill.price))
+        rules = self.broker.rules(fill.symbol)
+        trade, left = self.ledger.close(fill, reason, lambda amount: rules.sellable(amount, fill.price))
         self.store.record_exit(fill, trade, left, self._cash(), self.ledger.dust, order_done)
         if trade.dust:
             log.warning("%s: %.10g left after the sale is below the market's minimum: kept as "
                         "dust, its cost charged to the trade", fill.symbol, trade.dust)
         return trade, left
-
-    def sellable(self, symbol: str, amount: float, price: float) -> bool:
-        try:
-            self.broker.round_order(symbol, "sell", amount, price)
-        except OrderRejected:
-            return False
-        return True
 
     # -- resolving
     def busy(self) -> set[str]:
@@ -249,7 +242,7 @@ class OrderExecutor:
     def _reprice(self, row: OrderRow, status: OrderStatus, reprices: int,
                  best_bid: Callable[[str], float]) -> None:
         left = row.amount - (status.fill.amount if status.fill else 0.0)
-        if row.attempt >= reprices or not self.sellable(row.symbol, left, row.price):
+        if row.attempt >= reprices or not self.broker.rules(row.symbol).sellable(left, row.price):
             log.info("%s: limit entry %s expired after %d reprice(s)", row.symbol,
                      row.client_order_id, row.attempt)
             return

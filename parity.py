@@ -30,7 +30,7 @@ import numpy as np
 
 from backtest import book_inputs, book_quote
 from brokers import BacktestBroker, book_fill
-from domain import Bar, Fill, OrderRejected, MarketView, Position, StrategyParams
+from domain import Bar, Fill, MarketView, Position, StrategyParams
 from features import HISTORY_NEEDED, close_windows, feature_key, prepare_features
 from indicators import compute_all
 from ledger import Ledger
@@ -274,7 +274,7 @@ class _Replay:
         if order.side == "buy":
             self.ledger.open(fill, intent_of(order), self.risk.group_of(symbol))
         elif symbol in self.ledger.positions:
-            self.ledger.close(fill, reason, lambda left: self._sellable(symbol, left, price))
+            self.ledger.close(fill, reason, lambda left: self.rules[symbol].sellable(left, price))
 
     def _book(self, cycle: int, symbol: str, side: str, cid: str | None, at_ms: int,
               reason: str = "") -> None:
@@ -288,14 +288,7 @@ class _Replay:
         if side == "buy":   # the stops travel with the order
             self.ledger.open(fill, intent_of(order), self.risk.group_of(symbol))
         elif symbol in self.ledger.positions:
-            self.ledger.close(fill, reason, lambda amount: self._sellable(symbol, amount, fill.price))
-
-    def _sellable(self, symbol: str, amount: float, price: float) -> bool:
-        try:
-            self.broker.round_order(symbol, "sell", amount, price)
-        except OrderRejected:
-            return False
-        return True
+            self.ledger.close(fill, reason, lambda amount: self.rules[symbol].sellable(amount, fill.price))
 
     def _compare_fill(self, cycle: int, order: OrderRow, fill: Fill, at_ms: int) -> None:
         if order.symbol not in self.rules or self.candles is None:

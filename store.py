@@ -123,7 +123,32 @@ _SCHEMA_V2 = (
     "CREATE INDEX decisions_cycle ON decisions (cycle)",
 )
 _SCHEMA_V3 = (
-    "ALTER TABLE trades ADD COLUMN dust REAL NOT NULL DEFAULT 0",
+    # Trades gain the dust they left, and one order may now close several (its partial
+    # fills, e.g. a stop's): the exit order's id is no longer unique.
+    """CREATE TABLE trades_v3 (
+        id INTEGER PRIMARY KEY,
+        symbol TEXT NOT NULL,
+        amount REAL NOT NULL,
+        entry_price REAL NOT NULL,
+        exit_price REAL NOT NULL,
+        entry_time_ms INTEGER NOT NULL,
+        exit_time_ms INTEGER NOT NULL,
+        entry_fee REAL NOT NULL,
+        exit_fee REAL NOT NULL,
+        profit REAL NOT NULL,
+        return_pct REAL NOT NULL,
+        exit_reason TEXT NOT NULL,
+        features BLOB,
+        entry_client_order_id TEXT NOT NULL,
+        exit_client_order_id TEXT NOT NULL,
+        entry_reason TEXT NOT NULL DEFAULT 'rule',
+        probability REAL,
+        dust REAL NOT NULL DEFAULT 0)""",
+    "INSERT INTO trades_v3 SELECT *, 0 FROM trades",
+    "DROP TABLE trades",
+    "ALTER TABLE trades_v3 RENAME TO trades",
+    "CREATE INDEX trades_exit_time ON trades (exit_time_ms)",
+    "CREATE INDEX trades_exit_order ON trades (exit_client_order_id)",
     # Orders gain the unknown / open / canceled states, a kind (stops rest on the exchange)
     # and what of them has been booked: SQLite changes a CHECK only by rebuilding the table.
     """CREATE TABLE orders_v3 (
