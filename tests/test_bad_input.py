@@ -183,6 +183,44 @@ class BadConfigEndToEndTest(TmpCase):
         self.assert_one_error_line(proc.stderr, "PAIR_ALLOWLIST", "NOPE/USDT", "did you mean")
 
 
+class BadExchangeTest(TmpCase):
+    """Live start-up against a simulated exchange in this process (SIM_URL)."""
+
+    def run_live(self, server, **env: str) -> subprocess.CompletedProcess:
+        base = {"EXCHANGE": "simulated", "SIM_URL": server.url, "DRY_RUN": "false",
+                "DATA_DIR": str(self.tmp / "data"), "ML_ENABLED": "false", "LOG_LEVEL": "ERROR",
+                "API_KEY": "k" * 16, "API_SECRET": "s" * 32}
+        return subprocess.run([sys.executable, str(ROOT / "bot.py"), "--env-file", os.devnull,
+                               "--cycles", "1"], env=clean_env(**(base | env)), cwd=self.tmp,
+                              capture_output=True, text=True, timeout=120)
+
+    def server(self):
+        from sim_exchange import SimExchangeServer
+        from sim_market import SimMarket
+        server = SimExchangeServer(SimMarket(pairs=5, seed=1, speed=60), api_key="k" * 16,
+                                   api_secret="s" * 32).start()
+        self.addCleanup(server.stop)
+        return server
+
+    def test_a_wrong_api_key_in_live_mode_is_one_line(self) -> None:
+        proc = self.run_live(self.server(), API_KEY="w" * 16)
+        self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+        line = self.assert_one_error_line(proc.stderr, "authentication failed", "API_KEY")
+        self.assertNotIn("w" * 16, line)
+
+    def test_a_wrong_api_secret_in_live_mode_is_one_line(self) -> None:
+        proc = self.run_live(self.server(), API_SECRET="x" * 32)
+        self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+        self.assert_one_error_line(proc.stderr, "API_SECRET")
+
+    def test_an_exchange_that_is_down_at_start_up_is_one_line(self) -> None:
+        server = self.server()
+        server.set_faults(error_rate=1.0)
+        proc = self.run_live(server)
+        self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+        self.assert_one_error_line(proc.stderr, "simulated")
+
+
 # --------------------------------------------------------------------------- candle files
 
 T0 = 1_704_067_200_000
