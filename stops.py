@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from domain import ExchangeError, Fill, OrderRejected, OrderStatus, Position
+from domain import ExchangeError, Fill, OrderRejected, OrderStatus, Position, Trade
 from orders import OrderExecutor, unbooked_part
 from store import OrderRow, Store
 
@@ -29,6 +29,7 @@ EXCHANGE_STOP = "exchange_stop"   # the exit reason of a fill of a stop resting 
 class StopFill:
     """A part of a position the exchange's stop sold, as booked."""
     fill: Fill
+    trade: Trade
     left: Position | None
 
 
@@ -100,8 +101,8 @@ class ExchangeStops:
         out = []
         new = unbooked_part(row, status.fill)
         if new is not None and row.symbol in self.orders.ledger.positions:
-            _trade, left = self.orders.book_exit(new, EXCHANGE_STOP, order_done=done)
-            out.append(StopFill(new, left))
+            trade, left = self.orders.book_exit(new, EXCHANGE_STOP, order_done=done)
+            out.append(StopFill(new, trade, left))
             log.info("%s: the exchange's stop sold %.10g at %.10g", row.symbol, new.amount, new.price)
         elif done:
             final = "filled" if status.fill is not None else (
@@ -111,15 +112,16 @@ class ExchangeStops:
             self.store.mark_order(row.client_order_id, "open", None)
         return out
 
-    def refresh(self, position: Position) -> None:
+    def refresh(self, position: Position, booked: list[StopFill] | None = None) -> None:
         """After the position grew (a limit entry filled more): one stop for all of it."""
-        if self.release(position.symbol) and position.symbol in self.orders.ledger.positions:
+        if self.release(position.symbol, booked) and position.symbol in self.orders.ledger.positions:
             self.protect(self.orders.ledger.positions[position.symbol])
 
     # -- before the bot sells
-    def release(self, symbol: str) -> bool:
+    def release(self, symbol: str, booked: list[StopFill] | None = None) -> bool:
         """Cancel the symbol's stops and confirm they are gone, booking what they filled
-        meanwhile. False when that cannot be confirmed now (the bot must not sell yet)."""
+        meanwhile (added to `booked`). False when that cannot be confirmed now (the bot must
+        not sell yet)."""
         for row in self.store.live_stops():
             if row.symbol != symbol:
                 continue
@@ -132,5 +134,7 @@ class ExchangeStops:
                 return False
             if status.state == "open":
                 return False
-            self._apply(row, status)
+            parts = self._apply(row, status)
+            if booked is not None:
+                booked += parts
         return True

@@ -260,16 +260,21 @@ class Trader:
             self.last_prices[fill.symbol] = fill.price
             self.reporter.opened(position)
             if self.stops is not None:
-                self.stops.refresh(position)
+                parts: list = []
+                self.stops.refresh(position, parts)
+                self._record_stop_fills(parts, decided)
 
     def _reconcile_stops(self, decided: list[tuple]) -> None:
         """Book what the exchange's stops sold; put back the stops that are missing."""
-        for part in self.stops.reconcile(self.positions, self.orders.busy()):
-            decided.append(("fill", part.fill.symbol, part.fill.price, part.fill.amount,
-                            EXCHANGE_STOP, part.fill.client_order_id))
-            trade = self.store.recent_trades(1)[0]
-            self._learn(trade)
-            self.reporter.closed(part.fill, trade, part.left)
+        self._record_stop_fills(self.stops.reconcile(self.positions, self.orders.busy()), decided)
+
+    def _record_stop_fills(self, parts, decided: list | None) -> None:
+        for part in parts:
+            if decided is not None:
+                decided.append(("fill", part.fill.symbol, part.fill.price, part.fill.amount,
+                                EXCHANGE_STOP, part.fill.client_order_id))
+            self._learn(part.trade)
+            self.reporter.closed(part.fill, part.trade, part.left)
 
     def _record_state(self) -> dict:
         """The decision record's start of a cycle: the books, the risk state and, on the first
@@ -363,7 +368,10 @@ class Trader:
             if self.stops is not None:
                 if left_to_exchange(intent.reason, intent.price, position, self.stops.limit_below):
                     continue
-                if not self.stops.release(intent.symbol):
+                parts: list = []
+                released = self.stops.release(intent.symbol, parts)
+                self._record_stop_fills(parts, decided)
+                if not released:
                     continue               # not sure the stop is gone: do not sell twice
                 position = self.positions.get(intent.symbol)
                 if position is None:       # the stop sold it all meanwhile
