@@ -31,9 +31,8 @@ time, through the same `strategy.check_exits` / `strategy.decide_entries`, `Risk
 - Limit entries (`entry_order='limit'`, the live ENTRY_ORDER=limit). An entry decided at
   the close of candle t rests as a post-only limit buy at the decision's price (the close,
   the best bid) on the tick, holding amount x price x (1 + maker fee) of the cash (live:
-  not in the exchange's free balance); its pair takes no new entry meanwhile (busy, as in
-  the live bot, which, like the backtest, does not count it against MAX_OPEN_POSITIONS
-  before it fills). It fills in full, at its limit price with the maker fee, on a later
+  not in the exchange's free balance); its pair takes no new entry meanwhile and it counts
+  against MAX_OPEN_POSITIONS and its group's limit (busy, as in the live bot). It fills in full, at its limit price with the maker fee, on a later
   candle of the pair whose low is strictly below the limit (a touch does not fill: the
   order is behind the queue); the fill is timed at that candle's open, as a market
   entry's, and that candle's exits are checked on what it showed after the fill
@@ -661,8 +660,8 @@ class _Replay:
                           {k: v[rows] for k, v in d.ind.items()},
                           d.c[rows[:, None] + self.k_off], close_ms)
         predict = model.predictor(rows) if model is not None else None
-        # A resting limit entry's pair is busy (no new entry; as live, it takes no position
-        # slot before it fills) and its cash is held (live: not in the free balance).
+        # A resting limit entry's pair is busy: no new entry, it takes a position slot (as
+        # live) and its cash is held (live: not in the free balance).
         cash = self.ledger.cash - self.reserved() if self.resting else self.ledger.cash
         decisions = decide_entries(view, self.ledger.positions, cash, equity,
                                    self.params, self.risk, self.broker.round_order, predict,
@@ -683,7 +682,7 @@ class _Replay:
         (elementwise, so scored for all rows at once) or the model's threshold (the batched
         predictions of the same feature rows; the skip-equivalence test checks both
         against the unskipped pipeline)."""
-        if len(self.ledger.positions) >= self.risk.max_open_positions:
+        if len(set(self.ledger.positions) | set(self.resting)) >= self.risk.max_open_positions:
             return False
         if model is None:
             ok = self.d.rule_ok[rows]

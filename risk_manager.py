@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from config import parse_correlation_groups
 from domain import Candidate, EntryIntent, OrderRejected, Position, StrategyParams
@@ -107,16 +107,21 @@ class RiskManager:
 
     def plan_entries(self, candidates: Sequence[Candidate], positions: Mapping[str, Position],
                      cash: float, equity: float, params: StrategyParams,
-                     round_order: RoundOrder) -> tuple[list[EntryIntent], list[tuple[str, str]]]:
-        """Size the best candidates within every limit; each skip comes with its reason."""
+                     round_order: RoundOrder, pending: Iterable[str] = ()
+                     ) -> tuple[list[EntryIntent], list[tuple[str, str]]]:
+        """Size the best candidates within every limit; each skip comes with its reason.
+
+        `pending` pairs (a buy in doubt, a resting limit entry) take a position slot and count
+        in their group as if they were held."""
         entries: list[EntryIntent] = []
         skipped: list[tuple[str, str]] = []
         self.observe_equity(equity)
         halted = self.halt_reason(equity)
         group_counts: dict[str, int] = {}
-        for p in positions.values():
-            group_counts[self.group_of(p.symbol)] = group_counts.get(self.group_of(p.symbol), 0) + 1
-        open_count = len(positions)
+        taken = set(positions) | set(pending)
+        for symbol in taken:
+            group_counts[self.group_of(symbol)] = group_counts.get(self.group_of(symbol), 0) + 1
+        open_count = len(taken)
         for c in candidates:
             reason = halted
             if reason is None and open_count >= self.max_open_positions:

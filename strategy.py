@@ -145,7 +145,8 @@ def decide_entries(view: MarketView, positions: Mapping[str, Position], cash: fl
     """
     excluded = set(positions) | set(busy) | cooling_down(view, params, last_exits or {})
     candidates, used_model = find_candidates(view, params, excluded, predict)
-    entries, skipped = risk.plan_entries(candidates, positions, cash, equity, params, round_order)
+    entries, skipped = risk.plan_entries(candidates, positions, cash, equity, params, round_order,
+                                         busy)
     if confirm is not None and entries:
         index = {s: i for i, s in enumerate(view.symbols)}
         states = [llm_state(view, index[e.symbol], e.probability, len(positions),
