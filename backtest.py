@@ -71,16 +71,18 @@ from candle_files import gaps, load_candles, timeframe_to_ms
 from domain import Bar, EntryIntent, Fill, MarketView, OrderRejected, StrategyParams, Trade
 from order_ids import client_order_id
 from features import HISTORY_NEEDED, close_windows, prepare_features
-from indicators import compute_all
-from labels import LabelParams, Samples, samples_from_candles
+from labels import Samples, pair_samples
 from ledger import Ledger
 from market_rules import TAKER_FEE, MarketRules, quote_of
 from market_scanner import MIN_CANDLES
-from ml_model import DEFAULT_MODEL_KIND, MIN_TRAIN_SAMPLES, make_estimator, positive_proba
+from ml_model import DEFAULT_MODEL_KIND, MIN_TRAIN_SAMPLES, make_estimator, payoff, positive_proba
 from model_training import NOT_READY_RETRY, TrainingData
 from risk_manager import RiskManager
 from sim_market import simulated_ohlcv, synthetic_order_book
-from strategy import check_exits, cooling_down, decide_entries, rule_scores
+from exits import check_positions
+import strategies
+from strategies import Strategy, TrendMomentum, frame, signals
+from strategy import ModelFilter, cooling_down, decide_entries
 
 log = logging.getLogger(__name__)
 
@@ -187,16 +189,17 @@ class _Data:
     l: np.ndarray
     c: np.ndarray
     v: np.ndarray
-    ind: dict                         # indicator name -> (N,)
+    ind: dict                         # column name -> (N,): what the strategy reads
     feat: np.ndarray                 # (N, F) float32 model features
     usable: np.ndarray               # (N,) the pipeline could score this row
-    rule_ok: np.ndarray              # (N,) the fallback rule picks this row
+    signal_ok: np.ndarray            # (N,) usable, and the strategy would enter here
+    exit_signal: np.ndarray          # (N,) the strategy would sell a position here
     book_vol: np.ndarray             # (N,) 1-minute volatility through this candle
     book_qv: np.ndarray              # (N,) 24 h quote volume through this candle
     rules: list[MarketRules]         # (P,) each pair's market
 
 
-def _prepare(candles: Mapping[str, np.ndarray], params: StrategyParams,
+def _prepare(candles: Mapping[str, np.ndarray], strategy: Strategy, params: StrategyParams,
              settings: BacktestSettings, rules: Mapping[str, MarketRules] | None = None) -> _Data:
     tf = int(params.timeframe_ms)
     symbols = tuple(sorted(candles))
@@ -212,7 +215,7 @@ def _prepare(candles: Mapping[str, np.ndarray], params: StrategyParams,
     ind: dict[str, list] = {}
     feats, vols, qvs, markets = [], [], [], []
     for s, a in zip(symbols, arrays):
-        pi = compute_all(a[:, 1], a[:, 2], a[:, 3], a[:, 4], a[:, 5])
+        pi = frame(a, strategy)
         for k, v in pi.items():
             ind.setdefault(k, []).append(v)
         feats.append(prepare_features(pi, close_windows(a[:, 4])))
@@ -224,12 +227,13 @@ def _prepare(candles: Mapping[str, np.ndarray], params: StrategyParams,
     ind_all = {k: np.concatenate(v) for k, v in ind.items()}
     feat = np.concatenate(feats)
     usable = np.isfinite(feat).all(axis=1) & np.isfinite(ind_all["atr"])
-    # The fallback rule is elementwise, so it scores every row at once (used to skip steps).
-    rule = rule_scores(MarketView((), ind_all, allc[:, 4:5], 0), params)
+    # A strategy is elementwise, so it scores every row at once (used to skip steps).
+    score, exit_signal = signals(strategy, ind_all)
     local = np.concatenate([np.arange(n) for n in lengths])
     return _Data(symbols, tf, grid, at, first, last, local, allc[:, 0].astype(np.int64),
                  allc[:, 1], allc[:, 2], allc[:, 3], allc[:, 4], allc[:, 5], ind_all, feat, usable,
-                 usable & np.isfinite(rule), np.concatenate(vols), np.concatenate(qvs), markets)
+                 usable & np.isfinite(score), exit_signal, np.concatenate(vols),
+                 np.concatenate(qvs), markets)
 
 
 def book_inputs(candles: np.ndarray, tf_ms: int) -> tuple[np.ndarray, np.ndarray]:
@@ -287,6 +291,7 @@ class _FitJob(NamedTuple):
     g_end: int              # the step at which the next refit replaces it
     X: np.ndarray
     y: np.ndarray
+    ret: np.ndarray
 
 
 class _WalkForward:
@@ -298,11 +303,12 @@ class _WalkForward:
     runs; the replay takes each model at its step. Results do not depend on the workers.
     """
 
-    def __init__(self, data: _Data, params: StrategyParams, settings: BacktestSettings,
-                 g0: int):
+    def __init__(self, data: _Data, strategy: Strategy, params: StrategyParams,
+                 settings: BacktestSettings, g0: int):
         self.data, self.params, self.settings = data, params, settings
-        self.samples, self.known_ms = self._samples(data, params, settings)
+        self.samples, self.known_ms = self._samples(data, strategy, params, settings)
         self.estimator = None
+        self.payoff = (0.0, 0.0)
         self.trainings = 0
         self.misses = 0         # predict calls not fully served by the batched predictions
         self.prob = np.full(len(data.ts), np.nan)
@@ -314,27 +320,24 @@ class _WalkForward:
         self._submit()
 
     @staticmethod
-    def _samples(data: _Data, params: StrategyParams, settings: BacktestSettings):
-        """Every pair's labelled samples, sorted by the time their label became known: when
-        the label window's last candle closed (the live bot's history would hold it then)."""
-        label = LabelParams(params.stop_loss_atr, params.take_profit_atr, params.max_hold_candles,
-                            data.tf_ms, settings.fee_rate)
-        parts, known = [], []
+    def _samples(data: _Data, strategy: Strategy, params: StrategyParams,
+                 settings: BacktestSettings):
+        """Every pair's meta-labelled signals, sorted by the time their outcome became known
+        (the close of the candle the trade ended in: the live bot's history holds it then)."""
+        parts = []
         for p, s in enumerate(data.symbols):
             rows = slice(data.first[p], data.last[p] + 1)
             a = np.column_stack([data.ts[rows], data.o[rows], data.h[rows], data.l[rows],
                                  data.c[rows], data.v[rows]])
-            smp = samples_from_candles({s: a}, label)
+            smp = pair_samples(s, a, strategy, params, settings.fee_rate,
+                               columns={k: v[rows] for k, v in data.ind.items()})
             if len(smp.y):
-                i = np.searchsorted(a[:, 0], smp.time_ms - data.tf_ms)
                 parts.append(smp)
-                known.append(a[i + params.max_hold_candles, 0].astype(np.int64) + data.tf_ms)
         if not parts:
             return None, np.empty(0, np.int64)
         merged = Samples(*(np.concatenate(cols) for cols in zip(*parts)))
-        k = np.concatenate(known)
-        order = np.argsort(k, kind="stable")
-        return Samples(*(col[order] for col in merged)), k[order]
+        order = np.argsort(merged.label_end_ms, kind="stable")
+        return Samples(*(col[order] for col in merged)), merged.label_end_ms[order]
 
     def _schedule(self, g0: int) -> Iterator[_FitJob]:
         """The refits the live bot would make: at the first step, then every retrain interval
@@ -354,7 +357,7 @@ class _WalkForward:
             if snap is not None and 0 < snap.y.sum() < len(snap.y):
                 if job is not None:
                     yield job._replace(g_end=g)
-                job, ready = _FitJob(g, len(closes), snap.X, snap.y), True
+                job, ready = _FitJob(g, len(closes), snap.X, snap.y, snap.ret), True
             wait = self.settings.retrain_interval_ms if ready else max(
                 int(NOT_READY_RETRY * 1000), d.tf_ms)
             g = int(np.searchsorted(closes, now + wait, side="left"))
@@ -368,17 +371,17 @@ class _WalkForward:
                 return
             self._queue.append((job.g, self._pool.submit(self._fit, job)))
 
-    def _fit(self, job: _FitJob) -> tuple[Any, np.ndarray, np.ndarray]:
-        """Fit on the job's samples; predict every scorable row of the job's period."""
+    def _fit(self, job: _FitJob) -> tuple[Any, np.ndarray, np.ndarray, tuple[float, float]]:
+        """Fit on the job's samples; predict every signal row of the job's period."""
         d = self.data
         rows = d.at[:, job.g:job.g_end].ravel()
         rows = rows[rows >= 0]
-        rows = rows[d.usable[rows]]
+        rows = rows[d.signal_ok[rows]]
         with _one_thread():
             kind = self.settings.model_kind or DEFAULT_MODEL_KIND
             estimator = make_estimator(kind).fit(job.X, job.y)
             probs = positive_proba(estimator, d.feat[rows]) if rows.size else rows * 0.0
-        return estimator, rows, probs
+        return estimator, rows, probs, payoff(job.y, job.ret)
 
     def due(self, g: int) -> bool:
         return bool(self._queue) and self._queue[0][0] == g
@@ -386,7 +389,7 @@ class _WalkForward:
     def update(self, g: int) -> None:
         """Swap in the model refit at this step (waiting for its fit if needed)."""
         _, future = self._queue.popleft()
-        self.estimator, rows, probs = future.result()
+        self.estimator, rows, probs, self.payoff = future.result()
         self.prob[rows] = probs
         self.trainings += 1
         self._submit()
@@ -394,8 +397,11 @@ class _WalkForward:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def predictor(self, rows: np.ndarray) -> Callable:
-        """The pipeline's predict(X, keys): the batched probability of each exact feature row."""
+    def expected_return(self, p: np.ndarray) -> np.ndarray:
+        return p * self.payoff[0] - (1.0 - p) * self.payoff[1]
+
+    def predictor(self, rows: np.ndarray) -> ModelFilter:
+        """The pipeline's model: the batched probability of each exact feature row."""
         memo = {self.data.feat[r].tobytes(): float(self.prob[r]) for r in rows.tolist()
                 if np.isfinite(self.prob[r])}
 
@@ -409,7 +415,7 @@ class _WalkForward:
                     out[miss] = positive_proba(self.estimator, X[miss])
             return out
 
-        return predict
+        return ModelFilter(predict, *self.payoff)
 
 
 # --------------------------------------------------------------------------- limit entries
@@ -466,9 +472,10 @@ class _RestingEntry:
 class _Replay:
     """The replay loop: fills through the broker, books kept by the ledger."""
 
-    def __init__(self, data: _Data, params: StrategyParams, risk: RiskManager,
+    def __init__(self, data: _Data, strategy: Strategy, params: StrategyParams, risk: RiskManager,
                  settings: BacktestSettings, model: _WalkForward | None):
         self.d, self.params, self.risk, self.settings, self.model = data, params, risk, settings, model
+        self.strategy = strategy
         self.index = {s: p for p, s in enumerate(data.symbols)}
         self.ledger = Ledger(settings.starting_balance)
         self.broker = BacktestBroker(dict(zip(data.symbols, data.rules)), self.ledger,
@@ -609,12 +616,18 @@ class _Replay:
         d = self.d
         positions = self.ledger.positions
         bars = {}
+        signals = {}
         for s in positions:
             r = int(col[self.index[s]])
             if r >= 0:
                 bars[s] = self.fill_bars.get(s) or Bar(float(d.o[r]), float(d.h[r]),
                                                        float(d.l[r]), float(d.c[r]))
-        for intent in check_exits(positions, bars, close_ms, self.params):
+                signals[s] = bool(d.exit_signal[r])
+        update = check_positions(positions, bars, close_ms, self.params, signals,
+                                 bar_open_ms=close_ms - d.tf_ms)
+        for symbol, (stop, high) in update.moved.items():
+            self.ledger.move_stop(symbol, stop, high)
+        for intent in update.exits:
             self.events.append(("exit", close_ms, intent.symbol, intent.price, intent.reason))
             p = self.index[intent.symbol]
             cid = self._prepare_order(p, max(int(col[p]) - 1, int(d.first[p])), intent.price, close_ms)
@@ -659,12 +672,12 @@ class _Replay:
         view = MarketView(tuple(d.symbols[p] for p in pairs.tolist()),
                           {k: v[rows] for k, v in d.ind.items()},
                           d.c[rows[:, None] + self.k_off], close_ms)
-        predict = model.predictor(rows) if model is not None else None
+        model_filter = model.predictor(rows) if model is not None else None
         # A resting limit entry's pair is busy: no new entry, it takes a position slot (as
         # live) and its cash is held (live: not in the free balance).
         cash = self.ledger.cash - self.reserved() if self.resting else self.ledger.cash
-        decisions = decide_entries(view, self.ledger.positions, cash, equity,
-                                   self.params, self.risk, self.broker.round_order, predict,
+        decisions = decide_entries(view, self.ledger.positions, cash, equity, self.strategy,
+                                   self.params, self.risk, self.broker.round_order, model_filter,
                                    last_exits=self.ledger.last_exits,
                                    busy=set(self.resting) if self.resting else frozenset())
         for e in decisions.entries:
@@ -684,12 +697,13 @@ class _Replay:
         against the unskipped pipeline)."""
         if len(set(self.ledger.positions) | set(self.resting)) >= self.risk.max_open_positions:
             return False
-        if model is None:
-            ok = self.d.rule_ok[rows]
-        else:
+        ok = self.d.signal_ok[rows]
+        if model is not None:
             prob = model.prob[rows]
-            unknown = np.isnan(prob) & self.d.usable[rows]   # not expected; then ask the model
-            ok = (prob >= self.params.min_confidence) | unknown
+            unknown = np.isnan(prob)       # not expected; then ask the model
+            with np.errstate(invalid="ignore"):
+                ok &= (((prob >= self.params.min_confidence) & (model.expected_return(prob) > 0))
+                       | unknown)
         excluded = self._excluded(close_ms)
         if excluded:
             ok = ok & np.array([self.d.symbols[p] not in excluded for p in pairs.tolist()])
@@ -766,7 +780,8 @@ class _Replay:
 # --------------------------------------------------------------------------- entry point
 
 def run_backtest(candles: Mapping[str, np.ndarray], config: Any = None, use_model: bool = True,
-                 *, params: StrategyParams | None = None, risk: RiskManager | None = None,
+                 *, strategy: Strategy | None = None,
+                 params: StrategyParams | None = None, risk: RiskManager | None = None,
                  settings: BacktestSettings | None = None,
                  rules: Mapping[str, MarketRules] | None = None,
                  progress: Callable[[int], None] | None = None) -> BacktestResult:
@@ -778,6 +793,8 @@ def run_backtest(candles: Mapping[str, np.ndarray], config: Any = None, use_mode
     `rules` replaces the MarketRules derived from a pair's price level (the broker charges
     their taker fee). `progress(n)` gets the number of steps done since its last call.
     """
+    if strategy is None:
+        strategy = strategies.from_config(config) if config is not None else TrendMomentum()
     if params is None:
         params = StrategyParams.from_config(config)
     if settings is None:
@@ -788,12 +805,12 @@ def run_backtest(candles: Mapping[str, np.ndarray], config: Any = None, use_mode
     candles = {s: a for s, a in candles.items() if len(a)}
     if not candles:
         raise ValueError("no candles to replay (before the end date)")
-    data = _prepare(candles, params, settings, rules)
+    data = _prepare(candles, strategy, params, settings, rules)
     g0 = 0 if settings.start_ms is None else int(np.searchsorted(data.grid, settings.start_ms))
     if g0 >= len(data.grid):
         raise ValueError("no candles at or after the start date")
-    model = _WalkForward(data, params, settings, g0) if use_model else None
-    replay = _Replay(data, params, risk, settings, model)
+    model = _WalkForward(data, strategy, params, settings, g0) if use_model else None
+    replay = _Replay(data, strategy, params, risk, settings, model)
     try:
         interrupted = replay.run(g0, progress)
     finally:

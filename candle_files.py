@@ -355,6 +355,94 @@ def gaps(arr: np.ndarray, tf_ms: int) -> list[tuple[int, int]]:
     return [(int(ts[i] + tf_ms), int(step[i] // tf_ms - 1)) for i in at]
 
 
+# --------------------------------------------------------------------------- resampling
+_WEEK_MS = _UNITS_MS["w"]
+_WEEK_OFFSET_MS = 4 * _UNITS_MS["d"]    # the epoch is a Thursday; Binance weeks start Monday
+
+
+def timeframe_multiple(from_tf: str, to_tf: str) -> int:
+    """How many from_tf candles make one to_tf candle: ('5m', '1h') -> 12.
+
+    ValueError (one line, naming both) when to_tf is shorter than from_tf, not a whole multiple
+    of it, or either is in months (calendar months have no fixed length)."""
+    if from_tf.strip().endswith("M") or to_tf.strip().endswith("M"):
+        raise ValueError(f"cannot resample {from_tf!r} to {to_tf!r}: months are not supported")
+    from_ms, to_ms = timeframe_to_ms(from_tf), timeframe_to_ms(to_tf)
+    if to_ms < from_ms or to_ms % from_ms:
+        raise ValueError(f"cannot resample {from_tf!r} to {to_tf!r}: {to_tf} is not a whole "
+                         f"multiple of {from_tf}")
+    return to_ms // from_ms
+
+
+def _bucket_offsets(from_ms: int, to_ms: int) -> tuple[int, int]:
+    """Where from_ms candles and to_ms buckets start relative to the epoch (ms), checked."""
+    if from_ms <= 0 or to_ms <= 0 or to_ms < from_ms or to_ms % from_ms:
+        raise ValueError(f"cannot resample {_tf_name(from_ms)} to {_tf_name(to_ms)}: "
+                         f"{_tf_name(to_ms)} is not a whole multiple of {_tf_name(from_ms)}")
+    if to_ms % _UNITS_MS["M"] == 0:
+        raise ValueError(f"cannot resample to {_tf_name(to_ms)}: months are not supported")
+    from_off, to_off = (0 if tf % _WEEK_MS else _WEEK_OFFSET_MS for tf in (from_ms, to_ms))
+    if (to_off - from_off) % from_ms:
+        raise ValueError(f"cannot resample {_tf_name(from_ms)} to {_tf_name(to_ms)}: "
+                         f"{_tf_name(from_ms)} candles do not tile Monday-aligned weeks")
+    return from_off, to_off
+
+
+def resample(candles: np.ndarray, from_ms: int, to_ms: int,
+             now_ms: int | None = None) -> np.ndarray:
+    """Candles at timeframe from_ms -> candles at the longer timeframe to_ms, no look-ahead.
+
+    candles: (T, 6) rows [open_time_ms, open, high, low, close, volume], open times sorted,
+    unique and on the from_ms grid (ts % from_ms == 0; Mondays for weekly candles); gaps are
+    allowed. Returns an (N, 6) float64 array of the same layout, one row per emitted bucket,
+    in time order.
+
+    Rules:
+    - to_ms must be a whole multiple of from_ms (equal is allowed: a copy); months are not
+      supported; otherwise ValueError with a one-line message.
+    - Buckets are aligned to the epoch as exchanges do: start = ts - ts % to_ms. Weekly
+      buckets (to_ms a multiple of one week) start Monday 00:00 UTC, as on Binance (4 days
+      after the epoch's Thursday).
+    - A bucket: open of its first sub-candle, max of highs, min of lows, close of its last
+      sub-candle, sum of volumes; its timestamp is the bucket start.
+    - A bucket is emitted only when it is complete in time: its last sub-candle slot
+      (start + to_ms - from_ms) is <= the last input candle's open time, or, when now_ms is
+      given, start + to_ms <= now_ms. A bucket missing sub-candles (no trades on the exchange)
+      is therefore still emitted once a later candle exists or its time has ended; the
+      current, unfinished bucket is dropped. Buckets with no sub-candle produce no row.
+    """
+    from_ms, to_ms = int(from_ms), int(to_ms)
+    from_off, offset = _bucket_offsets(from_ms, to_ms)
+    arr = np.asarray(candles, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 6:
+        raise ValueError(f"resample wants (T, 6) candles, got shape {arr.shape}")
+    if not len(arr):
+        return np.empty((0, 6), dtype=np.float64)
+    ts = arr[:, 0].astype(np.int64)
+    if len(ts) > 1 and not np.all(np.diff(ts) > 0):
+        raise ValueError("resample wants candles with sorted, unique open times")
+    if np.any((ts - from_off) % from_ms):
+        raise ValueError(f"resample: open times are not on the {_tf_name(from_ms)} grid")
+    start = ts - (ts - offset) % to_ms
+    complete = start + (to_ms - from_ms) <= ts[-1]
+    if now_ms is not None:
+        complete |= start + to_ms <= int(now_ms)
+    n = int(np.count_nonzero(complete))     # start is non-decreasing: complete is a prefix
+    if n == 0:
+        return np.empty((0, 6), dtype=np.float64)
+    start, arr = start[:n], arr[:n]
+    first = np.flatnonzero(np.r_[True, start[1:] != start[:-1]])
+    last = np.r_[first[1:] - 1, n - 1]
+    out = np.empty((len(first), 6), dtype=np.float64)
+    out[:, 0] = start[first]
+    out[:, 1] = arr[first, 1]
+    out[:, 2] = np.maximum.reduceat(arr[:, 2], first)
+    out[:, 3] = np.minimum.reduceat(arr[:, 3], first)
+    out[:, 4] = arr[last, 4]
+    out[:, 5] = np.add.reduceat(arr[:, 5], first)
+    return out
+
+
 def load_candles(data_dir: str | os.PathLike, timeframe: str,
                  pairs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Symbol -> validated candles for the pairs (all files of the timeframe when None).

@@ -233,6 +233,31 @@ def parse_symbols(raw: str) -> tuple[str, ...]:
     return tuple(s.upper() for s in symbols)
 
 
+def _roi() -> tuple[Callable[[str], str], str]:
+    """MINIMAL_ROI: 'minutes:return' pairs, e.g. 0:0.04,30:0.02,60:0.01 (empty: none)."""
+    def parse(raw: str) -> str:
+        for part in filter(None, (p.strip() for p in raw.split(","))):
+            minutes, sep, ret = part.partition(":")
+            try:
+                ok = sep and int(minutes) >= 0 and -1 < float(ret) < 100
+            except ValueError:
+                ok = False
+            if not ok:
+                raise _Invalid(f"has {part!r}, not minutes:return")
+        return raw.replace(" ", "")
+    return parse, "minutes:return pairs, e.g. 0:0.04,30:0.02,60:0.01 (empty: no table)"
+
+
+def _strategy() -> tuple[Callable[[str], str], str]:
+    def parse(raw: str) -> str:
+        raw = raw.strip()
+        if re.fullmatch(r"[a-z][a-z0-9_]*", raw) or re.fullmatch(r".+\.py:[A-Za-z_]\w*", raw):
+            return raw
+        raise _Invalid("is neither a strategy name nor path/to/file.py:ClassName")
+    return parse, ("a built-in name (python bot.py strategies lists them) or "
+                   "path/to/file.py:ClassName")
+
+
 def _symbols() -> tuple[Callable[[str], tuple[str, ...]], str]:
     return parse_symbols, ("comma-separated BASE/QUOTE symbols, each once, e.g. "
                            "BTC/USDT,ETH/USDT; empty for none")
@@ -362,11 +387,33 @@ VARIABLES: tuple[Var, ...] = (
     Var("MAX_DRAWDOWN", 0.25, *_real(0, 1, open_lo=True)),
     Var("STOP_LOSS_ATR", 2.0, *_real(
         0, 100, open_lo=True, why="a stop further than 100 ATRs away never triggers")),
+    Var("STOP_LOSS_PCT", 0.0, *_real(0, 0.5, why="a stop more than 50 % away is no stop")),
     Var("TAKE_PROFIT_ATR", 3.0, *_real(
-        0, 100, open_lo=True, why="a target further than 100 ATRs away is never reached")),
+        0, 100, why="a target further than 100 ATRs away is never reached")),
+    Var("TAKE_PROFIT_PCT", 0.0, *_real(0, 10)),
+    Var("MINIMAL_ROI", "", *_roi()),
+    Var("TRAILING_STOP", 0.0, *_real(0, 0.5, why="a stop trailing more than 50 % is no stop")),
+    Var("TRAILING_OFFSET", 0.0, *_real(0, 10)),
+    Var("BREAKEVEN_TRIGGER", 0.0, *_real(0, 10)),
+    Var("USE_EXIT_SIGNAL", True, *_boolean()),
     Var("MAX_HOLD_CANDLES", 48, *_whole(
         1, 10_000, unit="candles", why="35 days of 5m candles, 27 years of 1d candles")),
+    Var("STRATEGY", "trend_momentum", *_strategy()),
+    Var("STRATEGY_PARAMS", "", *_text("name=value pairs separated by commas, or a JSON file",
+                                      max_length=1000)),
     Var("COOLDOWN_CANDLES", 1, *_whole(0, 1000)),
+    Var("STOPLOSS_GUARD_TRADES", 0, *_whole(0, 100)),
+    Var("STOPLOSS_GUARD_LOOKBACK", 24, *_whole(1, 10_000, unit="candles")),
+    Var("STOPLOSS_GUARD_LOCK", 12, *_whole(1, 10_000, unit="candles")),
+    Var("STOPLOSS_GUARD_PER_PAIR", False, *_boolean()),
+    Var("DAILY_LOSS_LIMIT", 0.0, *_real(0, 1)),
+    Var("LOW_PROFIT_LOOKBACK", 0, *_whole(0, 10_000, unit="candles")),
+    Var("LOW_PROFIT_MIN_TRADES", 2, *_whole(1, 1000)),
+    Var("LOW_PROFIT_MIN_RETURN", 0.0, *_real(-1, 1)),
+    Var("LOW_PROFIT_LOCK", 48, *_whole(1, 10_000, unit="candles")),
+    Var("EDGE_GATE", True, *_boolean()),
+    Var("EDGE_MIN_TRADES", 30, *_whole(5, 100_000)),
+    Var("EDGE_CONFIDENCE", 0.9, *_real(0.5, 0.999)),
     Var("MAX_SLIPPAGE", 0.01, *_real(
         0, 0.2, open_lo=True, why="a market order more than 20 % from the best price is no guard")),
     Var("ENTRY_ORDER", "market", *_choice(("market", "limit"))),
@@ -459,9 +506,30 @@ class Config:
     correlation_groups: str
     max_drawdown: float
     stop_loss_atr: float
+    stop_loss_pct: float
     take_profit_atr: float
+    take_profit_pct: float
+    minimal_roi: str
+    trailing_stop: float
+    trailing_offset: float
+    breakeven_trigger: float
+    use_exit_signal: bool
     max_hold_candles: int
+    strategy: str
+    strategy_params: str
     cooldown_candles: int
+    stoploss_guard_trades: int
+    stoploss_guard_lookback: int
+    stoploss_guard_lock: int
+    stoploss_guard_per_pair: bool
+    daily_loss_limit: float
+    low_profit_lookback: int
+    low_profit_min_trades: int
+    low_profit_min_return: float
+    low_profit_lock: int
+    edge_gate: bool
+    edge_min_trades: int
+    edge_confidence: float
     max_slippage: float
     entry_order: str
     limit_entry_timeout: float

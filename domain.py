@@ -4,6 +4,7 @@ at run time, so the store, the reporter and the API can use them cheaply.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Mapping
 
@@ -25,15 +26,26 @@ class OrderNotFound(ExchangeError):
 
 @dataclass(frozen=True)
 class StrategyParams:
-    """What a strategy's entries and exits are parameterised by."""
+    """What the decisions around a strategy are parameterised by: the timeframe, the exits
+    (see `exits`), the model's floor and the cooldown. A percent setting > 0 replaces its
+    ATR twin; 0 turns the take-profit, the trailing stop and the break-even move off."""
     timeframe_ms: int
     stop_loss_atr: float = 2.0
     take_profit_atr: float = 3.0
     max_hold_candles: int = 48
     min_confidence: float = 0.55
-    rsi_overbought: float = 70.0
-    min_volume_ratio: float = 1.0
     cooldown_candles: int = 1
+    stop_loss_pct: float = 0.0
+    take_profit_pct: float = 0.0
+    roi: tuple[tuple[int, float], ...] = ()      # (minutes held, minimum return), sorted
+    trailing_stop: float = 0.0                   # distance below the high-water mark
+    trailing_offset: float = 0.0                 # ... once the high is this far above entry
+    breakeven_trigger: float = 0.0
+    breakeven_offset: float = 0.002              # the stop's place above entry: the fees
+    use_exit_signal: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "roi", tuple(sorted((int(m), float(r)) for m, r in self.roi)))
 
     @classmethod
     def from_config(cls, config) -> "StrategyParams":
@@ -41,7 +53,33 @@ class StrategyParams:
                    stop_loss_atr=config.stop_loss_atr, take_profit_atr=config.take_profit_atr,
                    max_hold_candles=config.max_hold_candles,
                    min_confidence=config.ml_min_confidence,
-                   cooldown_candles=config.cooldown_candles)
+                   cooldown_candles=config.cooldown_candles,
+                   stop_loss_pct=config.stop_loss_pct, take_profit_pct=config.take_profit_pct,
+                   roi=parse_roi(config.minimal_roi), trailing_stop=config.trailing_stop,
+                   trailing_offset=config.trailing_offset,
+                   breakeven_trigger=config.breakeven_trigger,
+                   use_exit_signal=config.use_exit_signal)
+
+    def levels(self, price, atr):
+        """(stop, take-profit) for an entry at `price` with `atr` (numbers or arrays)."""
+        stop = (price * (1.0 - self.stop_loss_pct) if self.stop_loss_pct > 0
+                else price - self.stop_loss_atr * atr)
+        if self.take_profit_pct > 0:
+            take = price * (1.0 + self.take_profit_pct)
+        elif self.take_profit_atr > 0:
+            take = price + self.take_profit_atr * atr
+        else:
+            take = price + math.inf
+        return stop, take
+
+
+def parse_roi(text: str) -> tuple[tuple[int, float], ...]:
+    """MINIMAL_ROI '0:0.04,30:0.02,60:0.01' (minutes held: minimum return) -> sorted pairs."""
+    table = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        minutes, _, ret = part.partition(":")
+        table.append((int(minutes), float(ret)))
+    return tuple(sorted(table))
 
 
 @dataclass(frozen=True)
@@ -152,6 +190,7 @@ class Position:
     entry_client_order_id: str = ""
     entry_reason: str = "rule"
     probability: float | None = None
+    high_water: float = 0.0     # the highest price since entry (0: not seen beyond the entry)
 
     def reduced(self, amount_sold: float) -> "Position":
         """What is left after selling `amount_sold`; the entry fee shrinks in proportion."""

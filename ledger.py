@@ -6,6 +6,7 @@ I/O: the order executor persists what it returns.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Iterable, Mapping
 
 from domain import EntryIntent, Fill, Position, Trade
@@ -63,6 +64,12 @@ class Ledger:
         trade = Trade.closing(position, fill, reason)
         self.positions[fill.symbol] = position.reduced(fill.amount)
         return trade, self.positions[fill.symbol]
+
+    def move_stop(self, symbol: str, stop_loss: float, high_water: float) -> Position:
+        """A raised stop (trailing, break-even) and the high-water mark it follows."""
+        position = replace(self.positions[symbol], stop_loss=stop_loss, high_water=high_water)
+        self.positions[symbol] = position
+        return position
 
     def equity(self, prices: Mapping[str, float]) -> float:
         """Cash plus the open positions at these prices (entry price where none is known)."""

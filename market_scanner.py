@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Mapping, TypeVar
 import numpy as np
 
 from domain import MarketView
+from strategies import Strategy
 from features import HISTORY_NEEDED
 from indicators import StreamingIndicators
 
@@ -146,8 +147,10 @@ class ScanResult:
 
 
 class MarketScanner:
-    def __init__(self, client, config, cancel: threading.Event | None = None):
+    def __init__(self, client, config, cancel: threading.Event | None = None,
+                 strategy: Strategy | None = None):
         self.client = client
+        self.strategy = strategy
         self.config = config
         self.cancel = cancel
         self.timeframe = config.timeframe
@@ -265,8 +268,19 @@ class MarketScanner:
         fresh = [i for i, s in enumerate(self._rows) if self._row_ts[s] == newest]
         k = self.history_needed + 1
         latest = {name: values[fresh] for name, values in self._indicators.latest().items()}
-        recent = np.stack([self.store.get(self._rows[i])[-k:, 4] for i in fresh])
+        candles = [self.store.get(self._rows[i]) for i in fresh]
+        recent = np.stack([a[-k:, 4] for a in candles])
+        last = np.stack([a[-1] for a in candles])
+        latest.update(zip(("open", "high", "low", "close", "volume"), last[:, 1:].T))
+        if self.strategy is not None:
+            latest.update(self._strategy_columns(candles))
         return MarketView(tuple(self._rows[i] for i in fresh), latest, recent, newest + self.tf_ms)
+
+    def _strategy_columns(self, candles: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The strategy's own columns at each pair's latest candle, over the stored window."""
+        rows = [{k: v[-1] for k, v in self.strategy.indicators(
+            *(a[:, j] for j in range(1, 6))).items()} for a in candles]
+        return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]} if rows else {}
 
     # -- the scan -----------------------------------------------------------------------
     def scan(self) -> ScanResult:

@@ -283,6 +283,17 @@ def quality(y: np.ndarray, p: np.ndarray, ret: np.ndarray | None,
     return out
 
 
+def payoff(y: np.ndarray, ret: np.ndarray | None) -> tuple[float, float]:
+    """(mean net return of the winners, mean net loss of the losers, as a positive number):
+    what turns a probability into an expected net return. (0, 0) without returns."""
+    if ret is None:
+        return 0.0, 0.0
+    ret = np.asarray(ret, dtype=np.float64)
+    wins, losses = ret[np.asarray(y) == 1], ret[np.asarray(y) == 0]
+    return (float(wins.mean()) if wins.size else 0.0,
+            float(-losses.mean()) if losses.size else 0.0)
+
+
 def library_versions() -> dict[str, str]:
     """The versions a saved model depends on (a pickle loads only into the same ones)."""
     import joblib   # lazy: see module docstring
@@ -315,6 +326,7 @@ def train_model(X: np.ndarray, y: np.ndarray, time_ms: np.ndarray, end_ms: np.nd
             "trained_at": time.time() if trained_at is None else float(trained_at),
             "samples": int(len(y)), "positive_rate": float(y.mean()),
             "validation_samples": int(val_rows.sum()), "threshold": float(min_confidence),
+            "avg_win": payoff(y, ret)[0], "avg_loss": payoff(y, ret)[1],
             "fit_seconds": time.perf_counter() - started, **metrics, **library_versions()}
     return estimator, meta
 

@@ -18,9 +18,9 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from candle_files import parse_file_name, read_candles
+from candle_files import parse_file_name, read_candles, timeframe_to_ms
 from features import FEATURE_NAMES
-from labels import LabelParams, Samples, sample_key, samples_from_candles
+from labels import Samples, sample_key, samples_from_candles
 from ml_model import (DEFAULT_MODEL_KIND, MODEL_KINDS, MLModel, data_file, load_model,
                       make_estimator, owner_only, positive_proba, quality,
                       save_model, train_model, training_file, write_private)
@@ -439,19 +439,25 @@ def reliability_table(y: np.ndarray, p: np.ndarray, bins: int = 5) -> list[tuple
             for b in range(len(edges) - 1) if (which == b).any()]
 
 
-def evaluate_files(paths: Sequence[str | os.PathLike], params: Any = LabelParams(),
-                   kinds: Sequence[str] = ("logistic", "hgb"), folds: int = 3,
-                   threshold: float = 0.55) -> str:
-    """Time-ordered (walk-forward) evaluation of the model on candle CSV files -> report."""
+def evaluate_files(paths: Sequence[str | os.PathLike], strategy: Any = None,
+                   params: Any = None, kinds: Sequence[str] = ("logistic", "hgb"),
+                   folds: int = 3, threshold: float = 0.55) -> str:
+    """Time-ordered (walk-forward) evaluation of the meta-labelling model on candle files:
+    the strategy's signals (default: the built-in default strategy with its default exits),
+    labelled by whether its trade paid after costs -> report."""
+    from domain import StrategyParams
+    from strategies import load_strategy
+
+    strategy = strategy or load_strategy()
     by_pair = {}
     for path in map(Path, paths):
-        symbol = (parse_file_name(path.name) or (path.stem,))[0]
-        by_pair[symbol] = samples_from_candles({symbol: read_candles(path)}, params)
+        symbol, timeframe = parse_file_name(path.name) or (path.stem, "5m")
+        step = params or StrategyParams(timeframe_ms=timeframe_to_ms(timeframe))
+        by_pair[symbol] = samples_from_candles({symbol: read_candles(path)}, strategy, step)
     result = walk_forward(by_pair, kinds, folds=folds, threshold=threshold)
     lines = [f"walk-forward, {folds} expanding folds over the last 60% of each file; "
-             f"{result['n_test']} test samples; labels: TP {params.take_profit_atr} ATR, "
-             f"SL {params.stop_loss_atr} ATR, {params.max_hold_candles} candles, "
-             f"fee {params.fee_rate:.2%}/side",
+             f"{result['n_test']} test samples: the signals of {strategy.name}, labelled by "
+             f"their trades' net return after fees and slippage",
              f"{'model':10} {'AUC':>6} {'base':>6} {'prec@' + format(threshold, '.2f'):>10} "
              f"{'picked':>7} {'ret_all%':>9} {'ret_pick%':>9} {'top10%':>7} {'ret_top%':>9} "
              f"{'brier':>7}   AUC per pair"]

@@ -32,14 +32,15 @@ from backtest import book_inputs, book_quote
 from brokers import BacktestBroker, book_fill
 from domain import Bar, Fill, MarketView, Position, StrategyParams
 from features import HISTORY_NEEDED, close_windows, feature_key, prepare_features
-from indicators import compute_all
 from ledger import Ledger
 from market_rules import MarketRules
 from orders import intent_of
 from risk_manager import RiskManager
 from store import OrderRow, Store
 from stops import left_to_exchange
-from strategy import check_exits, decide_entries
+from exits import check_positions
+from strategies import Strategy, frame, load_strategy
+from strategy import ModelFilter, decide_entries
 
 PRICE_TOLERANCE = 1e-9    # relative; recorded floats round-trip exactly, indicators nearly
 
@@ -88,13 +89,13 @@ def _close(a: float, b: float, tol: float = PRICE_TOLERANCE) -> bool:
 class _Candles:
     """The recorded candles of each pair with the backtester's indicators and features."""
 
-    def __init__(self, recorded: Mapping[str, list[tuple]], tf_ms: int):
+    def __init__(self, recorded: Mapping[str, list[tuple]], tf_ms: int, strategy: Strategy):
         self.tf_ms = tf_ms
         self.arrays = {s: np.asarray(rows, dtype=np.float64).reshape(-1, 6)
                        for s, rows in recorded.items()}
         self.ind, self.feat, self.book = {}, {}, {}
         for s, a in self.arrays.items():
-            self.ind[s] = compute_all(a[:, 1], a[:, 2], a[:, 3], a[:, 4], a[:, 5])
+            self.ind[s] = frame(a, strategy)
             self.feat[s] = prepare_features(self.ind[s], close_windows(a[:, 4]))
             self.book[s] = book_inputs(a, tf_ms)
 
@@ -125,6 +126,7 @@ class _Replay:
     def __init__(self, store: Store, params: StrategyParams | None, risk: RiskManager | None):
         self.store = store
         self.params, self.risk = params, risk
+        self.strategy: Strategy | None = None
         self.rules: dict[str, MarketRules] = {}
         self.ledger = Ledger(0.0)
         self.broker = BacktestBroker(self.rules, self.ledger)
@@ -158,15 +160,17 @@ class _Replay:
         if "exit_prices" in rec:
             self._exits(cycle, rec, exits)
         if "symbols" in rec and view_ms is not None:
-            self._entries(cycle, view_ms, rec, entries)
+            self._entries(cycle, view_ms, rec, entries, exits)
 
     def _setup(self, rec: dict) -> None:
         setup = rec.get("setup")
         if setup is not None:
             self.params = self.params or StrategyParams(**setup["params"])
             self.risk = self.risk or RiskManager.from_settings(setup["risk"])
+            self.strategy = self.strategy or load_strategy(*setup["strategy"])
             if self.candles is None:
-                self.candles = _Candles(self.recorded_candles, self.params.timeframe_ms)
+                self.candles = _Candles(self.recorded_candles, self.params.timeframe_ms,
+                                        self.strategy)
         known = {f.name for f in fields(MarketRules)}
         for symbol, r in (rec.get("rules") or {}).items():
             self.rules[symbol] = MarketRules(**{k: v for k, v in r.items() if k in known})
@@ -206,12 +210,16 @@ class _Replay:
     def _exits(self, cycle: int, rec: dict, recorded: list[tuple]) -> None:
         busy = set(rec.get("busy", ()))
         bars = {s: Bar.at(float(p)) for s, p in rec["exit_prices"].items() if s not in busy}
-        replayed = {e.symbol: e for e in check_exits(self.ledger.positions, bars,
-                                                     int(rec["exit_ms"]), self.params)
+        update = check_positions(self.ledger.positions, bars, int(rec["exit_ms"]), self.params)
+        for symbol, (stop, high) in update.moved.items():
+            self.ledger.move_stop(symbol, stop, high)
+        replayed = {e.symbol: e for e in update.exits
                     if rec.get("exchange_stops") is None or not left_to_exchange(
                         e.reason, e.price, self.ledger.positions[e.symbol], rec["exchange_stops"])}
         seen = set()
         for _kind, symbol, price, amount, reason, cid in recorded:
+            if reason == "exit_signal":
+                continue                     # decided on the view: see _signal_exits
             seen.add(symbol)
             mine = replayed.get(symbol)
             if mine is None:
@@ -226,7 +234,23 @@ class _Replay:
                                                  "the bot did not")
 
     # -- entries
-    def _entries(self, cycle: int, view_ms: int, rec: dict, recorded: list[tuple]) -> None:
+    def _signal_exits(self, cycle: int, view: MarketView, rec: dict, recorded: list[tuple]) -> None:
+        """The strategy's exit signals on the view against the bot's `exit_signal` exits."""
+        flags = self.strategy.exit_signal(view.latest) if self.params.use_exit_signal else None
+        busy = set(rec.get("busy", ()))
+        replayed = set() if flags is None else {
+            s for s, f in zip(view.symbols, np.asarray(flags, dtype=bool).tolist())
+            if f and s in self.ledger.positions and s not in busy
+            and self.ledger.positions[s].entry_time_ms < view.now_ms}
+        bot = {d[1] for d in recorded}
+        for symbol in sorted(replayed ^ bot):
+            side = "the replay" if symbol in replayed else "the bot"
+            self.note(cycle, "decision", symbol, f"only {side} exits on the strategy's signal")
+        for _kind, symbol, price, amount, reason, cid in recorded:
+            self._book(cycle, symbol, "sell", cid, view.now_ms, reason=reason)
+
+    def _entries(self, cycle: int, view_ms: int, rec: dict, recorded: list[tuple],
+                 exits: list[tuple] = ()) -> None:
         view = self.candles.view(rec["symbols"], view_ms)
         if view is None or view.symbols != tuple(rec["symbols"]):
             got = view.symbols if view is not None else ()
@@ -234,15 +258,17 @@ class _Replay:
                                               f"pairs, the bot saw {len(rec['symbols'])}")
             if view is None:
                 return
+        self._signal_exits(cycle, view, rec, [d for d in exits if d[4] == "exit_signal"])
         predictions = rec.get("predictions") or {}
-        predict = (lambda X, keys: np.array([predictions.get(feature_key(x), np.nan) for x in X])
-                   ) if rec.get("used_model") else None
+        model = ModelFilter(
+            lambda X, keys: np.array([predictions.get(feature_key(x), np.nan) for x in X]),
+            *rec["payoff"]) if rec.get("used_model") else None
         verdicts = rec.get("verdicts") or {}
         confirm = (lambda states: {s["symbol"]: verdicts.get(s["symbol"], False)
                                    for s in states}) if "verdicts" in rec and verdicts else None
         decisions = decide_entries(view, self.ledger.positions, float(rec["cash"]),
-                                   float(rec["equity"]), self.params, self.risk,
-                                   self.broker.round_order, predict, confirm, self.ledger.last_exits,
+                                   float(rec["equity"]), self.strategy, self.params, self.risk,
+                                   self.broker.round_order, model, confirm, self.ledger.last_exits,
                                    set(rec.get("busy", ())))
         replayed = {e.symbol: e for e in decisions.entries}
         seen = set()

@@ -93,9 +93,6 @@ class RiskManager:
                     f"below its peak {self.peak_equity:.2f}")
         return None
 
-    def stops(self, price: float, atr: float, params: StrategyParams) -> tuple[float, float]:
-        return price - params.stop_loss_atr * atr, price + params.take_profit_atr * atr
-
     def size(self, price: float, stop: float, cash: float, equity: float) -> float:
         """Amount risking RISK_PER_TRADE of equity at the stop, capped by size and cash."""
         risk_amount = equity * self.risk_per_trade
@@ -107,16 +104,18 @@ class RiskManager:
 
     def plan_entries(self, candidates: Sequence[Candidate], positions: Mapping[str, Position],
                      cash: float, equity: float, params: StrategyParams,
-                     round_order: RoundOrder, pending: Iterable[str] = ()
+                     round_order: RoundOrder, pending: Iterable[str] = (),
+                     halted: str | None = None
                      ) -> tuple[list[EntryIntent], list[tuple[str, str]]]:
         """Size the best candidates within every limit; each skip comes with its reason.
 
         `pending` pairs (a buy in doubt, a resting limit entry) take a position slot and count
-        in their group as if they were held."""
+        in their group as if they were held. `halted` (a protection's lock of every pair, the
+        edge gate) refuses every entry with that reason, as the kill switch does."""
         entries: list[EntryIntent] = []
         skipped: list[tuple[str, str]] = []
         self.observe_equity(equity)
-        halted = self.halt_reason(equity)
+        halted = self.halt_reason(equity) or halted
         group_counts: dict[str, int] = {}
         taken = set(positions) | set(pending)
         for symbol in taken:
@@ -130,7 +129,7 @@ class RiskManager:
             if reason is None and group_counts.get(group, 0) >= self.max_positions_per_group:
                 reason = f"group '{group}' already holds {self.max_positions_per_group} positions"
             if reason is None:
-                stop, take = self.stops(c.price, c.atr, params)
+                stop, take = params.levels(c.price, c.atr)
                 if stop <= 0:
                     reason = f"stop {stop:.8g} would be at or below zero"
             if reason is None:

@@ -36,7 +36,8 @@ class StopFill:
 def left_to_exchange(reason: str, price: float, position: Position, limit_below: float) -> bool:
     """Whether a bot-side stop-loss exit waits for the exchange's stop instead: it does
     unless the price is through the stop's limit (where the resting order cannot fill)."""
-    return reason == "stop_loss" and price > position.stop_loss * (1.0 - limit_below)
+    return (reason in ("stop_loss", "trailing_stop")
+            and price > position.stop_loss * (1.0 - limit_below))
 
 
 class ExchangeStops:

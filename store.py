@@ -181,7 +181,9 @@ _SCHEMA_V3 = (
     " WHERE status IN ('pending', 'unknown', 'open')",
 )
 # MIGRATIONS[i] takes a database from user_version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
+# v4: a position's high-water mark, which trailing and break-even stops follow.
+_SCHEMA_V4 = ("ALTER TABLE positions ADD COLUMN high_water REAL NOT NULL DEFAULT 0",)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -468,15 +470,24 @@ class Store:
             conn.execute(
                 "INSERT INTO positions (symbol, amount, entry_price, entry_time_ms, stop_loss,"
                 " take_profit, entry_fee, group_name, entry_client_order_id, features,"
-                " entry_reason, probability) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " entry_reason, probability, high_water)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (symbol) DO UPDATE SET amount = excluded.amount,"
                 " entry_price = excluded.entry_price, entry_fee = excluded.entry_fee",
                 (position.symbol, position.amount, position.entry_price,
                  position.entry_time_ms, position.stop_loss, position.take_profit,
                  position.entry_fee, position.group, fill.client_order_id,
                  features_to_blob(position.features), position.entry_reason,
-                 position.probability))
+                 position.probability, position.high_water))
             self._set_cash(conn, cash)
+
+    def move_stop(self, symbol: str, stop_loss: float, high_water: float) -> None:
+        """Persist a position's raised stop and high-water mark (trailing, break-even)."""
+        with self._transaction("move_stop") as conn:
+            cur = conn.execute("UPDATE positions SET stop_loss = ?, high_water = ? WHERE symbol = ?",
+                               (stop_loss, high_water, symbol))
+            if cur.rowcount != 1:
+                raise StoreError(f"no open position in {symbol}")
 
     def record_exit(self, fill: Fill, trade: Trade, remaining: Position | None = None,
                     cash: float | None = None, dust: Mapping[str, float] | None = None,
@@ -511,8 +522,8 @@ class Store:
         """Open positions, oldest entry first."""
         rows = self._query(
             "SELECT symbol, amount, entry_price, entry_time_ms, stop_loss, take_profit,"
-            " entry_fee, group_name, features, entry_client_order_id, entry_reason, probability"
-            " FROM positions ORDER BY entry_time_ms, symbol")
+            " entry_fee, group_name, features, entry_client_order_id, entry_reason, probability,"
+            " high_water FROM positions ORDER BY entry_time_ms, symbol")
         return [Position(*row[:8], blob_to_features(row[8]), *row[9:]) for row in rows]
 
     def recent_trades(self, n: int = 10) -> list[Trade]:

@@ -6,57 +6,29 @@ callables.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from domain import Bar, Candidate, Decisions, ExitIntent, MarketView, Position, StrategyParams
+from domain import Candidate, Decisions, MarketView, Position, StrategyParams
 from features import prepare_features
 from risk_manager import RiskManager, RoundOrder
+from strategies import Strategy
 
 Predict = Callable[[np.ndarray, Sequence[tuple]], np.ndarray]
 Confirm = Callable[[list[dict]], Mapping[str, bool]]
 
 
-def check_exit(position: Position, bar: Bar, now_ms: int, params: StrategyParams) -> ExitIntent | None:
-    """Stop-loss, take-profit or time limit; when a bar touches both barriers the stop wins."""
-    if bar.low <= position.stop_loss:
-        # A gap through the stop fills at the open, not at the stop.
-        return ExitIntent(position.symbol, min(position.stop_loss, bar.open), "stop_loss")
-    if bar.high >= position.take_profit:
-        return ExitIntent(position.symbol, max(position.take_profit, bar.open), "take_profit")
-    if now_ms - position.entry_time_ms >= params.max_hold_candles * params.timeframe_ms:
-        return ExitIntent(position.symbol, bar.close, "time_limit")
-    return None
+class ModelFilter(NamedTuple):
+    """A trained meta-labelling model: `predict` gives the probability that the strategy's
+    trade pays after costs; `avg_win` and `avg_loss` (both > 0, net returns of its training
+    trades) turn it into an expected net return, which must be positive."""
+    predict: Predict
+    avg_win: float
+    avg_loss: float
 
-
-def check_exits(positions: Mapping[str, Position], bars: Mapping[str, Bar], now_ms: int,
-                params: StrategyParams) -> list[ExitIntent]:
-    exits = []
-    for symbol, position in positions.items():
-        bar = bars.get(symbol)
-        if bar is not None:
-            intent = check_exit(position, bar, now_ms, params)
-            if intent is not None:
-                exits.append(intent)
-    return exits
-
-
-def rule_scores(view: MarketView, params: StrategyParams) -> np.ndarray:
-    """The fallback entry rule: trend-following with momentum, NaN where it says no.
-
-    A pair qualifies when it is in an uptrend (EMA12 > EMA26 and close above EMA50), MACD's
-    histogram is positive, RSI is below overbought and volume is at least average; qualifying
-    pairs rank by 10-candle momentum measured in ATRs.
-    """
-    ind = view.latest
-    close = view.close
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ok = ((ind["ema_fast"] > ind["ema_slow"]) & (close > ind["ema_trend"])
-              & (ind["macd_hist"] > 0) & (ind["rsi"] < params.rsi_overbought)
-              & (ind["volume_ratio"] >= params.min_volume_ratio) & (ind["atr"] > 0))
-        score = ind["momentum"] / ind["atr"]
-    return np.where(ok & np.isfinite(score), score, np.nan)
+    def expected_return(self, p: np.ndarray) -> np.ndarray:
+        return p * self.avg_win - (1.0 - p) * self.avg_loss
 
 
 def model_keys(view: MarketView) -> list[tuple]:
@@ -104,20 +76,23 @@ def cooling_down(view: MarketView, params: StrategyParams, last_exits: Mapping[s
             if view.now_ms < -(-exit_ms // tf) * tf + params.cooldown_candles * tf}
 
 
-def find_candidates(view: MarketView, params: StrategyParams, excluded: set[str],
-                    predict: Predict | None = None) -> tuple[list[Candidate], bool]:
-    """Rank pairs worth entering: by model probability when a model is ready, else by rule."""
+def find_candidates(view: MarketView, strategy: Strategy, params: StrategyParams,
+                    excluded: set[str], model: ModelFilter | None = None
+                    ) -> tuple[list[Candidate], bool]:
+    """The strategy's entry signals, best first; with a model, only those whose expected net
+    return is positive and whose probability reaches `min_confidence`, ranked by it."""
+    score = np.asarray(strategy.entry_score(view.latest), dtype=np.float64)
     features = prepare_features(view.latest, view.recent_close)
-    usable = np.isfinite(features).all(axis=1) & np.isfinite(view.latest["atr"])
+    usable = np.isfinite(score) & np.isfinite(features).all(axis=1) & np.isfinite(view.latest["atr"])
     usable &= np.array([s not in excluded for s in view.symbols], dtype=bool)
     probability = np.full(len(view.symbols), np.nan)
-    if predict is not None and usable.any():
+    if model is not None and usable.any():
         rows = np.flatnonzero(usable)
         keys = model_keys(view)
-        probability[rows] = predict(features[rows], [keys[i] for i in rows])
-        score = np.where(probability >= params.min_confidence, probability, np.nan)
-    else:
-        score = rule_scores(view, params)
+        probability[rows] = model.predict(features[rows], [keys[i] for i in rows])
+        expected = model.expected_return(probability)
+        with np.errstate(invalid="ignore"):
+            score = np.where((expected > 0) & (probability >= params.min_confidence), expected, np.nan)
     score = np.where(usable, score, np.nan)
     order = [i for i in np.argsort(-np.nan_to_num(score, nan=-np.inf)) if np.isfinite(score[i])]
     candidates = [
@@ -127,15 +102,17 @@ def find_candidates(view: MarketView, params: StrategyParams, excluded: set[str]
                   features=tuple(float(x) for x in features[i]))
         for i in order
     ]
-    return candidates, predict is not None
+    return candidates, model is not None
 
 
 def decide_entries(view: MarketView, positions: Mapping[str, Position], cash: float,
-                   equity: float, params: StrategyParams, risk: RiskManager,
-                   round_order: RoundOrder, predict: Predict | None = None,
+                   equity: float, strategy: Strategy, params: StrategyParams, risk: RiskManager,
+                   round_order: RoundOrder, model: ModelFilter | None = None,
                    confirm: Confirm | None = None,
                    last_exits: Mapping[str, int] | None = None,
-                   busy: frozenset[str] | set[str] = frozenset()) -> Decisions:
+                   busy: frozenset[str] | set[str] = frozenset(),
+                   locked: frozenset[str] | set[str] = frozenset(),
+                   halted: str | None = None) -> Decisions:
     """Candidates -> risk sizing -> optional confirmation of what risk would take -> intents.
 
     Held pairs, pairs with an order whose outcome is not known yet (`busy`) and pairs in
@@ -143,10 +120,11 @@ def decide_entries(view: MarketView, positions: Mapping[str, Position], cash: fl
     on an entry the risk manager would refuse anyway; an unconfirmed entry is dropped,
     never replaced.
     """
-    excluded = set(positions) | set(busy) | cooling_down(view, params, last_exits or {})
-    candidates, used_model = find_candidates(view, params, excluded, predict)
+    excluded = (set(positions) | set(busy) | set(locked)
+                | cooling_down(view, params, last_exits or {}))
+    candidates, used_model = find_candidates(view, strategy, params, excluded, model)
     entries, skipped = risk.plan_entries(candidates, positions, cash, equity, params, round_order,
-                                         busy)
+                                         busy, halted)
     if confirm is not None and entries:
         index = {s: i for i, s in enumerate(view.symbols)}
         states = [llm_state(view, index[e.symbol], e.probability, len(positions),

@@ -15,8 +15,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from brokers import LiveBroker, PaperBroker
-from domain import Bar, Decisions, ExchangeError, Position, StrategyParams
+from domain import Bar, Decisions, ExchangeError, ExitIntent, Position, StrategyParams
 from config import ConfigError, check_pairs
 from exchange import create_client
 from features import feature_key
@@ -24,7 +26,7 @@ from ledger import Ledger
 from llm_advisor import LLMAdvisor
 from market_rules import TAKER_FEE
 from market_scanner import MarketScanner, ScanResult
-from labels import LabelParams, samples_from_candles
+from labels import samples_from_candles
 from ml_model import MLModel, PredictionCache, saved_model_status
 from model_training import Retrainer, TrainingData
 from orders import LIMIT_FILL, OrderExecutor
@@ -33,7 +35,9 @@ from reporter import Reporter
 from risk_manager import RiskManager
 from stops import EXCHANGE_STOP, ExchangeStops, left_to_exchange
 from store import Store, StoreError
-from strategy import check_exits, decide_entries
+import strategies
+from exits import check_positions
+from strategy import ModelFilter, decide_entries
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ class Trader:
             check_pairs(config, self.client.load_markets())
             self.clock = self.client.clock   # the one clock: market time on the simulator
             self.store = Store.open(config.data_dir, config.mode, clock=self.clock)
+            self.strategy = strategies.from_config(config)
         except (ExchangeError, StoreError, ConfigError) as exc:
             self.close()
             prefix = f"{config.exchange}: " if isinstance(exc, ExchangeError) else ""
@@ -65,7 +70,7 @@ class Trader:
         self.time_scale = getattr(self.clock, "speed", None) or (
             config.sim_speed if config.is_simulated else 1.0)
         self.params = StrategyParams.from_config(config)
-        self.scanner = MarketScanner(self.client, config, cancel=self.stop)
+        self.scanner = MarketScanner(self.client, config, cancel=self.stop, strategy=self.strategy)
         self.risk = RiskManager.from_config(config, fee_rate=self._fee_rate())
         self.ledger = Ledger(self.store.paper_cash(config.starting_balance),
                              self.store.open_positions(), self.store.last_exits())
@@ -158,12 +163,10 @@ class Trader:
         the fallback rule trades."""
         self.model = MLModel(PredictionCache.from_config(self.config, self.clock))
         self.training_data = TrainingData()
-        labels = LabelParams(self.params.stop_loss_atr, self.params.take_profit_atr,
-                             self.params.max_hold_candles, self.params.timeframe_ms,
-                             self.risk.fee_rate)
         self.retrainer = Retrainer.from_config(
             self.config, self.model, self.training_data,
-            samples_provider=lambda: samples_from_candles(self.scanner.history(), labels),
+            samples_provider=lambda: samples_from_candles(
+                self.scanner.history(), self.strategy, self.params, self.risk.fee_rate),
             clock=self.clock).start()
         self.monitor.add_section("ML prediction cache", self.model.cache.report)
 
@@ -173,7 +176,11 @@ class Trader:
         if self.model is None:
             return None
         self.retrainer.maybe_retrain()
-        return self.model.predict_proba if self.model.is_ready() else None
+        bundle = self.model.bundle
+        if bundle is None:
+            return None
+        return ModelFilter(self.model.predict_proba, float(bundle.meta.get("avg_win", 0.0)),
+                           float(bundle.meta.get("avg_loss", 0.0)))
 
     def _confirmer(self, verdicts: dict[str, bool]):
         """The LLM's confirmation; every verdict is kept in `verdicts` for the record."""
@@ -243,6 +250,7 @@ class Trader:
             with self.monitor.timing("scan_all_pairs"):
                 self.scan = self.scanner.scan()
             if not self.stop.is_set() and self.scan.view is not None:
+                self._signal_exits(decided)
                 self._enter(record, decided)
         view_ms = self.scan.view.now_ms if self.scan and self.scan.view is not None else None
         self.store.record_cycle(self.cycle, view_ms, json.dumps(record), decided)
@@ -284,7 +292,8 @@ class Trader:
                  "last_exits": self.ledger.last_exits, "busy": sorted(self.orders.busy()),
                  "exchange_stops": self.stops.limit_below if self.stops else None}
         if not self._recorded_ts:
-            state["setup"] = {"params": asdict(self.params), "risk": self.risk.settings()}
+            state["setup"] = {"params": asdict(self.params), "risk": self.risk.settings(),
+                              "strategy": [self.config.strategy, self.strategy.values]}
         return state
 
     def _enter(self, record: dict, decided: list[tuple]) -> None:
@@ -293,15 +302,17 @@ class Trader:
         record["rules"] = self._record_candles(view.symbols)
         predictions: dict[str, float] = {}
         verdicts: dict[str, bool] = {}
-        predict = self._recording(self._predictor(), predictions)
+        model = self._recording(self._predictor(), predictions)
         cash, equity = self.ledger.cash, self.equity()
         with self.monitor.timing("decide"):
-            decisions = decide_entries(view, self.positions, cash, equity, self.params, self.risk,
-                                       self.broker.round_order, predict, self._confirmer(verdicts),
-                                       self.ledger.last_exits, set(record["busy"]))
+            decisions = decide_entries(view, self.positions, cash, equity, self.strategy,
+                                       self.params, self.risk, self.broker.round_order, model,
+                                       self._confirmer(verdicts), self.ledger.last_exits,
+                                       set(record["busy"]))
         self.decisions = decisions
         record.update(symbols=list(view.symbols), cash=cash, equity=equity,
-                      used_model=decisions.used_model, predictions=predictions, verdicts=verdicts)
+                      used_model=decisions.used_model, predictions=predictions, verdicts=verdicts,
+                      payoff=[model.avg_win, model.avg_loss] if model is not None else None)
         self._log_skips(decisions.skipped)
         for intent in decisions.entries:
             if self.stop.is_set():
@@ -322,17 +333,17 @@ class Trader:
                 self.reporter.opened(position)
 
     @staticmethod
-    def _recording(predict, predictions: dict[str, float]):
-        """The model's predict, keeping each answer by its feature row for the record."""
-        if predict is None:
+    def _recording(model: ModelFilter | None, predictions: dict[str, float]) -> ModelFilter | None:
+        """The model, keeping each answer by its feature row for the record."""
+        if model is None:
             return None
 
         def recorded(X, keys):
-            p = predict(X, keys)
+            p = model.predict(X, keys)
             predictions.update(zip((feature_key(row) for row in X), p.tolist()))
             return p
 
-        return recorded
+        return model._replace(predict=recorded)
 
     def _record_candles(self, symbols) -> dict[str, dict]:
         """Every closed candle a decision used, once: the whole history at first, then the new.
@@ -351,7 +362,8 @@ class Trader:
 
     # -- positions ----------------------------------------------------------------------
     def update_positions(self, record: dict | None = None, decided: list | None = None) -> None:
-        """Exits first, every cycle, against fresh prices (never the scan cache)."""
+        """Exits first, every cycle, against fresh prices (never the scan cache); a stop the
+        price raised (trailing, break-even) is persisted before the bot moves on."""
         if not self.positions:
             return
         prices = self.scanner.fresh_prices(self.positions)
@@ -361,31 +373,63 @@ class Trader:
             record.update(exit_prices=prices, exit_ms=now_ms)
         busy = set(record["busy"]) if record is not None else self.orders.busy()
         bars = {s: Bar.at(p) for s, p in prices.items() if s not in busy}
-        for intent in check_exits(self.positions, bars, now_ms, self.params):
+        update = check_positions(self.positions, bars, now_ms, self.params)
+        for symbol, (stop, high) in update.moved.items():
+            self._move_stop(symbol, stop, high)
+        for intent in update.exits:
             if self.stop.is_set():
                 break
-            position = self.positions[intent.symbol]
+            self._exit(intent, decided)
+
+    def _move_stop(self, symbol: str, stop: float, high: float) -> None:
+        old = self.positions[symbol].stop_loss
+        self.store.move_stop(symbol, stop, high)
+        position = self.ledger.move_stop(symbol, stop, high)
+        if stop != old:
+            log.info("%s: stop raised %.8g -> %.8g (high %.8g)", symbol, old, stop, high)
             if self.stops is not None:
-                if left_to_exchange(intent.reason, intent.price, position, self.stops.limit_below):
-                    continue
-                parts: list = []
-                released = self.stops.release(intent.symbol, parts)
-                self._record_stop_fills(parts, decided)
-                if not released:
-                    continue               # not sure the stop is gone: do not sell twice
-                position = self.positions.get(intent.symbol)
-                if position is None:       # the stop sold it all meanwhile
-                    continue
-            with self.monitor.timing(f"execute_trade:{intent.symbol}"):
-                done = self.orders.sell(position, intent.price, intent.reason)
-            if decided is not None:
-                decided.append(("exit", intent.symbol, intent.price,
-                                done[0].amount if done else 0.0, intent.reason,
-                                done[0].client_order_id if done else None))
-            if done is not None:
-                fill, trade, left = done
-                self._learn(trade)
-                self.reporter.closed(fill, trade, left)
+                self.stops.refresh(position)
+
+    def _signal_exits(self, decided: list | None) -> None:
+        """Sell the held pairs the strategy's exit signal names on the newest closed candle."""
+        view = self.scan.view if self.scan is not None else None
+        if view is None or not self.params.use_exit_signal or not self.positions:
+            return
+        flags = self.strategy.exit_signal(view.latest)
+        if flags is None:
+            return
+        busy = self.orders.busy()
+        for symbol, flag in zip(view.symbols, np.asarray(flags, dtype=bool).tolist()):
+            position = self.positions.get(symbol)
+            if flag and position is not None and symbol not in busy and not self.stop.is_set():
+                price = self.scanner.fresh_prices([symbol]).get(symbol)
+                if price is not None and position.entry_time_ms < view.now_ms:
+                    self._exit(ExitIntent(symbol, price, "exit_signal"), decided)
+
+    def _exit(self, intent: ExitIntent, decided: list | None) -> None:
+        """Sell one position (after the exchange's stop is confirmed gone); book and report."""
+        position = self.positions[intent.symbol]
+        if self.stops is not None:
+            if left_to_exchange(intent.reason, intent.price, position, self.stops.limit_below):
+                return
+            parts: list = []
+            released = self.stops.release(intent.symbol, parts)
+            self._record_stop_fills(parts, decided)
+            if not released:
+                return                     # not sure the stop is gone: do not sell twice
+            position = self.positions.get(intent.symbol)
+            if position is None:           # the stop sold it all meanwhile
+                return
+        with self.monitor.timing(f"execute_trade:{intent.symbol}"):
+            done = self.orders.sell(position, intent.price, intent.reason)
+        if decided is not None:
+            decided.append(("exit", intent.symbol, intent.price,
+                            done[0].amount if done else 0.0, intent.reason,
+                            done[0].client_order_id if done else None))
+        if done is not None:
+            fill, trade, left = done
+            self._learn(trade)
+            self.reporter.closed(fill, trade, left)
 
     def _learn(self, trade) -> None:
         if self.training_data is not None and trade.features is not None:

@@ -47,6 +47,26 @@ BAD_VALUES = {
     "TAKE_PROFIT_ATR": ["-1"],
     "MAX_HOLD_CANDLES": ["0", "10001"],
     "COOLDOWN_CANDLES": ["-1", "1001", "1.5"],
+    "STOP_LOSS_PCT": ["-0.1", "0.6"],
+    "TAKE_PROFIT_PCT": ["-1", "11"],
+    "MINIMAL_ROI": ["0.04", "x:0.1", "10:abc", "-5:0.1"],
+    "TRAILING_STOP": ["-0.01", "0.9"],
+    "TRAILING_OFFSET": ["-1"],
+    "BREAKEVEN_TRIGGER": ["-1"],
+    "USE_EXIT_SIGNAL": ["maybe"],
+    "STRATEGY": ["Trend Momentum", "file.txt:X", "strategy.py:"],
+    "STOPLOSS_GUARD_TRADES": ["-1", "101"],
+    "STOPLOSS_GUARD_LOOKBACK": ["0"],
+    "STOPLOSS_GUARD_LOCK": ["0"],
+    "STOPLOSS_GUARD_PER_PAIR": ["perhaps"],
+    "DAILY_LOSS_LIMIT": ["-0.1", "2"],
+    "LOW_PROFIT_LOOKBACK": ["-1"],
+    "LOW_PROFIT_MIN_TRADES": ["0"],
+    "LOW_PROFIT_MIN_RETURN": ["-2"],
+    "LOW_PROFIT_LOCK": ["0"],
+    "EDGE_GATE": ["sometimes"],
+    "EDGE_MIN_TRADES": ["1"],
+    "EDGE_CONFIDENCE": ["0.4", "1"],
     "MAX_SLIPPAGE": ["0", "0.5", "-0.01", "nan"],
     "ENTRY_ORDER": ["stop", "Market order"],
     "LIMIT_ENTRY_TIMEOUT": ["0", "1e9", "inf"],
@@ -79,7 +99,7 @@ BAD_VALUES = {
 SECRET_VALUE = "s3cr3t-VALUE-xyz"
 BAD_SECRETS = {"API_KEY": [f"{SECRET_VALUE} x"], "API_SECRET": [f"{SECRET_VALUE}\x00"],
                "LLM_API_KEY": [f"Bearer {SECRET_VALUE}"]}
-FREE_TEXT = {"LLM_MODEL"}   # only control characters and length: see test_bad_input
+FREE_TEXT = {"LLM_MODEL", "STRATEGY_PARAMS"}   # only control characters and length: see test_bad_input
 
 
 class ConfigTestCase(unittest.TestCase):
