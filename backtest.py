@@ -702,7 +702,7 @@ class _Replay:
             prob = model.prob[rows]
             unknown = np.isnan(prob)       # not expected; then ask the model
             with np.errstate(invalid="ignore"):
-                ok &= (((prob >= self.params.min_confidence) & (model.expected_return(prob) > 0))
+                ok &= (((prob >= self.params.min_confidence) & (model.expected_return(prob) > self.params.min_expected_return))
                        | unknown)
         excluded = self._excluded(close_ms)
         if excluded:

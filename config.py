@@ -435,6 +435,7 @@ VARIABLES: tuple[Var, ...] = (
         1, 100_000, unit="cycles", why="a rarer report would never be seen")),
     Var("ML_ENABLED", True, *_boolean()),
     Var("ML_MIN_CONFIDENCE", 0.55, *_real(0, 1)),
+    Var("ML_MIN_EXPECTED_RETURN", 0.0, *_real(-1, 1)),
     Var("ML_PREDICTION_CACHE_DURATION", 300.0, *_real(
         0, DAY, unit="market seconds (0: no cache)", why="at most a day, the longest timeframe")),
     Var("ML_CACHE_ROUNDING", 1, *_whole(0, 6)),
@@ -546,6 +547,7 @@ class Config:
     performance_report_interval: int
     ml_enabled: bool
     ml_min_confidence: float
+    ml_min_expected_return: float
     ml_prediction_cache_duration: float
     ml_cache_rounding: int
     retrain_interval: float

@@ -35,6 +35,7 @@ class StrategyParams:
     max_hold_candles: int = 48
     min_confidence: float = 0.55
     cooldown_candles: int = 1
+    min_expected_return: float = 0.0             # the model's expected net return must exceed it
     stop_loss_pct: float = 0.0
     take_profit_pct: float = 0.0
     roi: tuple[tuple[int, float], ...] = ()      # (minutes held, minimum return), sorted
@@ -53,6 +54,7 @@ class StrategyParams:
                    stop_loss_atr=config.stop_loss_atr, take_profit_atr=config.take_profit_atr,
                    max_hold_candles=config.max_hold_candles,
                    min_confidence=config.ml_min_confidence,
+                   min_expected_return=config.ml_min_expected_return,
                    cooldown_candles=config.cooldown_candles,
                    stop_loss_pct=config.stop_loss_pct, take_profit_pct=config.take_profit_pct,
                    roi=parse_roi(config.minimal_roi), trailing_stop=config.trailing_stop,

@@ -80,7 +80,8 @@ def find_candidates(view: MarketView, strategy: Strategy, params: StrategyParams
                     excluded: set[str], model: ModelFilter | None = None
                     ) -> tuple[list[Candidate], bool]:
     """The strategy's entry signals, best first; with a model, only those whose expected net
-    return is positive and whose probability reaches `min_confidence`, ranked by it."""
+    return exceeds `min_expected_return` (0: it must pay after costs) and whose probability
+    reaches `min_confidence`, ranked by expected net return."""
     score = np.asarray(strategy.entry_score(view.latest), dtype=np.float64)
     features = prepare_features(view.latest, view.recent_close)
     usable = np.isfinite(score) & np.isfinite(features).all(axis=1) & np.isfinite(view.latest["atr"])
@@ -92,7 +93,8 @@ def find_candidates(view: MarketView, strategy: Strategy, params: StrategyParams
         probability[rows] = model.predict(features[rows], [keys[i] for i in rows])
         expected = model.expected_return(probability)
         with np.errstate(invalid="ignore"):
-            score = np.where((expected > 0) & (probability >= params.min_confidence), expected, np.nan)
+            score = np.where((expected > params.min_expected_return)
+                             & (probability >= params.min_confidence), expected, np.nan)
     score = np.where(usable, score, np.nan)
     order = [i for i in np.argsort(-np.nan_to_num(score, nan=-np.inf)) if np.isfinite(score[i])]
     candidates = [

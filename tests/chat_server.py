@@ -21,6 +21,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from strategies import Strategy
+
 MODES = ("ok", "http_500", "invalid_json", "wrong_fields", "out_of_range", "hang", "slow",
          "fenced", "no_json_mode")
 
@@ -282,6 +284,14 @@ class ReplayResult:
                 f"{self.llm_calls} LLM calls, take rate {self.take_rate:.0%}")
 
 
+class EveryPair(Strategy):
+    """Every pair is a signal: the stand-in model alone picks (p > 0.5 and >= 0.55)."""
+    name = "every_pair"
+
+    def entry_score(self, x):
+        return np.zeros(np.shape(x["close"]))
+
+
 def stand_in_model(features: np.ndarray, keys: Sequence[tuple]) -> np.ndarray:
     """A fixed stand-in for the trained model's probability (the replay needs no training)."""
     from features import FEATURE_NAMES
@@ -361,14 +371,17 @@ def _candidate_states(block: np.ndarray, symbols: tuple[str, ...], params: Any, 
                       compute_all: Callable) -> list[dict[str, Any]]:
     """States of the top candidates from a (P, T, 6) block of closed candles."""
     from features import HISTORY_NEEDED
-    from strategy import MarketView, find_candidates, llm_state
+    from strategy import MarketView, ModelFilter, find_candidates, llm_state
 
     ind = compute_all(*(block[:, :, k] for k in range(1, 6)))
     tf_ms = params.timeframe_ms
     view = MarketView(symbols=symbols, latest={k: v[:, -1] for k, v in ind.items()},
                       recent_close=block[:, -(HISTORY_NEEDED + 1):, 4],
                       now_ms=int(block[0, -1, 0]) + tf_ms)
-    candidates, _ = find_candidates(view, params, set(), predict=stand_in_model)
+    view.latest.update(zip(("open", "high", "low", "close", "volume"),
+                           (block[:, -1, k] for k in range(1, 6))))
+    candidates, _ = find_candidates(view, EveryPair(), params, set(),
+                                    ModelFilter(stand_in_model, 1.0, 1.0))
     index = {s: i for i, s in enumerate(symbols)}
     return [llm_state(view, index[c.symbol], c.probability, open_positions, max_positions)
             for c in candidates[:top_n]]

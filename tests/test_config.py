@@ -65,6 +65,7 @@ BAD_VALUES = {
     "LOW_PROFIT_MIN_RETURN": ["-2"],
     "LOW_PROFIT_LOCK": ["0"],
     "EDGE_GATE": ["sometimes"],
+    "ML_MIN_EXPECTED_RETURN": ["-2", "1.5"],
     "EDGE_MIN_TRADES": ["1"],
     "EDGE_CONFIDENCE": ["0.4", "1"],
     "MAX_SLIPPAGE": ["0", "0.5", "-0.01", "nan"],

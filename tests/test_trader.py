@@ -26,7 +26,9 @@ def held_on(server, asset: str) -> float:
 def trader_config(data_dir: str, **overrides):
     env = {"DATA_DIR": data_dir, "SIM_PAIRS": "15", "MAX_PAIRS": "15", "SIM_SPEED": "600",
            "CHECK_INTERVAL": "60", "CANDLE_HISTORY": "150", "ML_ENABLED": "false",
-           "MARKET_SCAN_CACHE_DURATION": "0", "ENABLE_PERFORMANCE_MONITORING": "false"}
+           "MARKET_SCAN_CACHE_DURATION": "0", "ENABLE_PERFORMANCE_MONITORING": "false",
+           # entries on most up-moves, so that the simulated market of any day trades
+           "STRATEGY_PARAMS": "min_volume_ratio=0"}
     env.update({k: str(v) for k, v in overrides.items()})
     return load_config(None, env)
 
