@@ -82,7 +82,9 @@ from sim_market import simulated_ohlcv, synthetic_order_book
 from exits import check_positions
 import strategies
 from strategies import Strategy, TrendMomentum, frame, signals
-from strategy import ModelFilter, cooling_down, decide_entries
+from edge import EdgeSettings, EdgeVerdict, judge, recent_returns
+from protections import ALL_PAIRS, ProtectionSettings, Protections
+from strategy import ModelFilter, decide_entries
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +162,7 @@ class BacktestResult:
     trainings: int = 0
     model_misses: int = 0             # predict calls not served by the batched predictions
     interrupted: bool = False
+    gated_steps: int = 0              # decision points the edge gate sat out
 
     @property
     def final_equity(self) -> float:
@@ -473,9 +476,19 @@ class _Replay:
     """The replay loop: fills through the broker, books kept by the ledger."""
 
     def __init__(self, data: _Data, strategy: Strategy, params: StrategyParams, risk: RiskManager,
-                 settings: BacktestSettings, model: _WalkForward | None):
+                 settings: BacktestSettings, model: _WalkForward | None,
+                 protections: ProtectionSettings, edge: EdgeSettings):
         self.d, self.params, self.risk, self.settings, self.model = data, params, risk, settings, model
         self.strategy = strategy
+        self.protections = Protections(protections)
+        self.edge = edge
+        self.edge_evidence = None          # (end_ms, time_ms, net_return) of every signal trade
+        if edge.enabled:
+            smp = model.samples if model is not None else _WalkForward._samples(
+                data, strategy, params, settings)[0]
+            if smp is not None:
+                self.edge_evidence = (smp.label_end_ms, smp.time_ms, smp.ret.astype(np.float64))
+        self.gated_steps = 0               # decision points the edge gate sat out
         self.index = {s: p for p, s in enumerate(data.symbols)}
         self.ledger = Ledger(settings.starting_balance)
         self.broker = BacktestBroker(dict(zip(data.symbols, data.rules)), self.ledger,
@@ -510,6 +523,7 @@ class _Replay:
     def _sold(self, fill: Fill, reason: str) -> None:
         trade, _ = self.ledger.close(fill, reason, lambda amount: self._sellable(fill, amount))
         self.trades.append(trade)
+        self.protections.add(trade)
         self.events.append(("fill_sell", fill.timestamp_ms, fill.symbol, fill.amount, fill.price,
                             fill.fee, reason))
 
@@ -666,20 +680,26 @@ class _Replay:
         pairs, rows = here[ok], rows_here[ok]
         model = self.model if self.model is not None and self.model.estimator is not None else None
         if not rows.size or (self.settings.skip_idle_steps
-                             and not self._may_have_candidate(pairs, rows, model, close_ms)):
+                             and not self._may_have_candidate(pairs, rows, model, close_ms, equity)):
             self.risk.observe_equity(equity)   # all that decide_entries would have done
             return
         view = MarketView(tuple(d.symbols[p] for p in pairs.tolist()),
                           {k: v[rows] for k, v in d.ind.items()},
                           d.c[rows[:, None] + self.k_off], close_ms)
+        halted, locked = self._locks(close_ms, equity)
+        if halted is None:
+            verdict = self.edge_verdict(close_ms)
+            if not verdict.open:
+                halted = verdict.reason
+                self.gated_steps += 1
         model_filter = model.predictor(rows) if model is not None else None
         # A resting limit entry's pair is busy: no new entry, it takes a position slot (as
         # live) and its cash is held (live: not in the free balance).
         cash = self.ledger.cash - self.reserved() if self.resting else self.ledger.cash
         decisions = decide_entries(view, self.ledger.positions, cash, equity, self.strategy,
                                    self.params, self.risk, self.broker.round_order, model_filter,
-                                   last_exits=self.ledger.last_exits,
-                                   busy=set(self.resting) if self.resting else frozenset())
+                                   busy=set(self.resting) if self.resting else frozenset(),
+                                   locked=locked, halted=halted)
         for e in decisions.entries:
             self.events.append(("entry", close_ms, e.symbol, e.price, e.amount, e.stop_loss,
                                 e.take_profit, e.reason))
@@ -689,9 +709,9 @@ class _Replay:
                 self.pending.append((e, close_ms))
 
     def _may_have_candidate(self, pairs: np.ndarray, rows: np.ndarray,
-                            model: _WalkForward | None, close_ms: int) -> bool:
+                            model: _WalkForward | None, close_ms: int, equity: float) -> bool:
         """False only when decide_entries would return no entry: every position slot is
-        taken, or no pair that is neither held nor cooling down passes the rule
+        taken, or no pair that is neither held nor locked passes the strategy
         (elementwise, so scored for all rows at once) or the model's threshold (the batched
         predictions of the same feature rows; the skip-equivalence test checks both
         against the unskipped pipeline)."""
@@ -702,19 +722,33 @@ class _Replay:
             prob = model.prob[rows]
             unknown = np.isnan(prob)       # not expected; then ask the model
             with np.errstate(invalid="ignore"):
-                ok &= (((prob >= self.params.min_confidence) & (model.expected_return(prob) > self.params.min_expected_return))
+                ok &= (((prob >= self.params.min_confidence)
+                        & (model.expected_return(prob) > self.params.min_expected_return))
                        | unknown)
-        excluded = self._excluded(close_ms)
+        excluded = self._excluded(close_ms, equity)
         if excluded:
             ok = ok & np.array([self.d.symbols[p] not in excluded for p in pairs.tolist()])
         return bool(ok.any())
 
-    def _excluded(self, now_ms: int) -> set[str]:
+    def _excluded(self, now_ms: int, equity: float) -> set[str]:
         """The pairs decide_entries leaves out at this close: held, busy with a resting
-        limit entry, or cooling down."""
-        clock = MarketView((), {}, np.empty((0, 1)), now_ms)   # cooling_down reads the time only
+        limit entry, or locked by a protection (the cooldown after an exit, ...)."""
         return (set(self.ledger.positions) | set(self.resting)
-                | cooling_down(clock, self.params, self.ledger.last_exits))
+                | {lock.scope for lock in self.protections.locks(now_ms, equity)})
+
+    def _locks(self, now_ms: int, equity: float) -> tuple[str | None, set[str]]:
+        """(the reason every entry is locked, or None; the pairs locked one by one)."""
+        locks = self.protections.locks(now_ms, equity)
+        everything = [lock.reason for lock in locks if lock.scope == ALL_PAIRS]
+        return (everything[0] if everything else None,
+                {lock.scope for lock in locks if lock.scope != ALL_PAIRS})
+
+    def edge_verdict(self, now_ms: int) -> EdgeVerdict:
+        """The edge gate at this close, from the signal trades known by then."""
+        if self.edge_evidence is None:
+            return judge(np.empty(0), self.edge)
+        window = self.edge.lookback_candles * self.d.tf_ms
+        return judge(recent_returns(*self.edge_evidence, now_ms, window), self.edge)
 
     # -- the loop
     def step(self, g: int) -> None:
@@ -784,6 +818,7 @@ def run_backtest(candles: Mapping[str, np.ndarray], config: Any = None, use_mode
                  params: StrategyParams | None = None, risk: RiskManager | None = None,
                  settings: BacktestSettings | None = None,
                  rules: Mapping[str, MarketRules] | None = None,
+                 protections: ProtectionSettings | None = None, edge: EdgeSettings | None = None,
                  progress: Callable[[int], None] | None = None) -> BacktestResult:
     """Replay `candles` (symbol -> (T, 6) [ts_ms, o, h, l, c, v], closed, validated) and
     return the trades, equity curve and buy-and-hold benchmark.
@@ -801,6 +836,11 @@ def run_backtest(candles: Mapping[str, np.ndarray], config: Any = None, use_mode
         settings = BacktestSettings.from_config(config) if config is not None else BacktestSettings()
     if risk is None:
         risk = RiskManager.from_config(config, fee_rate=settings.fee_rate)
+    if protections is None:
+        protections = (ProtectionSettings.from_config(config) if config is not None else
+                       ProtectionSettings(params.timeframe_ms, params.cooldown_candles))
+    if edge is None:
+        edge = EdgeSettings.from_config(config) if config is not None else EdgeSettings(False)
     candles = {s: _until(a, settings.end_ms) for s, a in candles.items()}
     candles = {s: a for s, a in candles.items() if len(a)}
     if not candles:
@@ -810,7 +850,7 @@ def run_backtest(candles: Mapping[str, np.ndarray], config: Any = None, use_mode
     if g0 >= len(data.grid):
         raise ValueError("no candles at or after the start date")
     model = _WalkForward(data, strategy, params, settings, g0) if use_model else None
-    replay = _Replay(data, strategy, params, risk, settings, model)
+    replay = _Replay(data, strategy, params, risk, settings, model, protections, edge)
     try:
         interrupted = replay.run(g0, progress)
     finally:
@@ -826,7 +866,7 @@ def run_backtest(candles: Mapping[str, np.ndarray], config: Any = None, use_mode
         exposed=np.asarray(replay.exposed, dtype=bool), trades=replay.trades,
         events=replay.events, pair_info=_pair_info(data, g0, steps, settings), used_model=use_model,
         trainings=model.trainings if model else 0, model_misses=model.misses if model else 0,
-        interrupted=interrupted)
+        interrupted=interrupted, gated_steps=replay.gated_steps)
 
 
 def step_count(candles: Mapping[str, np.ndarray]) -> int:

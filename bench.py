@@ -923,7 +923,7 @@ def _bot_env(data_dir: str, report_every: int) -> dict[str, str]:
     keep = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
     return keep | {"DATA_DIR": data_dir, "SIM_SPEED": "10000", "CHECK_INTERVAL": "60",
                    "SIM_PAIRS": "50", "PERFORMANCE_REPORT_INTERVAL": str(report_every),
-                   "ML_ENABLED": "true", "LOG_LEVEL": "WARNING"}
+                   "ML_ENABLED": "true", "LOG_LEVEL": "WARNING", "EDGE_GATE": "false"}
 
 
 def _rss_by_cycle(stdout: str) -> dict[int, float]:

@@ -268,8 +268,9 @@ class _Replay:
                                    for s in states}) if "verdicts" in rec and verdicts else None
         decisions = decide_entries(view, self.ledger.positions, float(rec["cash"]),
                                    float(rec["equity"]), self.strategy, self.params, self.risk,
-                                   self.broker.round_order, model, confirm, self.ledger.last_exits,
-                                   set(rec.get("busy", ())))
+                                   self.broker.round_order, model, confirm,
+                                   set(rec.get("busy", ())), set(rec.get("locked", ())),
+                                   rec.get("halted"))
         replayed = {e.symbol: e for e in decisions.entries}
         seen = set()
         for _kind, symbol, price, amount, reason, cid in recorded:

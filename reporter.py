@@ -31,10 +31,11 @@ class Reporter:
 
     def status(self, cycle: int, seconds: float, pairs: int, cached: bool, candidates: int,
                positions: int, max_positions: int, equity: float, quote: str, start_equity: float,
-               model_state: str, unresolved: int = 0) -> None:
+               model_state: str, unresolved: int = 0, gate: str = "") -> None:
         pnl = equity - start_equity
         share = pnl / start_equity if start_equity else 0.0
         orders = f" | {unresolved} order(s) unresolved, their pairs paused" if unresolved else ""
+        orders += f" | {gate}" if gate else ""
         self.echo(
             f"cycle {cycle:>4} | {seconds:5.2f}s | pairs {pairs}{' cached' if cached else ''} | "
             f"candidates {candidates} | positions {positions}/{max_positions} | equity "

@@ -49,7 +49,9 @@ def bot_env(data_dir: str, url: str, pairs: int) -> dict[str, str]:
             "DRY_RUN": "false", "DATA_DIR": data_dir, "MAX_PAIRS": str(pairs),
             "CHECK_INTERVAL": "60", "CANDLE_HISTORY": "150", "ML_ENABLED": "false",
             "MARKET_SCAN_CACHE_DURATION": "0", "ENABLE_PERFORMANCE_MONITORING": "false",
-            "MAX_HOLD_CANDLES": "2", "SCAN_TIMEOUT": "5", "LOG_LEVEL": "ERROR"}
+            "MAX_HOLD_CANDLES": "2", "SCAN_TIMEOUT": "5", "LOG_LEVEL": "ERROR",
+            # the soak exercises orders: trade the random walk although it has no edge
+            "EDGE_GATE": "false", "STRATEGY_PARAMS": "min_volume_ratio=0"}
 
 
 def faulty(server: SimExchangeServer) -> None:

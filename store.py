@@ -534,6 +534,10 @@ class Store:
         """Every closed trade, in the order they closed."""
         return self._trades("ORDER BY id")
 
+    def trades_since(self, exit_ms: int) -> list[Trade]:
+        """The trades closed at or after `exit_ms`, in the order they closed."""
+        return self._trades("WHERE exit_time_ms >= ? ORDER BY id", (int(exit_ms),))
+
     def _trades(self, tail: str, params: Sequence[Any] = ()) -> list[Trade]:
         rows = self._query(
             "SELECT symbol, amount, entry_price, exit_price, entry_time_ms, exit_time_ms,"

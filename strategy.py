@@ -66,16 +66,6 @@ def llm_state(view: MarketView, i: int, probability: float | None,
     }
 
 
-def cooling_down(view: MarketView, params: StrategyParams, last_exits: Mapping[str, int]) -> set[str]:
-    """Pairs exited too recently to enter: not on the close of the candle the exit happened
-    in, nor on the next `cooldown_candles - 1` closes (0 turns the cooldown off)."""
-    if params.cooldown_candles <= 0:
-        return set()
-    tf = params.timeframe_ms
-    return {s for s, exit_ms in last_exits.items()
-            if view.now_ms < -(-exit_ms // tf) * tf + params.cooldown_candles * tf}
-
-
 def find_candidates(view: MarketView, strategy: Strategy, params: StrategyParams,
                     excluded: set[str], model: ModelFilter | None = None
                     ) -> tuple[list[Candidate], bool]:
@@ -111,19 +101,18 @@ def decide_entries(view: MarketView, positions: Mapping[str, Position], cash: fl
                    equity: float, strategy: Strategy, params: StrategyParams, risk: RiskManager,
                    round_order: RoundOrder, model: ModelFilter | None = None,
                    confirm: Confirm | None = None,
-                   last_exits: Mapping[str, int] | None = None,
                    busy: frozenset[str] | set[str] = frozenset(),
                    locked: frozenset[str] | set[str] = frozenset(),
                    halted: str | None = None) -> Decisions:
     """Candidates -> risk sizing -> optional confirmation of what risk would take -> intents.
 
-    Held pairs, pairs with an order whose outcome is not known yet (`busy`) and pairs in
-    their cooldown after an exit (`last_exits`: symbol -> exit time) are not candidates. Confirmation comes after sizing so that no LLM call is spent
-    on an entry the risk manager would refuse anyway; an unconfirmed entry is dropped,
-    never replaced.
+    Held pairs, pairs with an order whose outcome is not known yet (`busy`) and pairs a
+    protection locks (`locked`: the cooldown after an exit, the stop-loss guard, ...) are
+    not candidates; `halted` (a lock of every pair, the edge gate) refuses every entry with
+    its reason. Confirmation comes after sizing so that no LLM call is spent on an entry the
+    risk manager would refuse anyway; an unconfirmed entry is dropped, never replaced.
     """
-    excluded = (set(positions) | set(busy) | set(locked)
-                | cooling_down(view, params, last_exits or {}))
+    excluded = set(positions) | set(busy) | set(locked)
     candidates, used_model = find_candidates(view, strategy, params, excluded, model)
     entries, skipped = risk.plan_entries(candidates, positions, cash, equity, params, round_order,
                                          busy, halted)

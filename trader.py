@@ -36,7 +36,9 @@ from risk_manager import RiskManager
 from stops import EXCHANGE_STOP, ExchangeStops, left_to_exchange
 from store import Store, StoreError
 import strategies
+from edge import EdgeSettings, EdgeVerdict, judge, recent_returns
 from exits import check_positions
+from protections import ALL_PAIRS, DAY_MS, ProtectionSettings, Protections, describe
 from strategy import ModelFilter, decide_entries
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,11 @@ class Trader:
         self.time_scale = getattr(self.clock, "speed", None) or (
             config.sim_speed if config.is_simulated else 1.0)
         self.params = StrategyParams.from_config(config)
+        self.protection_settings = ProtectionSettings.from_config(config)
+        self.edge_settings = EdgeSettings.from_config(config)
+        self.edge: EdgeVerdict | None = None
+        self._edge_ms: int | None = None      # the candle close the edge was judged at
+        self.locks: list = []
         self.scanner = MarketScanner(self.client, config, cancel=self.stop, strategy=self.strategy)
         self.risk = RiskManager.from_config(config, fee_rate=self._fee_rate())
         self.ledger = Ledger(self.store.paper_cash(config.starting_balance),
@@ -304,12 +311,16 @@ class Trader:
         verdicts: dict[str, bool] = {}
         model = self._recording(self._predictor(), predictions)
         cash, equity = self.ledger.cash, self.equity()
+        halted, locked = self._protections(view.now_ms, equity)
+        if halted is None and not self._judge_edge(view.now_ms).open:
+            halted = self.edge.reason
         with self.monitor.timing("decide"):
             decisions = decide_entries(view, self.positions, cash, equity, self.strategy,
                                        self.params, self.risk, self.broker.round_order, model,
-                                       self._confirmer(verdicts), self.ledger.last_exits,
-                                       set(record["busy"]))
+                                       self._confirmer(verdicts), set(record["busy"]),
+                                       locked, halted)
         self.decisions = decisions
+        record.update(locked=sorted(locked), halted=halted)
         record.update(symbols=list(view.symbols), cash=cash, equity=equity,
                       used_model=decisions.used_model, predictions=predictions, verdicts=verdicts,
                       payoff=[model.avg_win, model.avg_loss] if model is not None else None)
@@ -331,6 +342,34 @@ class Trader:
                 if self.stops is not None:
                     self.stops.protect(position)
                 self.reporter.opened(position)
+
+    def _protections(self, now_ms: int, equity: float) -> tuple[str | None, set[str]]:
+        """Every protection's locks at this decision time, rebuilt from the stored trades
+        (so a restart changes nothing): (why every entry is locked or None, locked pairs)."""
+        s = self.protection_settings
+        longest = max(s.stoploss_guard_lookback_candles + s.stoploss_guard_lock_candles,
+                      s.low_profit_lookback_candles + s.low_profit_lock_candles)
+        since = now_ms - 2 * DAY_MS - longest * s.timeframe_ms
+        protections = Protections(s, self.store.trades_since(since), self.ledger.last_exits)
+        self.locks = protections.locks(now_ms, equity)
+        self.store.set_meta("locks", json.dumps(describe(self.locks, now_ms)))
+        everything = [lock.reason for lock in self.locks if lock.scope == ALL_PAIRS]
+        return (everything[0] if everything else None,
+                {lock.scope for lock in self.locks if lock.scope != ALL_PAIRS})
+
+    def _judge_edge(self, now_ms: int) -> EdgeVerdict:
+        """The edge gate on the strategy's signal trades over the candle store, judged once
+        per closed candle."""
+        if self.edge is None or self._edge_ms != now_ms:
+            evidence = samples_from_candles(self.scanner.history(), self.strategy, self.params,
+                                            self.risk.fee_rate)
+            window = self.edge_settings.lookback_candles * self.params.timeframe_ms
+            self.edge = judge(recent_returns(evidence.label_end_ms, evidence.time_ms,
+                                             evidence.ret.astype(float), now_ms, window),
+                              self.edge_settings)
+            self._edge_ms = now_ms
+            self.store.set_meta("edge", self.edge.reason)
+        return self.edge
 
     @staticmethod
     def _recording(model: ModelFilter | None, predictions: dict[str, float]) -> ModelFilter | None:
@@ -468,7 +507,17 @@ class Trader:
             self.cycle, seconds, len(scan.universe) if scan else 0, bool(scan and scan.from_cache),
             len(decisions.candidates) if decisions else 0, len(self.positions),
             self.config.max_open_positions, self.equity(), self.config.quote_currency,
-            self.start_equity, self._model_state(), len(self.orders.unresolved()))
+            self.start_equity, self._model_state(), len(self.orders.unresolved()),
+            self._gate_state())
+
+    def _gate_state(self) -> str:
+        """The status line's word on locks and the edge gate."""
+        parts = []
+        if self.locks:
+            parts.append(f"{len(self.locks)} lock(s)")
+        if self.edge is not None and self.edge_settings.enabled:
+            parts.append("edge ok" if self.edge.open else "sitting out: no edge")
+        return " | ".join(parts)
 
     def _model_state(self) -> str:
         if self.model is None:
@@ -518,6 +567,10 @@ def status_report(config, n_trades: int = 10) -> str:
                      f"{tot.total_profit:+.2f}, fees {tot.fees:.2f}, best {tot.best:+.2f}, "
                      f"worst {tot.worst:+.2f}")
         lines.append(model_summary(config.data_dir, config.mode))
+        lines.append(f"edge gate: {store.get_meta('edge') or 'not judged yet'}")
+        locks = json.loads(store.get_meta("locks") or "[]")
+        lines.append(f"active locks at the last cycle: {len(locks)}")
+        lines += [f"  {line}" for line in locks]
         return "\n".join(lines)
     finally:
         store.close()

@@ -19,7 +19,9 @@ def bot_env(data_dir: str, **overrides) -> dict:
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT")}
     env.update({"DATA_DIR": data_dir, "SIM_PAIRS": "20", "MAX_PAIRS": "20", "SIM_SPEED": "600",
                 "CHECK_INTERVAL": "60", "CANDLE_HISTORY": "200", "ML_ENABLED": "false",
-                "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
+                "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+                # the simulated market is a random walk: the edge gate would (rightly) sit out
+                "EDGE_GATE": "false", "STRATEGY_PARAMS": "min_volume_ratio=0"})
     env.update({k: str(v) for k, v in overrides.items()})
     return env
 

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 from domain import MarketView, StrategyParams, Trade
 from protections import (DAY_MS, RETAIN_SLACK_MS, STOP_REASONS, Lock, ProtectionSettings,
                          Protections, cooldown_until, describe)
-from strategy import cooling_down
 
 TF = 300_000                       # 5-minute candles
 T0 = 1_700_006_400_000             # 2023-11-15 00:00 UTC: a midnight and a candle boundary
@@ -60,7 +59,14 @@ class CooldownTest(unittest.TestCase):
         self.assertEqual(p.last_exits, {"SOL/USDT": T0 + 5 * TF})
         self.assertTrue(p.locked(T0 + 6 * TF - 1, EQUITY)[1])
 
-    def test_identical_to_strategy_cooling_down(self):
+    def test_the_cooldown_is_the_former_strategy_rule(self):
+        def cooling_down(view, params, last):   # strategy.cooling_down, which this replaced
+            if params.cooldown_candles <= 0:
+                return set()
+            tf = params.timeframe_ms
+            return {s for s, exit_ms in last.items()
+                    if view.now_ms < -(-exit_ms // tf) * tf + params.cooldown_candles * tf}
+
         for n in (0, 1, 3):
             for exit_ms in (T0, T0 + 1, T0 + TF - 1, T0 + 7 * TF + 12_345):
                 last = {"BTC/USDT": exit_ms, "ETH/USDT": T0 - 2 * TF}

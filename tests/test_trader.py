@@ -28,7 +28,9 @@ def trader_config(data_dir: str, **overrides):
            "CHECK_INTERVAL": "60", "CANDLE_HISTORY": "150", "ML_ENABLED": "false",
            "MARKET_SCAN_CACHE_DURATION": "0", "ENABLE_PERFORMANCE_MONITORING": "false",
            # entries on most up-moves, so that the simulated market of any day trades
-           "STRATEGY_PARAMS": "min_volume_ratio=0"}
+           "STRATEGY_PARAMS": "min_volume_ratio=0",
+           # the simulated market is a random walk: the edge gate would (rightly) sit out
+           "EDGE_GATE": "false"}
     env.update({k: str(v) for k, v in overrides.items()})
     return load_config(None, env)
 
@@ -77,8 +79,9 @@ class TestLLMGate(TraderCase):
 
 class TestModelOn(TraderCase):
     def test_the_trader_trains_its_model_and_trades_on_it(self):
-        trader = self.start(ML_ENABLED="true", CANDLE_HISTORY="400", ML_MIN_CONFIDENCE="0.3",
-                            MAX_HOLD_CANDLES="12")
+        # The simulated market has no edge, and the model says so: let it trade anyway.
+        trader = self.start(ML_ENABLED="true", CANDLE_HISTORY="400", ML_MIN_CONFIDENCE="0.05",
+                            ML_MIN_EXPECTED_RETURN="-0.05", MAX_HOLD_CANDLES="12")
         trader.run_cycle()
         self.assertIsNotNone(trader.retrainer, "the default (ML on) starts the retrainer")
         self.assertTrue(trader.retrainer.wait_idle(timeout=120), "the first training ended")
@@ -93,7 +96,7 @@ class TestModelOn(TraderCase):
         held = [p for p in trader.positions.values() if p.entry_reason == "model"]
         self.assertTrue(held, "the model opened a position")
         self.assertIsNotNone(held[0].probability)
-        self.assertGreaterEqual(held[0].probability, 0.3)
+        self.assertGreaterEqual(held[0].probability, 0.05)
         stored = {p.symbol: p for p in trader.store.open_positions()}
         self.assertEqual(stored[held[0].symbol].entry_reason, "model")
 
@@ -174,7 +177,8 @@ class TestLiveCrashRestart(unittest.TestCase):
                    "API_SECRET": "s", "DRY_RUN": "false", "DATA_DIR": tmp, "MAX_PAIRS": "15",
                    "CHECK_INTERVAL": "300", "CANDLE_HISTORY": "150", "ML_ENABLED": "false",
                    "MARKET_SCAN_CACHE_DURATION": "0", "ENABLE_PERFORMANCE_MONITORING": "false",
-                   "LOG_LEVEL": "WARNING"}
+                   "LOG_LEVEL": "WARNING", "EDGE_GATE": "false",
+                   "STRATEGY_PARAMS": "min_volume_ratio=0"}
             child = subprocess.run([sys.executable, "-c", CRASH_CHILD, "60"], cwd=ROOT,
                                    env={**os.environ, **env}, capture_output=True, timeout=240)
             self.assertEqual(child.returncode, -signal.SIGKILL, child.stderr.decode()[-2000:])
