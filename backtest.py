@@ -67,7 +67,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from brokers import PAPER_BOOK_DEPTH, BacktestBroker, Quote, check_funds
-from candle_files import gaps, load_candles, timeframe_to_ms
+from candle_files import gaps, load_candles, resample, timeframe_to_ms
 from domain import Bar, EntryIntent, Fill, MarketView, OrderRejected, StrategyParams, Trade
 from order_ids import client_order_id
 from features import HISTORY_NEEDED, close_windows, prepare_features
@@ -163,6 +163,8 @@ class BacktestResult:
     model_misses: int = 0             # predict calls not served by the batched predictions
     interrupted: bool = False
     gated_steps: int = 0              # decision points the edge gate sat out
+    slippage: float = 0.0             # quote lost to spread and depth against the quoted prices
+    strategy: str = ""
 
     @property
     def final_equity(self) -> float:
@@ -489,6 +491,7 @@ class _Replay:
             if smp is not None:
                 self.edge_evidence = (smp.label_end_ms, smp.time_ms, smp.ret.astype(np.float64))
         self.gated_steps = 0               # decision points the edge gate sat out
+        self.slippage = 0.0                # quote lost to the spread and the book's depth
         self.index = {s: p for p, s in enumerate(data.symbols)}
         self.ledger = Ledger(settings.starting_balance)
         self.broker = BacktestBroker(dict(zip(data.symbols, data.rules)), self.ledger,
@@ -520,6 +523,12 @@ class _Replay:
                                                 self.settings.slippage)
         return client_order_id(None, "bt", symbol, next(self._orders))
 
+    def _slipped(self, fill: Fill, reference: float) -> Fill:
+        """Count what the fill lost against the price it was quoted at (spread and depth)."""
+        sign = 1.0 if fill.side == "buy" else -1.0
+        self.slippage += sign * (fill.price - reference) * fill.amount
+        return fill
+
     def _sold(self, fill: Fill, reason: str) -> None:
         trade, _ = self.ledger.close(fill, reason, lambda amount: self._sellable(fill, amount))
         self.trades.append(trade)
@@ -547,7 +556,8 @@ class _Replay:
                 continue
             cid = self._prepare_order(p, r - 1, float(self.d.o[r]), t)
             try:
-                fill = self.broker.market_order(intent.symbol, "buy", intent.amount, cid)
+                fill = self._slipped(self.broker.market_order(intent.symbol, "buy", intent.amount,
+                                                              cid), float(self.d.o[r]))
             except OrderRejected as exc:
                 self.events.append(("entry_rejected", t, intent.symbol, str(exc)))
                 continue
@@ -646,8 +656,8 @@ class _Replay:
             p = self.index[intent.symbol]
             cid = self._prepare_order(p, max(int(col[p]) - 1, int(d.first[p])), intent.price, close_ms)
             try:
-                fill = self.broker.market_order(intent.symbol, "sell",
-                                                positions[intent.symbol].amount, cid)
+                fill = self._slipped(self.broker.market_order(
+                    intent.symbol, "sell", positions[intent.symbol].amount, cid), intent.price)
             except OrderRejected as exc:   # as live: retried on the next candle
                 self.events.append(("exit_rejected", close_ms, intent.symbol, str(exc)))
                 continue
@@ -837,7 +847,8 @@ def run_backtest(candles: Mapping[str, np.ndarray], config: Any = None, use_mode
     if risk is None:
         risk = RiskManager.from_config(config, fee_rate=settings.fee_rate)
     if protections is None:
-        protections = (ProtectionSettings.from_config(config) if config is not None else
+        protections = (ProtectionSettings.from_config(config, params.timeframe_ms)
+                       if config is not None else
                        ProtectionSettings(params.timeframe_ms, params.cooldown_candles))
     if edge is None:
         edge = EdgeSettings.from_config(config) if config is not None else EdgeSettings(False)
@@ -866,7 +877,8 @@ def run_backtest(candles: Mapping[str, np.ndarray], config: Any = None, use_mode
         exposed=np.asarray(replay.exposed, dtype=bool), trades=replay.trades,
         events=replay.events, pair_info=_pair_info(data, g0, steps, settings), used_model=use_model,
         trainings=model.trainings if model else 0, model_misses=model.misses if model else 0,
-        interrupted=interrupted, gated_steps=replay.gated_steps)
+        interrupted=interrupted, gated_steps=replay.gated_steps, slippage=replay.slippage,
+        strategy=strategy.name)
 
 
 def step_count(candles: Mapping[str, np.ndarray]) -> int:
@@ -928,25 +940,32 @@ def _pair_info(data: _Data, g0: int, steps: int, settings: BacktestSettings) -> 
 
 class BacktestJob(NamedTuple):
     """A replay as the command line describes it: `run_backtest(job.candles, config,
-    job.use_model, params=job.params, settings=job.settings)`."""
+    job.use_model, strategy=job.strategy, params=job.params, settings=job.settings)`."""
     candles: dict[str, np.ndarray]
     params: StrategyParams
     settings: BacktestSettings
     use_model: bool
+    strategy: Strategy
 
 
 def backtest_job(config: Any, *, data_dir: str | os.PathLike, timeframe: str,
                  pairs: Sequence[str] = (), start: str | None = None, end: str | None = None,
                  simulated: bool = False, sim_pairs: int = 10, sim_days: float = 14.0,
-                 use_model: bool = True, starting_balance: float | None = None) -> BacktestJob:
-    """The candles, parameters and settings of `bot.py backtest` with these options.
+                 use_model: bool = True, starting_balance: float | None = None,
+                 strategy: Strategy | None = None) -> BacktestJob:
+    """The candles, parameters and settings of `bot.py backtest` with these options. A
+    strategy that decides on a longer timeframe than `timeframe` gets its candles built
+    from the shorter ones (complete buckets only).
 
     Problems a user can fix raise ValueError or candle_files.CandleFileError with one line
     naming the option."""
     try:
-        tf_ms = timeframe_to_ms(timeframe)
+        timeframe_to_ms(timeframe)
     except ValueError as exc:
         raise ValueError(f"--timeframe: {exc}") from None
+    strategy = strategy or strategies.from_config(config)
+    decide_on = strategies.decision_timeframe(strategy, timeframe)
+    tf_ms = timeframe_to_ms(decide_on)
     start_ms, end_ms = parse_day(start, "--start"), parse_day(end, "--end")
     if start_ms is not None and end_ms is not None and start_ms >= end_ms:
         raise ValueError(f"--start {start} is not before --end {end}")
@@ -954,11 +973,14 @@ def backtest_job(config: Any, *, data_dir: str | os.PathLike, timeframe: str,
     candles = (simulated_candles(config, timeframe, pairs, sim_pairs, sim_days) if simulated
                else load_candles(data_dir, timeframe, pairs or None))
     check_one_quote(candles)
-    params = replace(StrategyParams.from_config(config), timeframe_ms=tf_ms)
+    if decide_on != timeframe:
+        candles = {s: resample(a, timeframe_to_ms(timeframe), tf_ms) for s, a in candles.items()}
+        candles = {s: a for s, a in candles.items() if len(a)}
+    params = StrategyParams.from_config(config, tf_ms)
     settings = BacktestSettings.from_config(config, start_ms=start_ms, end_ms=end_ms)
     if starting_balance is not None:
         settings = replace(settings, starting_balance=starting_balance)
-    return BacktestJob(candles, params, settings, use_model and config.ml_enabled)
+    return BacktestJob(candles, params, settings, use_model and config.ml_enabled, strategy)
 
 
 def parse_day(text: str | None, option: str) -> int | None:

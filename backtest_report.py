@@ -65,12 +65,25 @@ def compute_metrics(result: BacktestResult) -> dict[str, Any]:
         "avg_trade_return_pct": float(np.mean([t.return_pct for t in trades])) if trades else None,
         "exposure_pct": 100.0 * float(result.exposed.mean()) if len(result.exposed) else 0.0,
         "fees_paid": result.fees,
-        "model": ("walk-forward" if result.used_model else "rule only"),
+        **_costs(result, profits, last - first if first is not None else 0),
+        "strategy": result.strategy,
+        "model": ("walk-forward" if result.used_model else "strategy only"),
         "model_trainings": result.trainings, "interrupted": result.interrupted,
         "exit_reasons": {r: sum(t.exit_reason == r for t in trades)
                          for r in sorted({t.exit_reason for t in trades})},
         **_refusals(result.events),
     }
+
+
+def _costs(result: BacktestResult, profits: np.ndarray, span_ms: int) -> dict[str, Any]:
+    """Gross profit (before fees and slippage), net profit, and what the costs took."""
+    net = float(profits.sum()) if profits.size else 0.0
+    gross = net + result.fees + result.slippage
+    share = (lambda x: 100.0 * x / gross) if gross > 0 else (lambda x: None)
+    return {"gross_profit": gross, "net_profit": net, "slippage_paid": result.slippage,
+            "fees_pct_of_gross": share(result.fees), "slippage_pct_of_gross": share(result.slippage),
+            "trades_per_day": len(profits) / (span_ms / DAY_MS) if span_ms > 0 else 0.0,
+            "edge_gate_closed_steps": result.gated_steps}
 
 
 def _risk_metrics(result: BacktestResult) -> dict[str, float | None]:
@@ -154,8 +167,9 @@ def format_report(result: BacktestResult, metrics: dict[str, Any] | None = None)
 def _summary_lines(result: BacktestResult, m: dict[str, Any]) -> list[str]:
     q = m["quote"]
     tf_min = result.timeframe_ms // 60_000
-    model = (f"walk-forward model ({m['model_trainings']} fits)" if result.used_model
-             else "fallback rule only (--no-model)")
+    model = (f"strategy {result.strategy}"
+             + (f" filtered by the walk-forward model ({m['model_trainings']} fits)"
+                if result.used_model else " alone (--no-model)"))
     return [
         f"Backtest {_utc(m['start_ms'])} .. {_utc(m['end_ms'])} UTC ({m['days']:.1f} days, "
         f"{m['steps']:,} steps of {tf_min}m, {m['pairs']} pairs), {model}"
@@ -174,6 +188,11 @@ def _summary_lines(result: BacktestResult, m: dict[str, Any]) -> list[str]:
         f"({_num(m['avg_trade_return_pct'], '{:+.3f}%')})",
         f"  exposure         {m['exposure_pct']:.1f}% of steps with a position open",
         f"  fees paid        {m['fees_paid']:,.4f} {q}",
+        f"  costs            gross {m['gross_profit']:+,.2f} -> net {m['net_profit']:+,.2f} {q}: "
+        f"fees {_num(m['fees_pct_of_gross'], '{:.0f}%')} and slippage "
+        f"{_num(m['slippage_pct_of_gross'], '{:.0f}%')} of gross "
+        f"({m['slippage_paid']:,.2f} {q}); {m['trades_per_day']:.2f} trades/day",
+        f"  edge gate        closed at {m['edge_gate_closed_steps']:,} decision points",
         f"  entries          {m['entries_decided']} decided, {m['entries_rejected']} refused at "
         f"the fill" + (f" (mostly: {m['main_rejection']})" if m["main_rejection"] else "")
         + f", {m['entries_dropped']} dropped (no next candle)",

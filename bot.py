@@ -46,6 +46,17 @@ def load_or_fail(env_file: str | None, create_data_dir: bool = True):
         fail(str(exc))
 
 
+def _strategy_or_fail(config, spec: str | None = None, params: str | None = None):
+    """The strategy STRATEGY (or `spec`) names, with its parameters, or `fail`."""
+    import strategies
+
+    try:
+        return strategies.load_strategy(spec or config.strategy,
+                                        config.strategy_params if params is None else params)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -289,6 +300,47 @@ def parity(ctx: click.Context) -> None:
         sys.exit(1)
 
 
+@cli.command("strategies")
+@click.pass_context
+def list_strategies(ctx: click.Context) -> None:
+    """List the built-in strategies with their parameters (and the one STRATEGY picks)."""
+    import strategies
+
+    config = load_or_fail(ctx.obj["env_file"], create_data_dir=False)
+    active = _strategy_or_fail(config)
+    click.echo(strategies.listing(active))
+    if active.name not in strategies.BUILTINS:
+        click.echo("\n" + active.describe())
+    click.echo(f"\nSTRATEGY={config.strategy} is active; set parameters with STRATEGY_PARAMS "
+               "(name=value,...)")
+
+
+@cli.command("lookahead-check")
+@click.argument("strategy_spec", required=False)
+@click.option("--data-dir", type=click.Path(path_type=Path),
+              help="Folder with candle files (default: simulated candles).")
+@click.option("--timeframe", default="5m", show_default=True, callback=_timeframe_option)
+@click.option("--pairs", callback=_pairs_option, help="Comma-separated pairs.")
+@click.pass_context
+def lookahead_command(ctx: click.Context, strategy_spec: str | None, data_dir: Path | None,
+                      timeframe: str, pairs: list[str]) -> None:
+    """Flag a strategy whose signals change when only later candles are removed (exit 1)."""
+    config = load_or_fail(ctx.obj["env_file"], create_data_dir=False)
+    strategy = _strategy_or_fail(config, strategy_spec)
+    import lookahead
+    from candle_files import CandleFileError, load_candles
+    from sim_market import simulated_ohlcv
+
+    try:
+        candles = (load_candles(data_dir, timeframe, pairs or None) if data_dir is not None
+                   else simulated_ohlcv(6, config.sim_seed, timeframe, 3000))
+        report = lookahead.check(strategy, candles)
+    except (ValueError, CandleFileError) as exc:
+        fail(str(exc))
+    click.echo(report.format())
+    sys.exit(1 if report.flagged else 0)
+
+
 @cli.command("config")
 @click.pass_context
 def show_config(ctx: click.Context) -> None:
@@ -337,16 +389,21 @@ def status(ctx: click.Context, n_trades: int) -> None:
               help="With --simulated: how many pairs.")
 @click.option("--sim-days", default=14.0, show_default=True, type=Number(1, SIM_MAX_DAYS),
               help="With --simulated: how many days.")
-@click.option("--no-model", is_flag=True, help="Fallback rule only: no walk-forward model.")
+@click.option("--no-model", is_flag=True, help="The strategy alone: no walk-forward model.")
 @click.option("--starting-balance", type=Number(0, 1e12, open_lo=True),
               help="Quote balance to start with (default: STARTING_BALANCE).")
+@click.option("--strategy", "strategy_spec", help="A strategy instead of STRATEGY (a built-in "
+              "name or path/to/file.py:ClassName).")
+@click.option("--strategy-params", help="Parameters instead of STRATEGY_PARAMS.")
 @click.pass_context
 def backtest_command(ctx: click.Context, data_dir: Path, timeframe: str, pairs: list[str],
                      start: str | None, end: str | None, report_dir: Path, simulated: bool,
                      sim_pairs: int, sim_days: float, no_model: bool,
-                     starting_balance: float | None) -> None:
+                     starting_balance: float | None, strategy_spec: str | None,
+                     strategy_params: str | None) -> None:
     """Replay candle files through the live strategy, risk rules and model; write a report."""
     config = load_or_fail(ctx.obj["env_file"], create_data_dir=False)
+    strategy = _strategy_or_fail(config, strategy_spec, strategy_params)
     _directory_or_fail(report_dir, "--report-dir", create=False)
     if simulated:
         _check_sim_size(timeframe, sim_pairs, sim_days)
@@ -359,11 +416,12 @@ def backtest_command(ctx: click.Context, data_dir: Path, timeframe: str, pairs: 
         job = backtest.backtest_job(
             config, data_dir=data_dir, timeframe=timeframe, pairs=pairs,
             start=start, end=end, simulated=simulated, sim_pairs=sim_pairs, sim_days=sim_days,
-            use_model=not no_model, starting_balance=starting_balance)
+            use_model=not no_model, starting_balance=starting_balance, strategy=strategy)
         with _progress(backtest.step_count(job.candles), "replaying") as bar:
-            result = backtest.run_backtest(job.candles, config, job.use_model, params=job.params,
+            result = backtest.run_backtest(job.candles, config, job.use_model,
+                                           strategy=job.strategy, params=job.params,
                                            settings=job.settings, progress=bar.update)
-    except (ValueError, CandleFileError) as exc:
+    except (ValueError, CandleFileError, ConfigError) as exc:
         fail(str(exc))
     click.echo(format_report(result))
     try:

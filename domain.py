@@ -49,8 +49,10 @@ class StrategyParams:
         object.__setattr__(self, "roi", tuple(sorted((int(m), float(r)) for m, r in self.roi)))
 
     @classmethod
-    def from_config(cls, config) -> "StrategyParams":
-        return cls(timeframe_ms=int(config.timeframe_seconds * 1000),
+    def from_config(cls, config, timeframe_ms: int | None = None) -> "StrategyParams":
+        """The config's settings; `timeframe_ms` (the strategy's decision timeframe)
+        defaults to TIMEFRAME."""
+        return cls(timeframe_ms=timeframe_ms or int(config.timeframe_seconds * 1000),
                    stop_loss_atr=config.stop_loss_atr, take_profit_atr=config.take_profit_atr,
                    max_hold_candles=config.max_hold_candles,
                    min_confidence=config.ml_min_confidence,

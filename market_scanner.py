@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Mapping, TypeVar
 
 import numpy as np
 
+from candle_files import resample, timeframe_to_ms
 from domain import MarketView
 from strategies import Strategy
 from features import HISTORY_NEEDED
@@ -148,13 +149,17 @@ class ScanResult:
 
 class MarketScanner:
     def __init__(self, client, config, cancel: threading.Event | None = None,
-                 strategy: Strategy | None = None):
+                 strategy: Strategy | None = None, timeframe: str | None = None):
         self.client = client
         self.strategy = strategy
         self.config = config
         self.cancel = cancel
-        self.timeframe = config.timeframe
-        self.tf_ms = int(config.timeframe_seconds * 1000)
+        # The strategy's decision timeframe; fetched as such where the exchange serves it,
+        # else built from TIMEFRAME candles (complete buckets only).
+        self.timeframe = timeframe or config.timeframe
+        self.tf_ms = timeframe_to_ms(self.timeframe)
+        served = getattr(client.ccxt, "timeframes", None) or {}
+        self.fetch_timeframe = self.timeframe if self.timeframe in served else config.timeframe
         self.history_needed = HISTORY_NEEDED
         self.store = CandleStore(config.candle_history)
         self.cache = TTLCache(config.market_scan_cache_duration, client.clock)
@@ -190,16 +195,19 @@ class MarketScanner:
         gives every pair the same newest candle.
         """
         last = self.store.last_ts(symbol)
+        fetch_ms = timeframe_to_ms(self.fetch_timeframe)
         if last is None:
             since = now_ms - (self.config.candle_history + 1) * self.tf_ms
-            limit = self.config.candle_history + 1
+            limit = min(1000, (self.config.candle_history + 1) * self.tf_ms // fetch_ms)
         else:
             since = last + self.tf_ms
-            limit = max(1, min(1000, (now_ms - since) // self.tf_ms + 1))
-        rows = self.client.fetch_ohlcv(symbol, self.timeframe, since=since, limit=int(limit))
+            limit = max(1, min(1000, (now_ms - since) // fetch_ms + 1))
+        rows = self.client.fetch_ohlcv(symbol, self.fetch_timeframe, since=since, limit=int(limit))
         arr = np.asarray(rows, dtype=np.float64).reshape(-1, 6)
-        closed = arr[:, 0] + self.tf_ms <= now_ms  # Binance's newest candle is still open
-        return arr[closed]
+        arr = arr[arr[:, 0] + fetch_ms <= now_ms]   # Binance's newest candle is still open
+        if fetch_ms != self.tf_ms:
+            arr = resample(arr, fetch_ms, self.tf_ms, now_ms)
+        return arr
 
     def _note_failures(self, universe: list[str], failed: Mapping[str, str], timed_out: list[str]) -> None:
         """Count failures per pair; log a pair's first failure and its recovery, not every cycle."""

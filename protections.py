@@ -85,30 +85,22 @@ class ProtectionSettings:
             raise ValueError(f"daily_loss_limit must be in [0, 1), got {self.daily_loss_limit}")
 
     @classmethod
-    def from_config(cls, config) -> "ProtectionSettings":
-        """Read the protection settings of a config object; missing attributes (an older
-        config) take the defaults above. Candle counts are ints, timeframe_seconds seconds."""
-        d = cls.__dataclass_fields__
-
-        def get(attr: str, field: str, kind: type):
-            return kind(getattr(config, attr, d[field].default))
-
+    def from_config(cls, config, timeframe_ms: int | None = None) -> "ProtectionSettings":
+        """The config's protection settings; `timeframe_ms` (the strategy's decision
+        timeframe) defaults to TIMEFRAME."""
+        c = config
         return cls(
-            timeframe_ms=int(config.timeframe_seconds * 1000),
-            cooldown_candles=get("cooldown_candles", "cooldown_candles", int),
-            stoploss_guard_trades=get("stoploss_guard_trades", "stoploss_guard_trades", int),
-            stoploss_guard_lookback_candles=get("stoploss_guard_lookback",
-                                                "stoploss_guard_lookback_candles", int),
-            stoploss_guard_lock_candles=get("stoploss_guard_lock", "stoploss_guard_lock_candles",
-                                            int),
-            stoploss_guard_per_pair=get("stoploss_guard_per_pair", "stoploss_guard_per_pair",
-                                        bool),
-            daily_loss_limit=get("daily_loss_limit", "daily_loss_limit", float),
-            low_profit_lookback_candles=get("low_profit_lookback", "low_profit_lookback_candles",
-                                            int),
-            low_profit_min_trades=get("low_profit_min_trades", "low_profit_min_trades", int),
-            low_profit_min_return=get("low_profit_min_return", "low_profit_min_return", float),
-            low_profit_lock_candles=get("low_profit_lock", "low_profit_lock_candles", int),
+            timeframe_ms=timeframe_ms or int(c.timeframe_seconds * 1000),
+            cooldown_candles=c.cooldown_candles,
+            stoploss_guard_trades=c.stoploss_guard_trades,
+            stoploss_guard_lookback_candles=c.stoploss_guard_lookback,
+            stoploss_guard_lock_candles=c.stoploss_guard_lock,
+            stoploss_guard_per_pair=c.stoploss_guard_per_pair,
+            daily_loss_limit=c.daily_loss_limit,
+            low_profit_lookback_candles=c.low_profit_lookback,
+            low_profit_min_trades=c.low_profit_min_trades,
+            low_profit_min_return=c.low_profit_min_return,
+            low_profit_lock_candles=c.low_profit_lock,
         )
 
     @property

@@ -27,6 +27,7 @@ from typing import Mapping
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from candle_files import timeframe_multiple
 from config import ConfigError
 from indicators import WARMUP, compute_all, ema
 
@@ -247,6 +248,21 @@ def load_strategy(spec: str = DEFAULT_STRATEGY, params: str | Mapping[str, float
 
 def from_config(config) -> Strategy:
     return load_strategy(config.strategy, config.strategy_params)
+
+
+def decision_timeframe(strategy: Strategy, candles_timeframe: str) -> str:
+    """The timeframe decisions are made on: the strategy's own when it declares one longer
+    than the candles at hand (they are then built from the shorter ones), else the candles'."""
+    if strategy.timeframe is None or strategy.timeframe == candles_timeframe:
+        return candles_timeframe
+    try:
+        timeframe_multiple(candles_timeframe, strategy.timeframe)
+    except ValueError:
+        raise ConfigError(f"STRATEGY {strategy.name} decides on {strategy.timeframe} candles, "
+                          f"which cannot be built from {candles_timeframe} ones; set TIMEFRAME "
+                          f"(or --timeframe) to {strategy.timeframe} or a shorter timeframe "
+                          "that divides it") from None
+    return strategy.timeframe
 
 
 def frame(candles: np.ndarray, strategy: Strategy) -> dict[str, np.ndarray]:

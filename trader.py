@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from brokers import LiveBroker, PaperBroker
+from candle_files import timeframe_to_ms
 from domain import Bar, Decisions, ExchangeError, ExitIntent, Position, StrategyParams
 from config import ConfigError, check_pairs
 from exchange import create_client
@@ -65,19 +66,22 @@ class Trader:
             self.clock = self.client.clock   # the one clock: market time on the simulator
             self.store = Store.open(config.data_dir, config.mode, clock=self.clock)
             self.strategy = strategies.from_config(config)
+            self.timeframe = strategies.decision_timeframe(self.strategy, config.timeframe)
         except (ExchangeError, StoreError, ConfigError) as exc:
             self.close()
             prefix = f"{config.exchange}: " if isinstance(exc, ExchangeError) else ""
             raise StartupError(f"{prefix}{exc}") from exc
         self.time_scale = getattr(self.clock, "speed", None) or (
             config.sim_speed if config.is_simulated else 1.0)
-        self.params = StrategyParams.from_config(config)
-        self.protection_settings = ProtectionSettings.from_config(config)
+        tf_ms = timeframe_to_ms(self.timeframe)
+        self.params = StrategyParams.from_config(config, tf_ms)
+        self.protection_settings = ProtectionSettings.from_config(config, tf_ms)
         self.edge_settings = EdgeSettings.from_config(config)
         self.edge: EdgeVerdict | None = None
         self._edge_ms: int | None = None      # the candle close the edge was judged at
         self.locks: list = []
-        self.scanner = MarketScanner(self.client, config, cancel=self.stop, strategy=self.strategy)
+        self.scanner = MarketScanner(self.client, config, cancel=self.stop, strategy=self.strategy,
+                                     timeframe=self.timeframe)
         self.risk = RiskManager.from_config(config, fee_rate=self._fee_rate())
         self.ledger = Ledger(self.store.paper_cash(config.starting_balance),
                              self.store.open_positions(), self.store.last_exits())

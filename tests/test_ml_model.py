@@ -12,15 +12,23 @@ from pathlib import Path
 import numpy as np
 from sklearn.dummy import DummyClassifier
 
-from features import FEATURE_NAMES, HISTORY_NEEDED, history_features, prepare_features
-from labels import LabelParams, samples_from_candles, triple_barrier_labels
-from ml_model import (MODEL_FILE, TRAINING_FILE, MLModel, PredictionCache, load_model,
-                      positive_proba, save_model, saved_model_status, train_model)
+from domain import StrategyParams
+from features import (FEATURE_NAMES, HISTORY_NEEDED, close_windows, history_features,
+                      prepare_features)
+from labels import pair_samples, sample_key, samples_from_candles
+from ml_model import (MIN_TRAIN_SAMPLES, MODEL_FILE, TRAINING_FILE, MLModel, PredictionCache,
+                      load_model, payoff, positive_proba, save_model, saved_model_status,
+                      train_model)
 from model_training import Retrainer, TrainingData
+from strategies import Strategy, TrendMomentum, frame, load_strategy, signals
 
 F = len(FEATURE_NAMES)
 TF = 300_000
 FEE = 0.001   # per side; the expected returns below are computed for it
+MARK = 777.0  # the volume that marks a hand-placed signal
+PARAMS = StrategyParams(timeframe_ms=TF)
+# many signals on a random walk (the default volume filter keeps too few to train on)
+PERMISSIVE = load_strategy("trend_momentum", "min_volume_ratio=0,rsi_overbought=90")
 
 
 def random_walk(pairs: int, candles: int, seed: int = 0):
@@ -88,60 +96,135 @@ class FeatureTests(unittest.TestCase):
                 self.assertFalse(np.array_equal(X2[:, change], base[:, change]))
 
 
-class LabelTests(unittest.TestCase):
-    def test_labels_ignore_candles_after_their_window(self):
-        ts, o, h, l, c, v = random_walk(3, 300, seed=3)
-        _, ind = history_features(o, h, l, c, v)
-        horizon = 20
-        base = triple_barrier_labels(h, l, c, ind["atr"], 3.0, 2.0, horizon, FEE, open_=o)
-        t = np.arange(300)
-        rng = np.random.default_rng(4)
-        for change in (90, 180, 299):
-            o2, h2, l2, c2, v2 = (a.copy() for a in (o, h, l, c, v))
-            factor = rng.uniform(0.9, 1.1, (3, 300 - change))
-            for a in (o2, h2, l2, c2, v2):
-                a[:, change:] *= factor
-            _, ind2 = history_features(o2, h2, l2, c2, v2)
-            new = triple_barrier_labels(h2, l2, c2, ind2["atr"], 3.0, 2.0, horizon, FEE,
-                                          open_=o2)
-            window_before = np.broadcast_to(t + horizon < change, (3, 300))
-            decided_before = (base.end >= 0) & (base.end < change)
-            for known in (window_before, decided_before):
-                for old, now in zip(base, new):
-                    np.testing.assert_array_equal(now[known], old[known])
-            if change < 299:   # the changed candles do matter to windows that reach them
-                self.assertFalse(np.array_equal(new.ret[:, change - horizon:change],
-                                                base.ret[:, change - horizon:change]))
+class MarkedEntries(Strategy):
+    """Buys exactly where a candle's volume is MARK: the signals a test places by hand."""
+    name = "marked"
 
-    def test_barriers_fees_gaps_and_end_of_data(self):
-        # one scenario per row; entry at close[0] = 100, atr 1: take-profit 103, stop 98
-        flat = np.full((6, 5), 100.0)
-        high, low, close, open_ = flat.copy(), flat.copy(), flat.copy(), flat.copy()
-        atr = np.ones((6, 5))
-        high[0, 1], low[0, 1] = 104.0, 97.0        # both touched in one candle: stop first
-        high[1, 2] = 103.5                          # take-profit on the second candle
-        atr[2] = 0.01                               # take-profit 100.03 nets < 0 after fees
-        high[2, 1] = 100.05
-        close[3, 3] = 100.5                         # time limit, +0.5 % - 0.2 % fees -> 1
-        close[4, 3] = 100.1                         # time limit, +0.1 % - 0.2 % fees -> 0
-        open_[5, 1], low[5, 1] = 95.0, 94.0         # gap through the stop fills at the open
-        lab = triple_barrier_labels(high, low, close, atr, 3.0, 2.0, 3, FEE, open_=open_)
-        np.testing.assert_array_equal(lab.label[:, 0], [0, 1, 0, 1, 0, 0])
-        np.testing.assert_array_equal(lab.end[:, 0], [1, 2, 1, 3, 3, 1])
-        np.testing.assert_allclose(lab.ret[:, 0], [-0.022, 0.028, 0.0003 - 0.002, 0.003,
-                                                   -0.001, -0.052], atol=1e-6)
-        self.assertTrue(np.isnan(lab.label[:, 2:]).all())   # window runs past the data
-        self.assertTrue((lab.end[:, 2:] == -1).all())
+    def entry_score(self, x):
+        return np.where(x["volume"] == MARK, 1.0, np.nan)
+
+
+def hand_built(marks, T: int = 130):
+    """(T, 6) candles: a small zig-zag warm-up, then a flat market at 100 (high 100.2, low
+    99.8) from candle 90, volume 100 except MARK at the signal rows `marks`."""
+    ts = 1_700_000_000_000 + TF * np.arange(T)
+    c = np.where(np.arange(T) % 2 == 0, 100.05, 99.95)
+    c[90:] = 100.0
+    o = np.concatenate([[100.0], c[:-1]])
+    o[90:] = 100.0
+    h, l = np.maximum(o, c) + 0.2, np.minimum(o, c) - 0.2
+    v = np.full(T, 100.0)
+    v[list(marks)] = MARK
+    return np.stack([ts, o, h, l, c, v], axis=1)
+
+
+class LabelTests(unittest.TestCase):
+    def test_samples_ignore_candles_after_their_label_end(self):
+        a = candle_dict(1, 400, seed=3)["C0/USDT"]
+        base = pair_samples("C0/USDT", a, PERMISSIVE, PARAMS)
+        self.assertGreater(len(base.y), 50)
+        rng = np.random.default_rng(4)
+        for change in (150, 250, 399):
+            b = a.copy()
+            b[change:, 1:] *= rng.uniform(0.9, 1.1, (400 - change, 1))
+            new = pair_samples("C0/USDT", b, PERMISSIVE, PARAMS)
+            new_at = {k: i for i, k in enumerate(new.key.tolist())}
+            known = np.flatnonzero(base.label_end_ms <= a[change, 0])   # decided before it
+            self.assertGreater(len(known), 5)
+            for i in known:
+                j = new_at[int(base.key[i])]
+                for old, now in zip(base, new):
+                    np.testing.assert_array_equal(now[j], old[i])
+            later = [i for i in range(len(base.y)) if base.label_end_ms[i] > a[change, 0]
+                     and base.time_ms[i] <= a[change, 0] and int(base.key[i]) in new_at]
+            if change < 399:   # the changed candles do matter to labels that reach them
+                self.assertFalse(all(base.ret[i] == new.ret[new_at[int(base.key[i])]]
+                                     for i in later))
+        for i in range(0, len(base.y), 7):    # cut right after the candle that decided it
+            end = int((base.label_end_ms[i] - TF - a[0, 0]) // TF)
+            cut = pair_samples("C0/USDT", a[:end + 1], PERMISSIVE, PARAMS)
+            j = {k: n for n, k in enumerate(cut.key.tolist())}[int(base.key[i])]
+            for old, now in zip(base, cut):
+                np.testing.assert_array_equal(now[j], old[i])
+
+    def test_appending_candles_leaves_finished_labels_alone(self):
+        a = candle_dict(1, 400, seed=5)["C0/USDT"]
+        full = pair_samples("C0/USDT", a, PERMISSIVE, PARAMS)
+        at = {k: i for i, k in enumerate(full.key.tolist())}
+        for n in (200, 300, 350):
+            part = pair_samples("C0/USDT", a[:n], PERMISSIVE, PARAMS)
+            self.assertGreater(len(part.y), 5)
+            self.assertTrue((part.label_end_ms <= a[n - 1, 0] + TF).all())   # finished only
+            for i in range(len(part.y)):
+                j = at[int(part.key[i])]
+                for old, now in zip(part, full):
+                    np.testing.assert_array_equal(now[j], old[i])
+
+    def test_samples_only_at_the_strategys_signal_rows(self):
+        a = candle_dict(1, 500, seed=8)["C0/USDT"]
+        for strategy in (TrendMomentum(), PERMISSIVE):
+            s = pair_samples("C0/USDT", a, strategy, PARAMS)
+            x = frame(a, strategy)
+            score, _ = signals(strategy, x)
+            X = prepare_features(x, close_windows(a[:, 4]))
+            rows = np.flatnonzero(np.isfinite(score) & np.isfinite(X).all(axis=1))
+            t = ((s.time_ms - TF - int(a[0, 0])) // TF).astype(int)
+            self.assertGreater(len(t), 10)
+            self.assertTrue(set(t.tolist()) <= set(rows.tolist()))
+            # the signals left out are those whose trade had not finished by the last candle
+            left_out = sorted(set(rows.tolist()) - set(t.tolist()))
+            self.assertTrue(all(r >= len(a) - 1 - PARAMS.max_hold_candles for r in left_out))
+            self.assertIn(len(a) - 2, left_out) if len(a) - 2 in rows else None
+            np.testing.assert_array_equal(s.X, X[t])
+            np.testing.assert_array_equal(s.key, sample_key("C0/USDT", a[t, 0]))
+        self.assertEqual(len(pair_samples("C0/USDT", a[:1], PERMISSIVE, PARAMS).y), 0)
+
+    def test_net_return_fees_slippage_gaps_and_end_of_data(self):
+        # signals at 95, 105 and 112, entry at the next open 100 (times 1 + slippage):
+        # percent levels from the signal's close 100: stop 98, take-profit 103, shifted by
+        # the slippage. 100: the high jumps through the take-profit; 108: opens at 106 above
+        # it; 115: the low falls through the stop; 125: never finished.
+        a = hand_built([95, 105, 112, 125])
+        a[100, 2] = 105.0
+        a[108, 1:5] = 106.0, 106.5, 105.5, 106.0
+        a[115, 3] = 97.0
+        rules = StrategyParams(timeframe_ms=TF, stop_loss_pct=0.02, take_profit_pct=0.03,
+                               max_hold_candles=48)
+        for fee, slip in ((0.0, 0.0), (FEE, 0.0), (FEE, 0.0005)):
+            s = samples_from_candles({"X/USDT": a}, MarkedEntries(), rules, fee, slip)
+            entry = 100.0 * (1 + slip)
+            take, stop = 103.0 + 100.0 * slip, 98.0 + 100.0 * slip
+            exit_price = np.array([take, 106.0, stop])
+            expected = exit_price * (1 - slip) / entry - 1 - 2 * fee
+            np.testing.assert_allclose(s.ret, expected, rtol=0, atol=1e-7)
+            np.testing.assert_array_equal(s.y, [1, 1, 0])
+            np.testing.assert_array_equal(s.y, (s.ret > 0).astype(np.int8))
+            np.testing.assert_array_equal(s.time_ms, a[[95, 105, 112], 0] + TF)
+            np.testing.assert_array_equal(s.label_end_ms, a[[100, 108, 115], 0] + TF)
+        np.testing.assert_allclose(s.ret[0], 1.0305 * 0.9995 / 1.0005 - 1.002, atol=1e-7)
+        # a take-profit that nets < 0 once both fees and slippage are paid
+        a = hand_built([95])
+        rules = StrategyParams(timeframe_ms=TF, stop_loss_pct=0.02, take_profit_pct=0.001)
+        s = samples_from_candles({"X/USDT": a}, MarkedEntries(), rules, FEE, 0.0005)
+        self.assertEqual(s.y.tolist(), [0])
+        np.testing.assert_allclose(s.ret, [(100.1 + 0.05) * 0.9995 / 100.05 - 1.002], atol=1e-7)
 
     def test_samples_are_sorted_labelled_after_their_time_and_unique(self):
-        s = samples_from_candles(candle_dict(4, 400), LabelParams(max_hold_candles=24))
-        self.assertGreater(len(s.y), 1000)
+        params = StrategyParams(timeframe_ms=TF, max_hold_candles=24)
+        s = samples_from_candles(candle_dict(4, 400), PERMISSIVE, params)
+        self.assertGreater(len(s.y), 200)
         self.assertTrue(np.isfinite(s.X).all())
+        self.assertTrue(np.isfinite(s.ret).all())
         self.assertTrue(set(np.unique(s.y)) <= {0, 1})
+        self.assertTrue(0 < s.y.sum() < len(s.y))
+        np.testing.assert_array_equal(s.y, (s.ret > 0).astype(np.int8))
         self.assertTrue((np.diff(s.time_ms) >= 0).all())
+        self.assertTrue((s.label_end_ms > s.time_ms).all())
         self.assertTrue((s.label_end_ms >= s.time_ms + TF).all())
         self.assertTrue((s.label_end_ms <= s.time_ms + 24 * TF).all())
         self.assertEqual(len(np.unique(s.key)), len(s.key))
+        empty = samples_from_candles({}, PERMISSIVE, params)
+        self.assertEqual((len(empty.y), empty.X.shape[1]), (0, F))
 
 
 class PredictionCacheTests(unittest.TestCase):
@@ -201,7 +284,8 @@ class PredictionCacheTests(unittest.TestCase):
 class ModelTests(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        s = samples_from_candles(candle_dict(4, 500, seed=6))
+        s = samples_from_candles(candle_dict(4, 500, seed=6), PERMISSIVE, PARAMS)
+        assert len(s.y) >= MIN_TRAIN_SAMPLES, len(s.y)
         cls.samples = s
         cls.trained = train_model(s.X, s.y, s.time_ms, s.label_end_ms, s.ret)
 
@@ -213,6 +297,18 @@ class ModelTests(unittest.TestCase):
         for k in ("auc", "base_rate", "precision_at_threshold", "sklearn", "numpy"):
             self.assertIn(k, meta)
         self.assertTrue(0.0 <= meta["auc"] <= 1.0)
+
+    def test_meta_carries_the_payoff_of_winners_and_losers(self):
+        _, meta = self.trained
+        avg_win, avg_loss = payoff(self.samples.y, self.samples.ret)
+        self.assertGreater(meta["avg_win"], 0.0)
+        self.assertGreater(meta["avg_loss"], 0.0)
+        self.assertAlmostEqual(meta["avg_win"], avg_win, places=12)
+        self.assertAlmostEqual(meta["avg_loss"], avg_loss, places=12)
+        ret = self.samples.ret.astype(np.float64)
+        self.assertAlmostEqual(avg_win, ret[ret > 0].mean(), places=9)
+        self.assertAlmostEqual(avg_loss, -ret[ret <= 0].mean(), places=9)
+        self.assertEqual(payoff(self.samples.y, None), (0.0, 0.0))
 
     def test_batched_prediction_equals_single_predictions(self):
         model = MLModel()
@@ -254,8 +350,9 @@ class ModelTests(unittest.TestCase):
             Path(d, MODEL_FILE).write_bytes(b"garbage")
             Path(d, TRAINING_FILE).write_bytes(b"garbage too")
             model = MLModel()
-            ohlcv = candle_dict(3, 400, seed=7)
-            retrainer = Retrainer(model, TrainingData(), d, lambda: samples_from_candles(ohlcv))
+            ohlcv = candle_dict(3, 500, seed=7)
+            retrainer = Retrainer(model, TrainingData(), d,
+                                  lambda: samples_from_candles(ohlcv, PERMISSIVE, PARAMS))
             with (self.assertLogs("ml_model", "WARNING") as model_logs,
                   self.assertLogs("model_training", "WARNING") as data_logs):
                 retrainer.start()
@@ -320,7 +417,8 @@ class TrainingDataTests(unittest.TestCase):
         np.testing.assert_array_equal(saved.X[i], X[1])
 
     def test_duplicate_samples_are_not_added_twice(self):
-        s = samples_from_candles(candle_dict(2, 300, seed=11))
+        s = samples_from_candles(candle_dict(2, 300, seed=11), TrendMomentum(), PARAMS)
+        self.assertGreater(len(s.y), 10)
         td = TrainingData()
         self.assertEqual(td.add_samples(s), len(s.y))
         self.assertEqual(td.add_samples(s), 0)
