@@ -99,6 +99,7 @@ class Trader:
         self.start_equity = config.starting_balance
         self.last_prices: dict[str, float] = {}
         self._last_skips: dict[str, str] = {}
+        self._last_halt: str | None = None
         self._recorded_ts: dict[str, int] = {}
         self.scan: ScanResult | None = None
         self.decisions: Decisions | None = None
@@ -328,7 +329,7 @@ class Trader:
         record.update(symbols=list(view.symbols), cash=cash, equity=equity,
                       used_model=decisions.used_model, predictions=predictions, verdicts=verdicts,
                       payoff=[model.avg_win, model.avg_loss] if model is not None else None)
-        self._log_skips(decisions.skipped)
+        self._log_skips(decisions.skipped, halted)
         for intent in decisions.entries:
             if self.stop.is_set():
                 break
@@ -497,9 +498,15 @@ class Trader:
             self._account.get(s.split("/")[0], 0.0) * prices.get(s, known.get(s, 0.0))
             for s in symbols)
 
-    def _log_skips(self, skipped) -> None:
-        """Each skipped entry is logged with its reason, once until the reason changes."""
+    def _log_skips(self, skipped, halted: str | None = None) -> None:
+        """Each skipped entry is logged with its reason, once until the reason changes; a
+        reason that stops every entry (a lock of all pairs, the edge gate) is logged once."""
         current = dict(skipped)
+        if halted is not None:
+            if self._last_halt != halted:
+                log.info("no entries: %s", halted)
+            current = {s: r for s, r in current.items() if r != halted}
+        self._last_halt = halted
         for symbol, reason in current.items():
             if self._last_skips.get(symbol) != reason:
                 log.info("skip %s: %s", symbol, reason)
@@ -571,7 +578,7 @@ def status_report(config, n_trades: int = 10) -> str:
                      f"{tot.total_profit:+.2f}, fees {tot.fees:.2f}, best {tot.best:+.2f}, "
                      f"worst {tot.worst:+.2f}")
         lines.append(model_summary(config.data_dir, config.mode))
-        lines.append(f"edge gate: {store.get_meta('edge') or 'not judged yet'}")
+        lines.append(store.get_meta("edge") or "edge gate: not judged yet")
         locks = json.loads(store.get_meta("locks") or "[]")
         lines.append(f"active locks at the last cycle: {len(locks)}")
         lines += [f"  {line}" for line in locks]
