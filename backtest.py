@@ -75,7 +75,8 @@ from labels import Samples, pair_samples
 from ledger import Ledger
 from market_rules import TAKER_FEE, MarketRules, quote_of
 from market_scanner import MIN_CANDLES
-from ml_model import DEFAULT_MODEL_KIND, MIN_TRAIN_SAMPLES, make_estimator, payoff, positive_proba
+from ml_model import (DEFAULT_MODEL_KIND, MIN_TRAIN_SAMPLES, positive_proba, train_model,
+                      trusted)
 from model_training import NOT_READY_RETRY, TrainingData
 from risk_manager import RiskManager
 from sim_market import simulated_ohlcv, synthetic_order_book
@@ -113,6 +114,7 @@ class BacktestSettings:
     limit_timeout_ms: int = DEFAULT_LIMIT_TIMEOUT_S * 1000   # a limit entry rests this long
     limit_reprices: int = DEFAULT_LIMIT_REPRICES              # then is repriced this often
     max_slippage: float | None = None     # market orders take book levels within this of the best
+    min_auc: float = 0.55                 # the model filters only with this holdout AUC (ML_MIN_AUC)
 
     def __post_init__(self) -> None:
         if self.entry_order not in ENTRY_ORDERS:
@@ -137,6 +139,7 @@ class BacktestSettings:
             limit_timeout_ms=int(round(float(getattr(config, "limit_entry_timeout",
                                                      DEFAULT_LIMIT_TIMEOUT_S)) * 1000)),
             limit_reprices=int(getattr(config, "limit_entry_reprices", DEFAULT_LIMIT_REPRICES)),
+            min_auc=float(getattr(config, "ml_min_auc", 0.55)),
             max_slippage=None if slippage is None else float(slippage))
         return cls(**(base | overrides))
 
@@ -165,6 +168,7 @@ class BacktestResult:
     gated_steps: int = 0              # decision points the edge gate sat out
     slippage: float = 0.0             # quote lost to spread and depth against the quoted prices
     strategy: str = ""
+    trusted_fits: int = 0             # model refits good enough (ML_MIN_AUC) to filter
 
     @property
     def final_equity(self) -> float:
@@ -219,8 +223,9 @@ def _prepare(candles: Mapping[str, np.ndarray], strategy: Strategy, params: Stra
         at[p, np.searchsorted(grid, a[:, 0].astype(np.int64))] = first[p] + np.arange(len(a))
     ind: dict[str, list] = {}
     feats, vols, qvs, markets = [], [], [], []
+    market = strategies.market_index(dict(zip(symbols, arrays))) if strategy.market_period else None
     for s, a in zip(symbols, arrays):
-        pi = frame(a, strategy)
+        pi = frame(a, strategy, market)
         for k, v in pi.items():
             ind.setdefault(k, []).append(v)
         feats.append(prepare_features(pi, close_windows(a[:, 4])))
@@ -297,6 +302,8 @@ class _FitJob(NamedTuple):
     X: np.ndarray
     y: np.ndarray
     ret: np.ndarray
+    time_ms: np.ndarray
+    end_ms: np.ndarray
 
 
 class _WalkForward:
@@ -314,6 +321,7 @@ class _WalkForward:
         self.samples, self.known_ms = self._samples(data, strategy, params, settings)
         self.estimator = None
         self.payoff = (0.0, 0.0)
+        self.trusted_fits = 0   # refits whose holdout AUC let them filter
         self.trainings = 0
         self.misses = 0         # predict calls not fully served by the batched predictions
         self.prob = np.full(len(data.ts), np.nan)
@@ -362,7 +370,8 @@ class _WalkForward:
             if snap is not None and 0 < snap.y.sum() < len(snap.y):
                 if job is not None:
                     yield job._replace(g_end=g)
-                job, ready = _FitJob(g, len(closes), snap.X, snap.y, snap.ret), True
+                job, ready = _FitJob(g, len(closes), snap.X, snap.y, snap.ret, snap.time_ms,
+                                     snap.end_ms), True
             wait = self.settings.retrain_interval_ms if ready else max(
                 int(NOT_READY_RETRY * 1000), d.tf_ms)
             g = int(np.searchsorted(closes, now + wait, side="left"))
@@ -377,16 +386,22 @@ class _WalkForward:
             self._queue.append((job.g, self._pool.submit(self._fit, job)))
 
     def _fit(self, job: _FitJob) -> tuple[Any, np.ndarray, np.ndarray, tuple[float, float]]:
-        """Fit on the job's samples; predict every signal row of the job's period."""
+        """Train as the live bot does (`train_model`: holdout quality, then a fit on all);
+        predict every signal row of the job's period when the model is trusted (its holdout
+        AUC reaches `min_auc`), else none (the strategy decides alone)."""
         d = self.data
         rows = d.at[:, job.g:job.g_end].ravel()
         rows = rows[rows >= 0]
         rows = rows[d.signal_ok[rows]]
         with _one_thread():
             kind = self.settings.model_kind or DEFAULT_MODEL_KIND
-            estimator = make_estimator(kind).fit(job.X, job.y)
+            trained = train_model(job.X, job.y, job.time_ms, job.end_ms, job.ret, kind=kind,
+                                  min_confidence=self.params.min_confidence)
+            if trained is None or not trusted(trained[1], self.settings.min_auc):
+                return None, rows[:0], rows[:0] * 0.0, (0.0, 0.0)
+            estimator, meta = trained
             probs = positive_proba(estimator, d.feat[rows]) if rows.size else rows * 0.0
-        return estimator, rows, probs, payoff(job.y, job.ret)
+        return estimator, rows, probs, (meta["avg_win"], meta["avg_loss"])
 
     def due(self, g: int) -> bool:
         return bool(self._queue) and self._queue[0][0] == g
@@ -396,6 +411,7 @@ class _WalkForward:
         _, future = self._queue.popleft()
         self.estimator, rows, probs, self.payoff = future.result()
         self.prob[rows] = probs
+        self.trusted_fits += self.estimator is not None
         self.trainings += 1
         self._submit()
 
@@ -840,8 +856,9 @@ def run_backtest(candles: Mapping[str, np.ndarray], config: Any = None, use_mode
     """
     if strategy is None:
         strategy = strategies.from_config(config) if config is not None else TrendMomentum()
-    if params is None:
-        params = StrategyParams.from_config(config)
+    if params is None:   # the candles must be at the strategy's timeframe (backtest_job's)
+        decide_on = strategies.decision_timeframe(strategy, config.timeframe)
+        params = StrategyParams.from_config(config, timeframe_to_ms(decide_on))
     if settings is None:
         settings = BacktestSettings.from_config(config) if config is not None else BacktestSettings()
     if risk is None:
@@ -878,7 +895,7 @@ def run_backtest(candles: Mapping[str, np.ndarray], config: Any = None, use_mode
         events=replay.events, pair_info=_pair_info(data, g0, steps, settings), used_model=use_model,
         trainings=model.trainings if model else 0, model_misses=model.misses if model else 0,
         interrupted=interrupted, gated_steps=replay.gated_steps, slippage=replay.slippage,
-        strategy=strategy.name)
+        strategy=strategy.name, trusted_fits=model.trusted_fits if model else 0)
 
 
 def step_count(candles: Mapping[str, np.ndarray]) -> int:

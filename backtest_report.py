@@ -168,7 +168,8 @@ def _summary_lines(result: BacktestResult, m: dict[str, Any]) -> list[str]:
     q = m["quote"]
     tf_min = result.timeframe_ms // 60_000
     model = (f"strategy {result.strategy}"
-             + (f" filtered by the walk-forward model ({m['model_trainings']} fits)"
+             + (f" filtered by the walk-forward model ({m['model_trainings']} fits, "
+                f"{result.trusted_fits} trusted)"
                 if result.used_model else " alone (--no-model)"))
     return [
         f"Backtest {_utc(m['start_ms'])} .. {_utc(m['end_ms'])} UTC ({m['days']:.1f} days, "

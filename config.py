@@ -370,7 +370,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("PAIR_ALLOWLIST", (), *_symbols()),
     Var("PAIR_DENYLIST", (), *_symbols()),
     Var("TIMEFRAME", "5m", *_choice(tuple(TIMEFRAMES), normalize=str)),
-    Var("CANDLE_HISTORY", 500, *_whole(100, 1000)),
+    Var("CANDLE_HISTORY", 1000, *_whole(100, 1000)),
     Var("CHECK_INTERVAL", _PRESET, *_real(
         1, DAY, unit="market seconds", why="at most a day, the longest timeframe")),
     Var("MARKET_SCAN_CACHE_DURATION", _PRESET, *_real(
@@ -385,10 +385,10 @@ VARIABLES: tuple[Var, ...] = (
         1, 100, why="MAX_OPEN_POSITIONS is at most 100")),
     Var("CORRELATION_GROUPS", "", *_groups()),
     Var("MAX_DRAWDOWN", 0.25, *_real(0, 1, open_lo=True)),
-    Var("STOP_LOSS_ATR", 2.0, *_real(
+    Var("STOP_LOSS_ATR", 4.0, *_real(
         0, 100, open_lo=True, why="a stop further than 100 ATRs away never triggers")),
     Var("STOP_LOSS_PCT", 0.0, *_real(0, 0.5, why="a stop more than 50 % away is no stop")),
-    Var("TAKE_PROFIT_ATR", 3.0, *_real(
+    Var("TAKE_PROFIT_ATR", 0.0, *_real(
         0, 100, why="a target further than 100 ATRs away is never reached")),
     Var("TAKE_PROFIT_PCT", 0.0, *_real(0, 10)),
     Var("MINIMAL_ROI", "", *_roi()),
@@ -396,9 +396,9 @@ VARIABLES: tuple[Var, ...] = (
     Var("TRAILING_OFFSET", 0.0, *_real(0, 10)),
     Var("BREAKEVEN_TRIGGER", 0.0, *_real(0, 10)),
     Var("USE_EXIT_SIGNAL", True, *_boolean()),
-    Var("MAX_HOLD_CANDLES", 48, *_whole(
+    Var("MAX_HOLD_CANDLES", 240, *_whole(
         1, 10_000, unit="candles", why="35 days of 5m candles, 27 years of 1d candles")),
-    Var("STRATEGY", "trend_momentum", *_strategy()),
+    Var("STRATEGY", "ema_cross", *_strategy()),
     Var("STRATEGY_PARAMS", "", *_text("name=value pairs separated by commas, or a JSON file",
                                       max_length=1000)),
     Var("COOLDOWN_CANDLES", 1, *_whole(0, 1000)),
@@ -436,6 +436,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("ML_ENABLED", True, *_boolean()),
     Var("ML_MIN_CONFIDENCE", 0.55, *_real(0, 1)),
     Var("ML_MIN_EXPECTED_RETURN", 0.0, *_real(-1, 1)),
+    Var("ML_MIN_AUC", 0.55, *_real(0, 1)),
     Var("ML_PREDICTION_CACHE_DURATION", 300.0, *_real(
         0, DAY, unit="market seconds (0: no cache)", why="at most a day, the longest timeframe")),
     Var("ML_CACHE_ROUNDING", 1, *_whole(0, 6)),
@@ -467,16 +468,16 @@ _URLS = frozenset({"SIM_URL", "LLM_BASE_URL"})
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "small": MappingProxyType({
         "MAX_PARALLEL_WORKERS": 5, "MARKET_SCAN_CACHE_DURATION": 600.0,
-        "CHECK_INTERVAL": 300.0, "RISK_PER_TRADE": 0.02, "MAX_OPEN_POSITIONS": 3,
-        "MAX_POSITION_SIZE": 0.30, "STARTING_BALANCE": 1000.0}),
+        "CHECK_INTERVAL": 300.0, "RISK_PER_TRADE": 0.005, "MAX_OPEN_POSITIONS": 3,
+        "MAX_POSITION_SIZE": 0.10, "STARTING_BALANCE": 1000.0}),
     "medium": MappingProxyType({
         "MAX_PARALLEL_WORKERS": 10, "MARKET_SCAN_CACHE_DURATION": 300.0,
-        "CHECK_INTERVAL": 120.0, "RISK_PER_TRADE": 0.01, "MAX_OPEN_POSITIONS": 5,
-        "MAX_POSITION_SIZE": 0.20, "STARTING_BALANCE": 10000.0}),
+        "CHECK_INTERVAL": 120.0, "RISK_PER_TRADE": 0.005, "MAX_OPEN_POSITIONS": 5,
+        "MAX_POSITION_SIZE": 0.10, "STARTING_BALANCE": 10000.0}),
     "large": MappingProxyType({
         "MAX_PARALLEL_WORKERS": 15, "MARKET_SCAN_CACHE_DURATION": 180.0,
-        "CHECK_INTERVAL": 60.0, "RISK_PER_TRADE": 0.005, "MAX_OPEN_POSITIONS": 10,
-        "MAX_POSITION_SIZE": 0.10, "STARTING_BALANCE": 100000.0}),
+        "CHECK_INTERVAL": 60.0, "RISK_PER_TRADE": 0.004, "MAX_OPEN_POSITIONS": 10,
+        "MAX_POSITION_SIZE": 0.08, "STARTING_BALANCE": 100000.0}),
 })
 
 
@@ -548,6 +549,7 @@ class Config:
     ml_enabled: bool
     ml_min_confidence: float
     ml_min_expected_return: float
+    ml_min_auc: float
     ml_prediction_cache_duration: float
     ml_cache_rounding: int
     retrain_interval: float

@@ -49,7 +49,7 @@ def judge(net_returns: np.ndarray, settings: EdgeSettings) -> EdgeVerdict:
     r = r[np.isfinite(r)]
     n = len(r)
     if not settings.enabled:
-        return EdgeVerdict(True, n, math.nan, math.nan, "edge gate off")
+        return EdgeVerdict(True, n, math.nan, math.nan, "edge gate: off (EDGE_GATE=false)")
     if n < settings.min_trades:
         return EdgeVerdict(False, n, math.nan, math.nan,
                            f"edge gate: {n} of {settings.min_trades} signal trades needed to "
@@ -59,7 +59,8 @@ def judge(net_returns: np.ndarray, settings: EdgeSettings) -> EdgeVerdict:
     lower = mean - z * float(r.std(ddof=1)) / math.sqrt(n)
     if lower > 0:
         return EdgeVerdict(True, n, mean, lower,
-                           f"edge {mean:+.3%} per trade over {n} recent signal trades "
+                           f"edge gate: open, {mean:+.3%} per trade after costs over {n} recent "
+                           f"signal trades "
                            f"(lower bound {lower:+.3%})")
     return EdgeVerdict(False, n, mean, lower,
                        f"edge gate: sitting out, {mean:+.3%} per trade after costs over {n} "

@@ -18,7 +18,7 @@ from domain import StrategyParams
 from exits import outcome_rows, signal_outcomes
 from features import FEATURE_NAMES, close_windows, prepare_features
 from market_rules import TAKER_FEE
-from strategies import Strategy, frame, signals
+from strategies import Strategy, frame, market_index, signals
 
 SLIPPAGE_ESTIMATE = 0.0005    # per side, the order-book model's typical cost on liquid pairs
 
@@ -41,13 +41,14 @@ def sample_key(symbol: str, open_ms: np.ndarray) -> np.ndarray:
 
 def pair_samples(symbol: str, candles: np.ndarray, strategy: Strategy, params: StrategyParams,
                  fee_rate: float = TAKER_FEE, slippage: float = SLIPPAGE_ESTIMATE,
-                 columns: Mapping[str, np.ndarray] | None = None) -> Samples:
+                 columns: Mapping[str, np.ndarray] | None = None, market=None) -> Samples:
     """The labelled signals of one pair's (T, 6) candles, in time order (finished ones only).
-    `columns` is `strategies.frame(candles, strategy)` when the caller has it already."""
+    `columns` is `strategies.frame(candles, strategy, market)` when the caller has it
+    already; `market` is the `strategies.market_index` of every pair traded."""
     a = np.asarray(candles, dtype=np.float64).reshape(-1, 6)
     if len(a) < 2:
         return empty_samples()
-    x = frame(a, strategy) if columns is None else columns
+    x = frame(a, strategy, market) if columns is None else columns
     score, exit_signal = signals(strategy, x)
     X = prepare_features(x, close_windows(a[:, 4]))
     signal = np.isfinite(score) & np.isfinite(X).all(axis=1)
@@ -66,7 +67,9 @@ def samples_from_candles(ohlcv: Mapping[str, np.ndarray], strategy: Strategy,
                          params: StrategyParams, fee_rate: float = TAKER_FEE,
                          slippage: float = SLIPPAGE_ESTIMATE) -> Samples:
     """Symbol -> (T, 6) candles -> every pair's labelled signals, sorted by signal time."""
-    parts = [pair_samples(s, a, strategy, params, fee_rate, slippage) for s, a in ohlcv.items()]
+    market = market_index(ohlcv) if strategy.market_period > 0 else None
+    parts = [pair_samples(s, a, strategy, params, fee_rate, slippage, market=market)
+             for s, a in ohlcv.items()]
     parts = [p for p in parts if len(p.y)]
     if not parts:
         return empty_samples()

@@ -12,9 +12,9 @@ import numpy as np
 
 from candle_files import resample, timeframe_to_ms
 from domain import MarketView
-from strategies import Strategy
+from strategies import Strategy, market_at, market_index
 from features import HISTORY_NEEDED
-from indicators import StreamingIndicators
+from indicators import StreamingIndicators, ema
 
 log = logging.getLogger(__name__)
 
@@ -285,9 +285,17 @@ class MarketScanner:
         return MarketView(tuple(self._rows[i] for i in fresh), latest, recent, newest + self.tf_ms)
 
     def _strategy_columns(self, candles: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """The strategy's own columns at each pair's latest candle, over the stored window."""
-        rows = [{k: v[-1] for k, v in self.strategy.indicators(
-            *(a[:, j] for j in range(1, 6))).items()} for a in candles]
+        """The strategy's own columns (and the market index, if it reads it) at each pair's
+        latest candle, computed over the stored window; the market is every stored pair."""
+        s = self.strategy
+        market = market_index(self.store.as_dict()) if s.market_period > 0 else None
+        rows = []
+        for a in candles:
+            columns = s.indicators(*(a[:, j] for j in range(1, 6)))
+            if market is not None:
+                index = market_at(a[:, 0], market)
+                columns.update(market=index, market_ema=ema(index, s.market_period))
+            rows.append({k: v[-1] for k, v in columns.items()})
         return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]} if rows else {}
 
     # -- the scan -----------------------------------------------------------------------

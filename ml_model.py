@@ -47,6 +47,7 @@ MODEL_KINDS = ("logistic", "hgb", "forest")
 DEFAULT_MODEL_KIND = "logistic"   # see README: best out-of-sample AUC/Brier, cheapest
 MODES = ("paper", "live")
 MIN_TRAIN_SAMPLES = 200
+MIN_FILTERED = 10        # holdout signals the filter must keep for its gain to count
 
 
 def _checked_mode(mode: str) -> str:
@@ -283,6 +284,18 @@ def quality(y: np.ndarray, p: np.ndarray, ret: np.ndarray | None,
     return out
 
 
+def trusted(meta: Mapping[str, Any], min_auc: float) -> bool:
+    """Whether the model earned the right to filter the strategy's signals on its holdout:
+    an AUC of at least `min_auc`, and filtering as the bot would raised the mean net return
+    per trade. A model no better than chance, or one whose vetoes cost money, must not veto.
+    `min_auc` <= 0 turns the check off (every trained model filters)."""
+    if min_auc <= 0:
+        return True
+    auc, gain = meta.get("auc"), meta.get("filter_gain")
+    return (auc is not None and np.isfinite(auc) and float(auc) >= min_auc
+            and gain is not None and np.isfinite(gain) and float(gain) > 0)
+
+
 def payoff(y: np.ndarray, ret: np.ndarray | None) -> tuple[float, float]:
     """(mean net return of the winners, mean net loss of the losers, as a positive number):
     what turns a probability into an expected net return. (0, 0) without returns."""
@@ -339,10 +352,26 @@ def _holdout_quality(factory: Callable[[], Any], X: np.ndarray, y: np.ndarray,
     y_fit = y[fit_rows]
     if y_fit.size >= MIN_TRAIN_SAMPLES // 2 and 0 < y_fit.sum() < y_fit.size and val_rows.any():
         check = factory().fit(X[fit_rows], y_fit)
-        return quality(y[val_rows], positive_proba(check, X[val_rows]),
-                       None if ret is None else np.asarray(ret)[val_rows], threshold)
+        p = positive_proba(check, X[val_rows])
+        out = quality(y[val_rows], p, None if ret is None else np.asarray(ret)[val_rows],
+                      threshold)
+        if ret is not None:
+            out.update(_filter_gain(p, y_fit, np.asarray(ret), fit_rows, val_rows, threshold))
+        return out
     return {"auc": float("nan"), "precision_at_threshold": float("nan"),
             "base_rate": float(y[val_rows].mean()) if val_rows.any() else float("nan")}
+
+
+def _filter_gain(p: np.ndarray, y_fit: np.ndarray, ret: np.ndarray, fit_rows: np.ndarray,
+                 val_rows: np.ndarray, threshold: float) -> dict[str, float]:
+    """What filtering the holdout's signals as the bot would (expected net return > 0 and
+    p >= threshold, with the fit rows' payoff) gains in mean net return per trade over
+    taking them all; NaN with fewer than MIN_FILTERED kept."""
+    win, loss = payoff(y_fit, ret[fit_rows])
+    held = ret[val_rows]
+    kept = (p * win - (1.0 - p) * loss > 0) & (p >= threshold)
+    gain = float(held[kept].mean() - held.mean()) if kept.sum() >= MIN_FILTERED else float("nan")
+    return {"filter_gain": gain, "filter_kept_share": float(kept.mean())}
 
 
 @dataclass(frozen=True)

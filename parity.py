@@ -39,7 +39,7 @@ from risk_manager import RiskManager
 from store import OrderRow, Store
 from stops import left_to_exchange
 from exits import check_positions
-from strategies import Strategy, frame, load_strategy
+from strategies import Strategy, frame, load_strategy, market_index
 from strategy import ModelFilter, decide_entries
 
 PRICE_TOLERANCE = 1e-9    # relative; recorded floats round-trip exactly, indicators nearly
@@ -94,8 +94,9 @@ class _Candles:
         self.arrays = {s: np.asarray(rows, dtype=np.float64).reshape(-1, 6)
                        for s, rows in recorded.items()}
         self.ind, self.feat, self.book = {}, {}, {}
+        market = market_index(self.arrays)
         for s, a in self.arrays.items():
-            self.ind[s] = frame(a, strategy)
+            self.ind[s] = frame(a, strategy, market)
             self.feat[s] = prepare_features(self.ind[s], close_windows(a[:, 4]))
             self.book[s] = book_inputs(a, tf_ms)
 

@@ -51,7 +51,7 @@ def bot_env(data_dir: str, url: str, pairs: int) -> dict[str, str]:
             "MARKET_SCAN_CACHE_DURATION": "0", "ENABLE_PERFORMANCE_MONITORING": "false",
             "MAX_HOLD_CANDLES": "2", "SCAN_TIMEOUT": "5", "LOG_LEVEL": "ERROR",
             # the soak exercises orders: trade the random walk although it has no edge
-            "EDGE_GATE": "false", "STRATEGY_PARAMS": "min_volume_ratio=0"}
+            "EDGE_GATE": "false", "STRATEGY": "trend_momentum", "STRATEGY_PARAMS": "min_volume_ratio=0"}
 
 
 def faulty(server: SimExchangeServer) -> None:

@@ -20,6 +20,7 @@ import importlib.util
 import json
 import math
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -48,6 +49,9 @@ class Param:
         return isinstance(self.default, int)
 
     def check(self, value: float) -> float:
+        if self.integer and not float(value).is_integer():
+            raise ConfigError(f"STRATEGY_PARAMS: {self.name}={value:g} is not a whole number; "
+                              f"give an integer in [{self.low:g}, {self.high:g}]")
         if not (self.low <= value <= self.high):
             raise ConfigError(f"STRATEGY_PARAMS: {self.name}={value:g} is outside "
                               f"[{self.low:g}, {self.high:g}]; pick a value in that range")
@@ -62,6 +66,7 @@ class Strategy:
     timeframe: str | None = None   # the candles it decides on; None: the bot's TIMEFRAME
     warmup = WARMUP                # candles before its first signal can be trusted
     params: tuple[Param, ...] = ()
+    market_period = 0              # > 0: it reads `market` and its EMA of this period
 
     def __init__(self, **values: float) -> None:
         known = {p.name: p for p in self.params}
@@ -126,7 +131,7 @@ class MeanReversion(Strategy):
                    "long trend (EMA200) is up; sells back at the middle band")
     warmup = 200
     params = (Param("rsi_oversold", 30.0, 5.0, 50.0, "buy below this RSI(14)"),
-              Param("trend_period", 200, 20, 400, "EMA period of the trend filter (0: off)"))
+              Param("trend_period", 200, 20, 400, "EMA period of the trend filter"))
 
     def indicators(self, o, h, l, c, v):
         return {"ema_long": ema(c, int(self.trend_period))}
@@ -178,9 +183,67 @@ class Breakout(Strategy):
             return x["close"] < x["channel_low"]
 
 
+class EmaCross(Strategy):
+    name = "ema_cross"
+    family = "trend-following"
+    description = ("on 4h candles: buys when EMA20 crosses above EMA50 while the close is above "
+                   "EMA200 and the market (the equal-weight index of the pairs traded) is above "
+                   "its own EMA200; sells when EMA20 falls below EMA50. Meant for wide exits: a "
+                   "4-ATR stop, no take-profit, the exit signal, up to 240 candles")
+    timeframe = "4h"
+    warmup = 200
+    market_period = 200
+    params = (Param("fast", 20, 5, 100, "EMA period that crosses"),
+              Param("slow", 50, 10, 300, "EMA period it crosses"),
+              Param("trend", 200, 50, 400, "EMA period the close must be above (the trend)"))
+
+    def indicators(self, o, h, l, c, v):
+        fast, slow = ema(c, int(self.fast)), ema(c, int(self.slow))
+        above = fast > slow
+        crossed = above & ~np.concatenate([[True], above[:-1]])   # below or equal the candle before
+        return {"ema_cross_fast": fast, "ema_cross_slow": slow,
+                "ema_cross_up": crossed.astype(np.float64), "ema_long": ema(c, int(self.trend))}
+
+    def entry_score(self, x: Columns) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ok = ((x["ema_cross_up"] > 0) & (x["close"] > x["ema_long"])
+                  & (x["market"] > x["market_ema"]) & (x["atr"] > 0))
+            return _where(ok, (x["ema_cross_fast"] - x["ema_cross_slow"]) / x["atr"])
+
+    def exit_signal(self, x: Columns) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return x["ema_cross_fast"] < x["ema_cross_slow"]
+
+
 BUILTINS: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (TrendMomentum, MeanReversion, Breakout)}
-DEFAULT_STRATEGY = "trend_momentum"
+    cls.name: cls for cls in (EmaCross, TrendMomentum, MeanReversion, Breakout)}
+DEFAULT_STRATEGY = "ema_cross"
+
+
+def market_index(candles: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The equal-weight market index of these pairs: (open times, cumulative mean over the
+    pairs trading at each time of their one-candle log returns, each clipped to +-0.5).
+    Causal: its value at t uses candles up to t only."""
+    parts = []
+    for a in candles.values():
+        a = np.asarray(a, dtype=np.float64).reshape(-1, 6)
+        if len(a) > 1:
+            parts.append((a[1:, 0], np.clip(np.diff(np.log(a[:, 4])), -0.5, 0.5)))
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0)
+    ts = np.concatenate([p[0] for p in parts])
+    ret = np.concatenate([p[1] for p in parts])
+    grid, where = np.unique(ts.astype(np.int64), return_inverse=True)
+    sums = np.bincount(where, weights=ret, minlength=len(grid))
+    counts = np.bincount(where, minlength=len(grid))
+    return grid, np.cumsum(sums / counts)
+
+
+def market_at(ts: np.ndarray, market: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The index at each of a pair's candle open times (the last value at or before it)."""
+    grid, index = market
+    i = np.searchsorted(grid, np.asarray(ts, dtype=np.int64), side="right") - 1
+    return np.where(i >= 0, index[np.maximum(i, 0)] if len(index) else np.nan, 0.0)
 
 
 def parse_params(text: str) -> dict[str, float]:
@@ -202,6 +265,10 @@ def parse_params(text: str) -> dict[str, float]:
         items = data.items()
     else:
         items = [part.split("=", 1) for part in text.split(",") if part.strip()]
+        bad = [p[0].strip() for p in items if len(p) != 2]
+        if bad:
+            raise ConfigError(f"STRATEGY_PARAMS: {bad[0]!r} is not name=value; write e.g. "
+                              "rsi_oversold=25,trend_period=150")
     out = {}
     for name, value in items:
         try:
@@ -227,14 +294,15 @@ def strategy_class(spec: str) -> type[Strategy]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"STRATEGY: no file {file}; give the path of your strategy file")
-    module_name = f"user_strategy_{file.stem}"
+    module_name = f"user_strategy_{file.stem}_{zlib.crc32(str(file.resolve()).encode()):08x}"
     loader = importlib.util.spec_from_file_location(module_name, file)
     module = importlib.util.module_from_spec(loader)
     sys.modules[module_name] = module
     try:
         loader.loader.exec_module(module)
-    except Exception as exc:   # noqa: BLE001 - a user's file can raise anything
-        raise ConfigError(f"STRATEGY: {file} failed to load: {type(exc).__name__}: {exc}") from None
+    except (Exception, SystemExit) as exc:   # noqa: BLE001 - a user's file can raise anything
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ConfigError(f"STRATEGY: {file} failed to load: {why}") from None
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise ConfigError(f"STRATEGY: {file} has no Strategy subclass named {class_name}")
@@ -265,14 +333,20 @@ def decision_timeframe(strategy: Strategy, candles_timeframe: str) -> str:
     return strategy.timeframe
 
 
-def frame(candles: np.ndarray, strategy: Strategy) -> dict[str, np.ndarray]:
+def frame(candles: np.ndarray, strategy: Strategy,
+          market: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Everything a strategy reads about one pair's (T, 6) candles [ts, o, h, l, c, v], per
-    candle: the standard indicators, the candle itself and the strategy's own columns."""
-    a = np.asarray(candles, dtype=np.float64)
+    candle: the standard indicators, the candle itself, the strategy's own columns and, for
+    a strategy with a `market_period`, the market index (`market_index` of every pair
+    traded; without one, the pair's own) and its EMA."""
+    a = np.asarray(candles, dtype=np.float64).reshape(-1, 6)
     o, h, l, c, v = (a[:, k] for k in range(1, 6))
     out = compute_all(o, h, l, c, v)
     out.update(open=o, high=h, low=l, close=c, volume=v)
     out.update(strategy.indicators(o, h, l, c, v))
+    if strategy.market_period > 0:
+        index = market_at(a[:, 0], market if market is not None else market_index({"": a}))
+        out.update(market=index, market_ema=ema(index, strategy.market_period))
     return out
 
 

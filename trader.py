@@ -28,7 +28,7 @@ from llm_advisor import LLMAdvisor
 from market_rules import TAKER_FEE
 from market_scanner import MarketScanner, ScanResult
 from labels import samples_from_candles
-from ml_model import MLModel, PredictionCache, saved_model_status
+from ml_model import MLModel, PredictionCache, saved_model_status, trusted
 from model_training import Retrainer, TrainingData
 from orders import LIMIT_FILL, OrderExecutor
 from performance_monitor import PerformanceMonitor
@@ -189,7 +189,7 @@ class Trader:
             return None
         self.retrainer.maybe_retrain()
         bundle = self.model.bundle
-        if bundle is None:
+        if bundle is None or not trusted(bundle.meta, self.config.ml_min_auc):
             return None
         return ModelFilter(self.model.predict_proba, float(bundle.meta.get("avg_win", 0.0)),
                            float(bundle.meta.get("avg_loss", 0.0)))
@@ -532,11 +532,15 @@ class Trader:
 
     def _model_state(self) -> str:
         if self.model is None:
-            return "rule (ML off)"
+            return "strategy alone (ML off)"
         bundle = self.model.bundle
         if bundle is None:
-            return "rule while the model trains"
-        return f"model v{bundle.version} (AUC {bundle.meta.get('auc', float('nan')):.2f})"
+            return "strategy alone while the model trains"
+        auc = bundle.meta.get("auc", float("nan"))
+        if not trusted(bundle.meta, self.config.ml_min_auc):
+            return (f"strategy alone: model v{bundle.version} not trusted (AUC {auc:.2f} < "
+                    f"ML_MIN_AUC {self.config.ml_min_auc:g})")
+        return f"model v{bundle.version} (AUC {auc:.2f})"
 
     def close(self) -> None:
         if self.retrainer is not None:

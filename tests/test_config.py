@@ -66,6 +66,7 @@ BAD_VALUES = {
     "LOW_PROFIT_LOCK": ["0"],
     "EDGE_GATE": ["sometimes"],
     "ML_MIN_EXPECTED_RETURN": ["-2", "1.5"],
+    "ML_MIN_AUC": ["-0.1", "2"],
     "EDGE_MIN_TRADES": ["1"],
     "EDGE_CONFIDENCE": ["0.4", "1"],
     "MAX_SLIPPAGE": ["0", "0.5", "-0.01", "nan"],
@@ -140,7 +141,7 @@ class PrecedenceTest(ConfigTestCase):
         self.assertEqual((cfg.check_interval, cfg.sources["CHECK_INTERVAL"]), (90.0, ".env"))
         self.assertEqual((cfg.max_pairs, cfg.sources["MAX_PAIRS"]), (20, ".env"))
         self.assertEqual((cfg.risk_per_trade, cfg.sources["RISK_PER_TRADE"]),
-                         (0.01, "preset:medium"))
+                         (0.005, "preset:medium"))
         self.assertEqual((cfg.scan_timeout, cfg.sources["SCAN_TIMEOUT"]), (30.0, "default"))
         self.assertEqual(cfg.sources["DATA_DIR"], "environment")
         self.assertEqual(set(cfg.sources), set(NAMES))
@@ -209,9 +210,9 @@ class PresetTest(ConfigTestCase):
             "MAX_PARALLEL_WORKERS": (5, 10, 15),
             "MARKET_SCAN_CACHE_DURATION": (600, 300, 180),
             "CHECK_INTERVAL": (300, 120, 60),
-            "RISK_PER_TRADE": (0.02, 0.01, 0.005),
+            "RISK_PER_TRADE": (0.005, 0.005, 0.004),
             "MAX_OPEN_POSITIONS": (3, 5, 10),
-            "MAX_POSITION_SIZE": (0.30, 0.20, 0.10),
+            "MAX_POSITION_SIZE": (0.10, 0.10, 0.08),
             "STARTING_BALANCE": (1000, 10000, 100000),
         }
         self.assertEqual(list(PRESETS), ["small", "medium", "large"])
@@ -507,7 +508,7 @@ class ConfigObjectTest(ConfigTestCase):
         self.assertEqual(shown["LLM_API_KEY"], ("(not set)", "default"))
         self.assertEqual(shown["CHECK_INTERVAL"], ("120", "preset:medium"))
         self.assertEqual(shown["DRY_RUN"], ("true", "default"))
-        self.assertEqual(shown["MAX_POSITION_SIZE"], ("0.2", "preset:medium"))
+        self.assertEqual(shown["MAX_POSITION_SIZE"], ("0.1", "preset:medium"))
         self.assertEqual(shown["PAIR_ALLOWLIST"], ("(not set)", "default"))
         self.assertEqual(config.mask_secret("12345678"), "****78")
         self.assertEqual(config.mask_secret("1234567"), "****")

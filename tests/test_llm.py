@@ -443,7 +443,7 @@ class TradingLoopGateTest(unittest.TestCase):
         env = {"DATA_DIR": tmp.name, "SIM_PAIRS": "15", "MAX_PAIRS": "15", "SIM_SPEED": "600",
                "SIM_SEED": "1", "CHECK_INTERVAL": "60", "CANDLE_HISTORY": "150",
                "ML_ENABLED": "false", "MARKET_SCAN_CACHE_DURATION": "0", "EDGE_GATE": "false",
-               "STRATEGY_PARAMS": "min_volume_ratio=0",
+               "STRATEGY": "trend_momentum", "STRATEGY_PARAMS": "min_volume_ratio=0",
                "ENABLE_PERFORMANCE_MONITORING": "false", "LLM_PROVIDER": "openai",
                "LLM_BASE_URL": chat.url, "LLM_MODEL": "test", "LLM_TIMEOUT": "5",
                "LLM_CYCLE_BUDGET": "10", "LLM_MAX_CALLS_PER_CYCLE": "10",

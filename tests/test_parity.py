@@ -90,7 +90,7 @@ class TestParityWithTheModel(unittest.TestCase):
     def test_a_run_deciding_with_the_model_replays_without_differences(self):
         with tempfile.TemporaryDirectory() as tmp:
             config = trader_config(tmp, ML_ENABLED="true", CANDLE_HISTORY="400",
-                                   ML_MIN_CONFIDENCE="0.05", MAX_HOLD_CANDLES="3",
+                                   ML_MIN_CONFIDENCE="0.05", MAX_HOLD_CANDLES="3", ML_MIN_AUC="0",
                                    ML_MIN_EXPECTED_RETURN="-0.05")
             trader = Trader(config, reporter=Reporter(lambda line: None))
             try:

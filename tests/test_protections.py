@@ -301,10 +301,6 @@ class SettingsAndDescribeTest(unittest.TestCase):
         self.assertEqual(ProtectionSettings.from_config(config), ProtectionSettings(
             TF, 3, 4, 30, 6, True, 0.03, 20, 3, 0.01, 10))
 
-    def test_from_an_older_config_takes_the_defaults(self):
-        self.assertEqual(ProtectionSettings.from_config(SimpleNamespace(timeframe_seconds=60)),
-                         ProtectionSettings(timeframe_ms=60_000))
-
     def test_bad_settings_are_refused(self):
         for bad in ({"timeframe_ms": 0}, {"cooldown_candles": -1}, {"daily_loss_limit": 1.0},
                     {"low_profit_min_trades": 0},

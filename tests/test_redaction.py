@@ -358,7 +358,8 @@ class BotDebugLogTest(unittest.TestCase):
                         "API_KEY": KEY, "API_SECRET": SECRET, "LOG_LEVEL": "DEBUG",
                         "DATA_DIR": tmp, "ML_ENABLED": "false", "SIM_PAIRS": "8",
                         "MAX_PAIRS": "8", "CANDLE_HISTORY": "150", "CHECK_INTERVAL": "60",
-                        "PYTHONUNBUFFERED": "1", **extra})
+                        "PYTHONUNBUFFERED": "1", "STRATEGY": "trend_momentum",
+                        "STRATEGY_PARAMS": "min_volume_ratio=0", "EDGE_GATE": "false", **extra})
             proc = subprocess.run([sys.executable, str(ROOT / "bot.py"), "--env-file",
                                    os.devnull, "--cycles", "1"], env=env, cwd=ROOT,
                                   capture_output=True, text=True, timeout=240)

@@ -28,7 +28,7 @@ def trader_config(data_dir: str, **overrides):
            "CHECK_INTERVAL": "60", "CANDLE_HISTORY": "150", "ML_ENABLED": "false",
            "MARKET_SCAN_CACHE_DURATION": "0", "ENABLE_PERFORMANCE_MONITORING": "false",
            # entries on most up-moves, so that the simulated market of any day trades
-           "STRATEGY_PARAMS": "min_volume_ratio=0",
+           "STRATEGY": "trend_momentum", "STRATEGY_PARAMS": "min_volume_ratio=0",
            # the simulated market is a random walk: the edge gate would (rightly) sit out
            "EDGE_GATE": "false"}
     env.update({k: str(v) for k, v in overrides.items()})
@@ -81,7 +81,8 @@ class TestModelOn(TraderCase):
     def test_the_trader_trains_its_model_and_trades_on_it(self):
         # The simulated market has no edge, and the model says so: let it trade anyway.
         trader = self.start(ML_ENABLED="true", CANDLE_HISTORY="400", ML_MIN_CONFIDENCE="0.05",
-                            ML_MIN_EXPECTED_RETURN="-0.05", MAX_HOLD_CANDLES="12")
+                            ML_MIN_EXPECTED_RETURN="-0.05", MAX_HOLD_CANDLES="12",
+                            ML_MIN_AUC="0")
         trader.run_cycle()
         self.assertIsNotNone(trader.retrainer, "the default (ML on) starts the retrainer")
         self.assertTrue(trader.retrainer.wait_idle(timeout=120), "the first training ended")
@@ -178,7 +179,7 @@ class TestLiveCrashRestart(unittest.TestCase):
                    "CHECK_INTERVAL": "300", "CANDLE_HISTORY": "150", "ML_ENABLED": "false",
                    "MARKET_SCAN_CACHE_DURATION": "0", "ENABLE_PERFORMANCE_MONITORING": "false",
                    "LOG_LEVEL": "WARNING", "EDGE_GATE": "false",
-                   "STRATEGY_PARAMS": "min_volume_ratio=0"}
+                   "STRATEGY": "trend_momentum", "STRATEGY_PARAMS": "min_volume_ratio=0"}
             child = subprocess.run([sys.executable, "-c", CRASH_CHILD, "60"], cwd=ROOT,
                                    env={**os.environ, **env}, capture_output=True, timeout=240)
             self.assertEqual(child.returncode, -signal.SIGKILL, child.stderr.decode()[-2000:])
