@@ -445,15 +445,20 @@ def evaluate_files(paths: Sequence[str | os.PathLike], strategy: Any = None,
     """Time-ordered (walk-forward) evaluation of the meta-labelling model on candle files:
     the strategy's signals (default: the built-in default strategy with its default exits),
     labelled by whether its trade paid after costs -> report."""
+    from candle_files import resample
     from domain import StrategyParams
-    from strategies import load_strategy
+    from strategies import decision_timeframe, load_strategy
 
     strategy = strategy or load_strategy()
     by_pair = {}
     for path in map(Path, paths):
         symbol, timeframe = parse_file_name(path.name) or (path.stem, "5m")
-        step = params or StrategyParams(timeframe_ms=timeframe_to_ms(timeframe))
-        by_pair[symbol] = samples_from_candles({symbol: read_candles(path)}, strategy, step)
+        decide_on = decision_timeframe(strategy, timeframe)
+        candles = read_candles(path)
+        if decide_on != timeframe:
+            candles = resample(candles, timeframe_to_ms(timeframe), timeframe_to_ms(decide_on))
+        step = params or StrategyParams(timeframe_ms=timeframe_to_ms(decide_on))
+        by_pair[symbol] = samples_from_candles({symbol: candles}, strategy, step)
     result = walk_forward(by_pair, kinds, folds=folds, threshold=threshold)
     lines = [f"walk-forward, {folds} expanding folds over the last 60% of each file; "
              f"{result['n_test']} test samples: the signals of {strategy.name}, labelled by "
