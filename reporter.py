@@ -5,6 +5,7 @@ collect them in a list (so a test run prints no trades).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from domain import Fill, Position, Trade
@@ -16,13 +17,14 @@ class Reporter:
 
     def banner(self, mode: str, venue: str, preset: str, timeframe: str, interval: float,
                database: str, stops: str = "in the bot") -> None:
-        self.echo(f"{mode} trading on {venue} | preset {preset} | timeframe {timeframe} | "
+        self.echo(f"{mode} trading on {venue} | preset {preset} | {timeframe} | "
                   f"every {interval:g}s of market time | stops {stops} | database {database}")
 
     def opened(self, position: Position) -> None:
+        target = (f"target {position.take_profit:.8g}" if math.isfinite(position.take_profit)
+                  else "no target")
         self.echo(f"OPEN  {position.symbol:<12} {position.amount:.8g} @ {position.entry_price:.8g} "
-                  f"(fee {position.entry_fee:.4f}) stop {position.stop_loss:.8g} target "
-                  f"{position.take_profit:.8g}")
+                  f"(fee {position.entry_fee:.4f}) stop {position.stop_loss:.8g} {target}")
 
     def closed(self, fill: Fill, trade: Trade, left: Position | None) -> None:
         rest = f" ({left.amount:.8g} left open)" if left is not None else ""

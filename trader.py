@@ -225,7 +225,10 @@ class Trader:
         server = self.client.sim_server
         venue = (f"simulated exchange at {server.url if server else c.sim_url} (market clock "
                  f"x{self.time_scale:g})" if c.is_simulated else c.exchange)
-        self.reporter.banner("PAPER" if c.dry_run else "LIVE", venue, c.account_size, c.timeframe,
+        timeframe = (f"strategy {self.strategy.name} on {self.timeframe} candles"
+                     + (f" (built from {self.scanner.fetch_timeframe})"
+                        if self.scanner.fetch_timeframe != self.timeframe else ""))
+        self.reporter.banner("PAPER" if c.dry_run else "LIVE", venue, c.account_size, timeframe,
                              c.check_interval, str(self.store.path),
                              "on the exchange" if self.stops else "in the bot")
 
@@ -562,8 +565,9 @@ def status_report(config, n_trades: int = 10) -> str:
         positions = store.open_positions()
         lines.append(f"open positions: {len(positions)}")
         for p in positions:
+            target = f"target {p.take_profit:.8g}" if p.take_profit < float("inf") else "no target"
             lines.append(f"  {p.symbol:<12} {p.amount:.8g} @ {p.entry_price:.8g} stop "
-                         f"{p.stop_loss:.8g} target {p.take_profit:.8g}")
+                         f"{p.stop_loss:.8g} {target}")
         trades = store.recent_trades(n_trades)
         lines.append(f"recent closed trades: {len(trades)}")
         for t in trades:
