@@ -75,8 +75,7 @@ from labels import Samples, pair_samples
 from ledger import Ledger
 from market_rules import TAKER_FEE, MarketRules, quote_of
 from market_scanner import MIN_CANDLES
-from ml_model import (DEFAULT_MODEL_KIND, MIN_TRAIN_SAMPLES, positive_proba, train_model,
-                      trusted)
+from ml_model import DEFAULT_MODEL_KIND, MIN_TRAIN_SAMPLES, positive_proba, train_model
 from model_training import NOT_READY_RETRY, TrainingData
 from risk_manager import RiskManager
 from sim_market import simulated_ohlcv, synthetic_order_book
@@ -396,8 +395,9 @@ class _WalkForward:
         with _one_thread():
             kind = self.settings.model_kind or DEFAULT_MODEL_KIND
             trained = train_model(job.X, job.y, job.time_ms, job.end_ms, job.ret, kind=kind,
-                                  min_confidence=self.params.min_confidence)
-            if trained is None or not trusted(trained[1], self.settings.min_auc):
+                                  min_confidence=self.params.min_confidence,
+                                  min_auc=self.settings.min_auc)
+            if trained is None or trained[0] is None:
                 return None, rows[:0], rows[:0] * 0.0, (0.0, 0.0)
             estimator, meta = trained
             probs = positive_proba(estimator, d.feat[rows]) if rows.size else rows * 0.0

@@ -319,10 +319,12 @@ def library_versions() -> dict[str, str]:
 def train_model(X: np.ndarray, y: np.ndarray, time_ms: np.ndarray, end_ms: np.ndarray,
                 ret: np.ndarray | None = None, *, kind: str = DEFAULT_MODEL_KIND,
                 min_confidence: float = 0.55, holdout: float = 0.2, trained_at: float | None = None,
-                factory: Callable[[], Any] | None = None) -> tuple[Any, dict] | None:
+                factory: Callable[[], Any] | None = None,
+                min_auc: float | None = None) -> tuple[Any, dict] | None:
     """Fit a model; quality is measured on the latest `holdout` share (time-ordered, with
     training labels that end after the split purged), then the model is refit on all rows.
-    Returns (estimator, metadata), or None when the data cannot train a model."""
+    Returns (estimator, metadata), or None when the data cannot train a model. With
+    `min_auc`, a model the holdout does not trust is not refit: (None, metadata)."""
     X = np.asarray(X, np.float64)   # float32 storage, float64 arithmetic
     y = np.asarray(y).astype(np.int8)
     time_ms, end_ms = np.asarray(time_ms, np.int64), np.asarray(end_ms, np.int64)
@@ -334,7 +336,8 @@ def train_model(X: np.ndarray, y: np.ndarray, time_ms: np.ndarray, end_ms: np.nd
     fit_rows, val_rows = (time_ms < split) & (end_ms <= split), time_ms >= split
     started = time.perf_counter()
     metrics = _holdout_quality(factory, X, y, ret, fit_rows, val_rows, min_confidence)
-    estimator = factory().fit(X, y)
+    skip = min_auc is not None and not trusted(metrics, min_auc)
+    estimator = None if skip else factory().fit(X, y)
     meta = {"feature_names": list(FEATURE_NAMES), "kind": kind,
             "trained_at": time.time() if trained_at is None else float(trained_at),
             "samples": int(len(y)), "positive_rate": float(y.mean()),
