@@ -1,8 +1,9 @@
 """Replay closed candles through the live decision pipeline, the ledger and a broker.
 
 `run_backtest` walks the candles of all pairs at once in time order, one closed candle at a
-time, through the same `strategy.check_exits` / `strategy.decide_entries`, `RiskManager`,
-`ledger.Ledger` and (for fills) `brokers.BacktestBroker` as the live bot uses:
+time, through the same strategy object, `exits.check_positions`, `strategy.decide_entries`,
+protections, edge gate, `RiskManager`, `ledger.Ledger` and (for fills)
+`brokers.BacktestBroker` as the live bot uses:
 
 - Alignment. The replay steps over the union of every pair's candle timestamps. A pair
   joins the universe at its first candle and leaves after its last (an open position is
@@ -16,9 +17,9 @@ time, through the same `strategy.check_exits` / `strategy.decide_entries`, `Risk
   close of candle t sees a MarketView of the pairs that have a candle at t.
 - Fills. An entry decided at the close of candle t fills at the open of the pair's next
   candle, which must be the one right after t (else the entry is dropped: the pair had no
-  trading); exits are checked on every later candle's (open, high, low, close) bar with
-  `check_exit` (stop first when a candle touches both; a gap through a barrier fills at
-  the open). Before each order the replay sets the broker's quote (`book_quote`): the
+  trading); exits are checked on every candle's (open, high, low, close) bar from the fill
+  candle on with the exit engine (`exits`: stop first when a candle touches several
+  levels; a gap through a level fills at the open; the exit signal at the close). Before each order the replay sets the broker's quote (`book_quote`): the
   price, on the simulated exchange's book model fed with the pair's 1-minute volatility
   and 24 h quote volume estimated from the candles before the fill candle (`book_inputs`).
   The broker rounds and checks the order with the pair's `MarketRules` (derived from its
@@ -43,7 +44,8 @@ time, through the same `strategy.check_exits` / `strategy.decide_entries`, `Risk
 - Model (use_model). Walk-forward: every `retrain_interval_ms` of market time the model is
   refit on the samples whose labels were known then (the label window's last candle
   closed at or before now, as the live bot's candle history would have them); before the
-  first model can be trained the fallback rule decides. Probabilities for the coming
+  first model can be trained (or while the latest is not trusted: ML_MIN_AUC) the
+  strategy decides alone. Probabilities for the coming
   period are predicted in one batched call; the pipeline's `predict` looks them up by the
   exact feature row (falling back to the model on a miss), so it receives exactly what
   the model says. The live bot's rounded-key prediction cache is not used.

@@ -411,7 +411,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("LOW_PROFIT_MIN_TRADES", 2, *_whole(1, 1000)),
     Var("LOW_PROFIT_MIN_RETURN", 0.0, *_real(-1, 1)),
     Var("LOW_PROFIT_LOCK", 48, *_whole(1, 10_000, unit="candles")),
-    Var("EDGE_GATE", True, *_boolean()),
+    Var("EDGE_GATE", False, *_boolean()),
     Var("EDGE_MIN_TRADES", 30, *_whole(5, 100_000)),
     Var("EDGE_CONFIDENCE", 0.9, *_real(0.5, 0.999)),
     Var("MAX_SLIPPAGE", 0.01, *_real(

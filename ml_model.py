@@ -3,7 +3,7 @@ swapped in atomically, its prediction cache and its file in DATA_DIR.
 
 Importing this module costs numpy only (features and indicators need nothing else):
 scikit-learn and joblib are imported inside the functions that train, load or save a model
-(sklearn.ensemble alone costs ~1.3 s, 170 MiB), so the bot starts, and its fallback rule
+(sklearn.ensemble alone costs ~1.3 s, 170 MiB), so the bot starts, and its strategy
 trades, without paying for them.
 
 A model file is a pickle, i.e. code: it is only ever loaded from the bot's own data
@@ -329,7 +329,8 @@ def train_model(X: np.ndarray, y: np.ndarray, time_ms: np.ndarray, end_ms: np.nd
     y = np.asarray(y).astype(np.int8)
     time_ms, end_ms = np.asarray(time_ms, np.int64), np.asarray(end_ms, np.int64)
     if len(y) < MIN_TRAIN_SAMPLES or not 0 < y.sum() < len(y):
-        log.warning("not enough training data: %d samples, %d positive", len(y), int(y.sum()))
+        log.info("not enough training data yet: %d of the %d samples needed, %d positive",
+                 len(y), MIN_TRAIN_SAMPLES, int(y.sum()))
         return None
     factory = factory or (lambda: make_estimator(kind))
     split = np.quantile(time_ms, 1.0 - holdout)

@@ -209,7 +209,7 @@ class Retrainer:
 
     On start it loads its mode's model file (DATA_DIR/model-paper.joblib or
     model-live.joblib) and saved training data; with no usable model file it trains at once
-    (the bot uses its fallback rule meanwhile). Paper and live never share files. A
+    (the strategy decides alone meanwhile). Paper and live never share files. A
     `samples_provider` runs in the training thread, so it must build its samples from a
     copy of the candles (e.g. samples_from_candles on the scanner's snapshot).
     """

@@ -172,7 +172,7 @@ class Trader:
 
     def _start_model(self) -> None:
         """The model trains in the background from the scanner's candles; until it is ready
-        the fallback rule trades."""
+        the strategy decides alone."""
         self.model = MLModel(PredictionCache.from_config(self.config, self.clock))
         self.training_data = TrainingData()
         self.retrainer = Retrainer.from_config(
@@ -599,7 +599,7 @@ def model_summary(data_dir, mode: str = "paper") -> str:
     """The saved model's out-of-sample quality, read from its metadata (nothing unpickled)."""
     meta = saved_model_status(data_dir, mode)
     if not meta:
-        return "model: none trained yet (the bot trades on its fallback rule)"
+        return "model: none trained yet (the strategy decides alone)"
     return (f"model: {meta.get('kind')} trained on {meta.get('samples')} samples; out-of-sample "
             f"AUC {meta.get('auc', float('nan')):.3f}, precision at {meta.get('threshold')} "
             f"{meta.get('precision_at_threshold', float('nan')):.3f}, base rate "
