@@ -25,7 +25,7 @@ from domain import ExchangeError, OrderNotFound, OrderRejected
 import redaction
 from market_rules import MarketRules
 from sim_exchange import SimExchangeServer, ccxt_overrides
-from sim_market import SimMarket
+from sim_market import BOT_HISTORY_MINUTES, SimMarket
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -350,7 +350,7 @@ def create_client(config: Any, *, timeout_ms: int = DEFAULT_TIMEOUT_MS, **retry:
     if exchange_id == "simulated":
         quote = config.quote_currency
         market = SimMarket(pairs=config.sim_pairs, seed=config.sim_seed, speed=config.sim_speed,
-                           quote=quote)
+                           quote=quote, history_minutes=BOT_HISTORY_MINUTES)
         key, secret = secrets.token_hex(16), secrets.token_hex(32)  # per session, never shown
         server = SimExchangeServer(market, port=0, api_key=key, api_secret=secret,
                                    balances={quote: float(config.starting_balance)}).start()

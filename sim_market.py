@@ -33,8 +33,9 @@ INTERVAL_MINUTES: dict[str, int] = {
     "6h": 360, "8h": 480, "12h": 720, "1d": 1440,
 }
 MAX_HISTORY_MINUTES = 30 * DAY_MINUTES  # 1m history kept behind the clock (~30 days)
-# History at start: 29 days, so a 4h strategy (the default) has 174 candles to start from.
-DEFAULT_HISTORY_MINUTES = 29 * DAY_MINUTES
+# The bot's own simulator starts with 29 days of history, so a 4h strategy (the default)
+# has 174 candles to start from.
+BOT_HISTORY_MINUTES = 29 * DAY_MINUTES
 _SIM_EPOCH_MS = 1_704_067_200_000       # 2024-01-01T00:00Z: origin of simulated_ohlcv
 
 # (base, price level, group, annualised volatility, 24h quote volume in millions)
@@ -362,7 +363,7 @@ class SimMarket:
     """The simulated market: lazily generated 1m grid, its clock, candles, tickers, books."""
 
     def __init__(self, pairs: int = 50, seed: int = 1, speed: float = 60.0,
-                 quote: str = "USDT", history_minutes: int = DEFAULT_HISTORY_MINUTES,
+                 quote: str = "USDT", history_minutes: int = 7 * DAY_MINUTES,
                  start_ms: int | None = None):
         if pairs < 1:
             raise ValueError("pairs must be >= 1")

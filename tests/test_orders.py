@@ -125,7 +125,7 @@ class PartialFills(unittest.TestCase):
                 trader.client.sim.advance(300)
             symbol, position = next(iter(trader.positions.items()))
             base = symbol.split("/")[0]
-            server.set_book_depth(0.0003)       # a thin book: the guard lets only part fill
+            server.set_book_depth(0.00003)      # a thin book: the guard lets only part fill
             trader.client.sim.advance(600)
             trader.run_cycle()                  # the time limit: the bot sells what it can
             left = trader.positions.get(symbol)
