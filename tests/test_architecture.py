@@ -338,6 +338,17 @@ class LayeringTest(unittest.TestCase):
         self.assertEqual(extra, {}, "market_rules.py may import only domain (module -> lines): "
                          f"{extra}")
 
+    def test_protections_and_the_edge_gate_stand_on_domain_alone(self) -> None:
+        """Locks and the gate's verdict are pure functions of plain data: nothing of the
+        exchange, the store or the model may creep in."""
+        for name, allowed in (("protections.py", {"domain"}), ("edge.py", set()),
+                              ("exits.py", {"domain"})):
+            found = project_imports(ROOT / name, type_checking=True)
+            extra = {m: lines for m, lines in found.items() if m not in allowed}
+            with self.subTest(module=name):
+                self.assertEqual(extra, {}, f"{name} may import only {sorted(allowed) or 'nothing'} "
+                                 f"of the project (module -> lines): {extra}")
+
     def test_store_does_not_load_numpy_or_the_decision_layer(self) -> None:
         code = ("import json, sys; import store; "
                 f"bad = {STORE_MUST_NOT_LOAD!r}; "
