@@ -319,7 +319,9 @@ class Trader:
         verdicts: dict[str, bool] = {}
         model = self._recording(self._predictor(), predictions)
         cash, equity = self.ledger.cash, self.equity()
-        halted, locked = self._protections(view.now_ms, equity)
+        # Locks at the decision's own time: a stop filled since the candle closed counts now,
+        # as the backtester's decision at a close sees the exits of that candle.
+        halted, locked = self._protections(int(self.clock() * 1000), equity)
         if halted is None and not self._judge_edge(view.now_ms).open:
             halted = self.edge.reason
         with self.monitor.timing("decide"):

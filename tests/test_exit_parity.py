@@ -1,10 +1,10 @@
 """Every exit and every protection, exactly, on hand-built candles in the backtester; the same
 exits in paper runs on the simulated exchange agree with the backtester's decision path
 (the parity check); the locks survive a restart."""
+import json
 import math
 import tempfile
 import unittest
-from dataclasses import replace
 from typing import Mapping
 from unittest import mock
 
@@ -13,9 +13,16 @@ import numpy as np
 import backtest as bt
 from domain import StrategyParams
 from ledger import Ledger
+from parity import check_parity
 from protections import ProtectionSettings
+from reporter import Reporter
 from risk_manager import RiskManager
+from sim_exchange import SimExchangeServer
+from sim_market import SimMarket
+from store import Store
 from strategies import Strategy, frame
+from tests.test_trader import trader_config
+from trader import Trader, status_report
 
 TF = 300_000                          # 5m
 T0 = 1_704_067_200_000                # 2024-01-01 00:00 UTC
@@ -352,6 +359,215 @@ class TestProtectionsExactly(BacktestCase):
         r = self.replay({"AAA/USDT": market()}, {100.0: (S, S + 4, S + 10)}, max_hold_candles=2,
                         protections=dict(lowp, low_profit_min_trades=3))
         self.assertEqual(self.entry_decisions(r), [S, S + 4, S + 10])
+
+
+# --------------------------------------------------------------------------- paper runs
+
+SIM_START = 1_717_600_000_000       # 2024-06-05 15:06:40 UTC: a fixed market, so runs repeat
+MINUTE = 60_000
+
+
+class PaperCase(unittest.TestCase):
+    """A paper Trader on a simulated exchange whose clock stands still (speed 0) and moves
+    only when the test advances it, from a fixed start: the run is the same every time.
+    1m candles and eight pairs, up to six positions, so that exits come within few cycles."""
+
+    def paper(self, start_ms: int = SIM_START, **overrides):
+        market = SimMarket(pairs=8, seed=1, speed=0, start_ms=start_ms)
+        server = SimExchangeServer(market, api_key="k", api_secret="s",
+                                   balances={"USDT": 10_000.0}).start()
+        self.addCleanup(server.stop)
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        settings = dict(SIM_URL=server.url, API_KEY="k", API_SECRET="s", SIM_PAIRS="8",
+                        MAX_PAIRS="8", TIMEFRAME="1m", MAX_OPEN_POSITIONS="6",
+                        MAX_POSITIONS_PER_GROUP="6", LOG_LEVEL="WARNING")
+        self.config = trader_config(tmp.name, **(settings | overrides))
+        self.market, self.data_dir = market, tmp.name
+        return self.open_trader()
+
+    def open_trader(self) -> Trader:
+        trader = Trader(self.config, reporter=Reporter(lambda line: None))
+        self.addCleanup(self.close_trader, trader)
+        return trader
+
+    def close_trader(self, trader: Trader) -> None:
+        if not getattr(trader, "_test_closed", False):
+            trader._test_closed = True
+            trader.close()
+
+    def cycle(self, trader: Trader) -> list[tuple]:
+        """One cycle; its recorded decisions (kind, symbol, price, amount, reason, cid)."""
+        trader.run_cycle()
+        return [d[1:] for d in trader.store.recorded_decisions() if d[0] == trader.cycle]
+
+    def run_until_exit(self, trader: Trader, reason: str, max_cycles: int = 25,
+                       after: int = 2, advance: float = 200.0, each=None) -> None:
+        """Cycle (advancing the market `advance` seconds between cycles) until a trade exits
+        for `reason`, then `after` cycles more; `each(trader, stops_before)` after every
+        cycle. Skips when the market gives no such exit."""
+        left = None
+        for _ in range(max_cycles):
+            before = {s: p.stop_loss for s, p in trader.positions.items()}
+            self.cycle(trader)
+            if each is not None:
+                each(trader, before)
+            if left is None and any(t.exit_reason == reason for t in trader.store.all_trades()):
+                left = after
+            if left is not None:
+                if left == 0:
+                    return
+                left -= 1
+            self.market.advance(advance)
+        if left is None:
+            self.skipTest(f"the simulated market gave no {reason} exit in {max_cycles} cycles")
+
+    def parity(self, trader: Trader, reason: str):
+        """Close the trader and replay its record: no decision and no book differences, and
+        the exits of `reason` are in the record."""
+        self.close_trader(trader)
+        with Store.open(self.data_dir, "paper") as store:
+            report = check_parity(store)
+            decided = store.recorded_decisions()
+            cycles = {c: json.loads(inputs) for c, _, _, inputs in store.recorded_cycles()}
+            trades = store.all_trades()
+        self.assertEqual(report.of_kind("decision"), [], report.format())
+        self.assertEqual(report.of_kind("books"), [], report.format())
+        self.assertGreater(report.entries, 0)
+        exits = [d for d in decided if d[1] == "exit" and d[5] == reason]
+        self.assertTrue(exits, decided)
+        self.assertIn(reason, [t.exit_reason for t in trades])
+        return exits, cycles, trades
+
+    def check_raised_stops_are_stored(self, trader: Trader, before: Mapping[str, float]) -> None:
+        """After a cycle: every stop it raised is in the store as in the ledger."""
+        stored = {p.symbol: p for p in trader.store.open_positions()}
+        for symbol, position in trader.positions.items():
+            if symbol in before and position.stop_loss != before[symbol]:
+                self.assertGreater(position.stop_loss, before[symbol], "stops only rise")
+                self.assertEqual(stored[symbol].stop_loss, position.stop_loss)
+                self.assertEqual(stored[symbol].high_water, position.high_water)
+                self.raised += 1
+
+    @staticmethod
+    def position_at(cycles, cycle: int, symbol: str) -> dict:
+        """The position as the record of `cycle` found it (before the cycle's exits)."""
+        return next(p for p in cycles[cycle]["positions"] if p["symbol"] == symbol)
+
+
+class TestPaperExitsReplay(PaperCase):
+    def test_trailing_stop(self):
+        trader = self.paper(TRAILING_STOP="0.003", TRAILING_OFFSET="0.001")
+        self.raised = 0
+        self.run_until_exit(trader, "trailing_stop", each=self.check_raised_stops_are_stored)
+        self.assertGreater(self.raised, 0, "a cycle raised a stop")
+        exits, cycles, _ = self.parity(trader, "trailing_stop")
+        for cycle, _, symbol, price, _, _, _ in exits:
+            held = self.position_at(cycles, cycle, symbol)
+            # the stop that was hit trails 0.3 % below the high, above the entry
+            self.assertAlmostEqual(held["stop_loss"], held["high_water"] * (1 - 0.003), places=9)
+            self.assertGreater(held["stop_loss"], held["entry_price"])
+            self.assertLessEqual(price, held["stop_loss"])
+
+    def test_minimal_roi(self):
+        trader = self.paper(MINIMAL_ROI="0:0.004,10:0.002")
+        self.run_until_exit(trader, "roi")
+        exits, cycles, _ = self.parity(trader, "roi")
+        for cycle, _, symbol, price, _, _, _ in exits:
+            held = self.position_at(cycles, cycle, symbol)
+            minutes = (cycles[cycle]["exit_ms"] - held["entry_time_ms"]) / MINUTE
+            level = 0.004 if minutes < 10 else 0.002
+            self.assertGreaterEqual(price, held["entry_price"] * (1 + level))
+
+    def test_break_even(self):
+        trader = self.paper(BREAKEVEN_TRIGGER="0.002")
+        self.raised = 0
+        self.run_until_exit(trader, "trailing_stop", each=self.check_raised_stops_are_stored)
+        self.assertGreater(self.raised, 0, "a cycle raised a stop")
+        exits, cycles, _ = self.parity(trader, "trailing_stop")
+        for cycle, _, symbol, price, _, _, _ in exits:
+            held = self.position_at(cycles, cycle, symbol)
+            self.assertAlmostEqual(held["stop_loss"], held["entry_price"] * (1 + 0.002),
+                                   places=9)
+            self.assertLessEqual(price, held["stop_loss"])
+
+    def test_exit_signal(self):
+        trader = self.paper(STRATEGY="mean_reversion", STRATEGY_PARAMS="rsi_oversold=50",
+                            CANDLE_HISTORY="300")
+        self.run_until_exit(trader, "exit_signal")
+        self.parity(trader, "exit_signal")
+
+    def test_stoploss_guard(self):
+        trader = self.paper(STOPLOSS_GUARD_TRADES="1", STOPLOSS_GUARD_LOOKBACK="50",
+                            STOP_LOSS_ATR="0.5")
+        self.run_until_exit(trader, "stop_loss", after=3)
+        self.assertTrue(any(k.kind == "stoploss_guard" and k.scope == "*" for k in trader.locks),
+                        trader.locks)
+        _, cycles, trades = self.parity(trader, "stop_loss")
+        first_stop = min(t.exit_time_ms for t in trades if t.exit_reason == "stop_loss")
+        with Store.open(self.data_dir, "paper") as store:
+            decided = store.recorded_decisions()
+            views = {c: v for c, _, v, _ in store.recorded_cycles()}
+        halted = [c for c, rec in cycles.items() if (rec.get("halted") or "").startswith(
+            "stoploss guard")]
+        self.assertTrue(halted, "the guard stopped the entries of a cycle")
+        for cycle in halted:   # locked from the stop's fill on: at most one 1m candle after the view
+            self.assertGreater(views[cycle] + 60_000, first_stop)
+            self.assertFalse([d for d in decided if d[0] == cycle and d[1] == "entry"])
+
+
+class TestLocksLive(PaperCase):
+    """STOPLOSS_GUARD_TRADES=1 with a very tight stop: the first stop exit locks all pairs
+    for 12 candles."""
+    START = 1_717_200_000_000
+
+    def guarded(self):
+        return self.paper(self.START, STOPLOSS_GUARD_TRADES="1", STOPLOSS_GUARD_LOOKBACK="50",
+                          STOP_LOSS_PCT="0.0003", MAX_OPEN_POSITIONS="2")
+
+    def test_the_locks_survive_a_restart(self):
+        trader = self.guarded()
+        for _ in range(20):
+            self.cycle(trader)
+            if trader.store.totals().trades and not trader.positions and any(
+                    k.kind == "stoploss_guard" for k in trader.locks):
+                break
+            self.market.advance(70)
+        else:
+            self.skipTest("no stop exit that locked every pair in 20 cycles")
+        locks, view_ms = list(trader.locks), trader.scan.view.now_ms
+        self.close_trader(trader)
+
+        again = self.open_trader()
+        self.assertEqual(again.positions, {})
+        self.cycle(again)
+        now = again.scan.view.now_ms
+        self.assertGreaterEqual(now, view_ms)
+        self.assertEqual(again.locks, [k for k in locks if now < k.until_ms])
+        guard = [k for k in again.locks if k.kind == "stoploss_guard"]
+        self.assertEqual(len(guard), 1, again.locks)
+        self.assertEqual(guard[0].scope, "*")
+        self.close_trader(again)
+        text = status_report(self.config)
+        self.assertIn(f"active locks at the last cycle: {len(again.locks)}", text)
+        self.assertIn("all pairs locked until", text)
+        self.assertIn("stoploss guard: 1 stops in 50 candles", text)
+
+    def test_a_stop_exit_locks_the_entries_of_its_own_cycle(self):
+        # The backtester decides at the close the stop exit happened at, and the guard locks
+        # that decision. Live, the cycle that sold at a stop must not buy either.
+        trader = self.guarded()
+        for _ in range(20):
+            decided = self.cycle(trader)
+            if any(d[0] == "exit" and d[4] == "stop_loss" for d in decided):
+                break
+            self.market.advance(70)
+        else:
+            self.skipTest("no stop exit in 20 cycles")
+        exit_ms = max(t.exit_time_ms for t in trader.store.all_trades())
+        self.assertTrue(any(k.kind == "stoploss_guard" for k in trader.locks),
+                        f"a stop exit at {exit_ms}, decisions at the close {trader.scan.view.now_ms}"
+                        f" of the same cycle: locks {trader.locks}")
 
 
 if __name__ == "__main__":
