@@ -322,8 +322,8 @@ class Trader:
         # Locks at the decision's own time: a stop filled since the candle closed counts now,
         # as the backtester's decision at a close sees the exits of that candle.
         halted, locked = self._protections(int(self.clock() * 1000), equity)
-        if halted is None and not self._judge_edge(view.now_ms).open:
-            halted = self.edge.reason
+        if self.edge_settings.enabled and not self._judge_edge(view.now_ms).open:
+            halted = halted or self.edge.reason
         with self.monitor.timing("decide"):
             decisions = decide_entries(view, self.positions, cash, equity, self.strategy,
                                        self.params, self.risk, self.broker.round_order, model,
@@ -588,7 +588,8 @@ def status_report(config, n_trades: int = 10) -> str:
                      f"{tot.total_profit:+.2f}, fees {tot.fees:.2f}, best {tot.best:+.2f}, "
                      f"worst {tot.worst:+.2f}")
         lines.append(model_summary(config.data_dir, config.mode))
-        lines.append(store.get_meta("edge") or "edge gate: not judged yet")
+        lines.append((store.get_meta("edge") or "edge gate: not judged yet") if config.edge_gate
+                     else "edge gate: off (EDGE_GATE=false)")
         locks = json.loads(store.get_meta("locks") or "[]")
         lines.append(f"active locks at the last cycle: {len(locks)}")
         lines += [f"  {line}" for line in locks]
