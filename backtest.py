@@ -77,7 +77,8 @@ from labels import Samples, pair_samples
 from ledger import Ledger
 from market_rules import TAKER_FEE, MarketRules, quote_of
 from market_scanner import MIN_CANDLES
-from ml_model import DEFAULT_MODEL_KIND, MIN_TRAIN_SAMPLES, positive_proba, train_model
+from ml_model import (DEFAULT_MODEL_KIND, MIN_TRAIN_SAMPLES, expected_return, positive_proba,
+                      train_model)
 from model_training import NOT_READY_RETRY, TrainingData
 from risk_manager import RiskManager
 from sim_market import simulated_ohlcv, synthetic_order_book
@@ -421,7 +422,7 @@ class _WalkForward:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def expected_return(self, p: np.ndarray) -> np.ndarray:
-        return p * self.payoff[0] - (1.0 - p) * self.payoff[1]
+        return expected_return(p, *self.payoff)
 
     def predictor(self, rows: np.ndarray) -> ModelFilter:
         """The pipeline's model: the batched probability of each exact feature row."""

@@ -296,6 +296,11 @@ def trusted(meta: Mapping[str, Any], min_auc: float) -> bool:
             and gain is not None and np.isfinite(gain) and float(gain) > 0)
 
 
+def expected_return(p: np.ndarray, avg_win: float, avg_loss: float) -> np.ndarray:
+    """A probability that a trade pays -> its expected net return, from the payoff."""
+    return p * avg_win - (1.0 - p) * avg_loss
+
+
 def payoff(y: np.ndarray, ret: np.ndarray | None) -> tuple[float, float]:
     """(mean net return of the winners, mean net loss of the losers, as a positive number):
     what turns a probability into an expected net return. (0, 0) without returns."""
@@ -373,7 +378,7 @@ def _filter_gain(p: np.ndarray, y_fit: np.ndarray, ret: np.ndarray, fit_rows: np
     taking them all; NaN with fewer than MIN_FILTERED kept."""
     win, loss = payoff(y_fit, ret[fit_rows])
     held = ret[val_rows]
-    kept = (p * win - (1.0 - p) * loss > 0) & (p >= threshold)
+    kept = (expected_return(p, win, loss) > 0) & (p >= threshold)
     gain = float(held[kept].mean() - held.mean()) if kept.sum() >= MIN_FILTERED else float("nan")
     return {"filter_gain": gain, "filter_kept_share": float(kept.mean())}
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from domain import Candidate, Decisions, MarketView, Position, StrategyParams
 from features import prepare_features
+from ml_model import expected_return
 from risk_manager import RiskManager, RoundOrder
 from strategies import Strategy
 
@@ -28,7 +29,7 @@ class ModelFilter(NamedTuple):
     avg_loss: float
 
     def expected_return(self, p: np.ndarray) -> np.ndarray:
-        return p * self.avg_win - (1.0 - p) * self.avg_loss
+        return expected_return(p, self.avg_win, self.avg_loss)
 
 
 def model_keys(view: MarketView) -> list[tuple]:
