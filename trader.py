@@ -319,9 +319,11 @@ class Trader:
         verdicts: dict[str, bool] = {}
         model = self._recording(self._predictor(), predictions)
         cash, equity = self.ledger.cash, self.equity()
-        # Locks at the decision's own time: a stop filled since the candle closed counts now,
-        # as the backtester's decision at a close sees the exits of that candle.
-        halted, locked = self._protections(int(self.clock() * 1000), equity)
+        # Locks at the decision's own time, so a stop filled since the candle closed counts
+        # now; but within the candle after the view's close (a cycle slower than a candle,
+        # on a fast simulator, must not outlast a cooldown counted in candles).
+        decided_at = min(int(self.clock() * 1000), view.now_ms + self.params.timeframe_ms - 1)
+        halted, locked = self._protections(decided_at, equity)
         if self.edge_settings.enabled and not self._judge_edge(view.now_ms).open:
             halted = halted or self.edge.reason
         with self.monitor.timing("decide"):

@@ -114,7 +114,8 @@ class LostAnswers(unittest.TestCase):
 class PartialFills(unittest.TestCase):
     def test_a_partly_filled_exit_keeps_the_rest_under_management(self):
         with tempfile.TemporaryDirectory() as tmp:
-            trader = Trader(trader_config(tmp, DRY_RUN="false", MAX_HOLD_CANDLES="1"),
+            trader = Trader(trader_config(tmp, DRY_RUN="false", MAX_HOLD_CANDLES="1",
+                                          MAX_SLIPPAGE="0.01"),
                             reporter=Reporter(lambda line: None))
             self.addCleanup(trader.close)
             server = trader.client.sim_server
