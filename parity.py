@@ -5,7 +5,8 @@ Each cycle the trader records what it decided from (the closed candles, the pric
 checked exits against, its cash, positions and risk state, the model's answers and the
 LLM's verdicts, the markets' rules) and what it decided. The replay rebuilds every cycle's
 market view from the recorded candles with the backtester's batch indicators, runs the same
-`check_exits` and `decide_entries` on the same ledger, books the recorded fills, and
+strategy, exit engine and `decide_entries` on the same ledger (the locks and the edge
+gate's verdict as recorded), books the recorded fills, and
 reports:
 
 - decision differences: an entry or exit one side took and the other did not, a different

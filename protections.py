@@ -43,7 +43,7 @@ class ProtectionSettings:
 
     cooldown_candles: a pair is locked after any exit (a partial sell too) on the close of
         the candle the exit happened in and the next ``cooldown_candles - 1`` closes, i.e.
-        while ``now < ceil(exit/tf)*tf + cooldown_candles*tf`` (strategy.cooling_down's
+        while ``now < ceil(exit/tf)*tf + cooldown_candles*tf`` (the former strategy.cooling_down's
         rule). 0 turns it off.
     stoploss_guard_trades: N > 0 turns the guard on: an exit whose reason is in
         STOP_REASONS that makes N or more stop exits in the lookback ending at it locks
