@@ -328,14 +328,19 @@ def lookahead_command(ctx: click.Context, strategy_spec: str | None, data_dir: P
     config = load_or_fail(ctx.obj["env_file"], create_data_dir=False)
     strategy = _strategy_or_fail(config, strategy_spec)
     import lookahead
-    from candle_files import CandleFileError, load_candles
+    from candle_files import CandleFileError, load_candles, resample, timeframe_to_ms
     from sim_market import simulated_ohlcv
+    from strategies import decision_timeframe
 
     try:
+        decide_on = decision_timeframe(strategy, timeframe)
         candles = (load_candles(data_dir, timeframe, pairs or None) if data_dir is not None
                    else simulated_ohlcv(6, config.sim_seed, timeframe, 3000))
+        if decide_on != timeframe:   # the candles the strategy decides on, built as it gets them
+            candles = {s: resample(a, timeframe_to_ms(timeframe), timeframe_to_ms(decide_on))
+                       for s, a in candles.items()}
         report = lookahead.check(strategy, candles)
-    except (ValueError, CandleFileError) as exc:
+    except (ValueError, CandleFileError, ConfigError) as exc:
         fail(str(exc))
     click.echo(report.format())
     sys.exit(1 if report.flagged else 0)
