@@ -25,6 +25,7 @@ import math
 import os
 import re
 import tempfile
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -333,6 +334,25 @@ def _url(example: str, credentials_hint: str) -> tuple[Callable[[str], str], str
     return parse, f"an http(s) URL without credentials, query or fragment, e.g. {example}"
 
 
+def day_ms(text: str) -> int | None:
+    """A UTC day YYYY-MM-DD -> its 00:00 in ms since the epoch; empty: None."""
+    if not text:
+        return None
+    return int(datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def _day() -> tuple[Callable[[str], str], str]:
+    def parse(raw: str) -> str:
+        try:
+            ms = day_ms(raw)
+        except ValueError:
+            raise _Invalid("is not a day YYYY-MM-DD") from None
+        if ms is not None and not 2000 <= datetime.fromtimestamp(ms / 1000, timezone.utc).year <= 2100:
+            raise _Invalid("is not between 2000 and 2100")
+        return raw
+    return parse, "a UTC day YYYY-MM-DD (empty: now)"
+
+
 def _directory() -> tuple[Callable[[str], Path], str]:
     def parse(raw: str) -> Path:
         if not raw:
@@ -426,6 +446,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("SIM_SPEED", 60.0, *_real(1, 10000)),
     Var("SIM_SEED", 1, *_whole(0, 2**32 - 1, why="a 32-bit seed")),
     Var("SIM_PAIRS", 50, *_whole(1, 200)),
+    Var("SIM_START", "", *_day()),
     Var("SIM_URL", "", *_url("http://127.0.0.1:8765",
                              "the simulator's keys go in API_KEY and API_SECRET")),
     Var("ENABLE_PERFORMANCE_MONITORING", True, *_boolean()),
@@ -542,6 +563,7 @@ class Config:
     sim_speed: float
     sim_seed: int
     sim_pairs: int
+    sim_start: str
     sim_url: str
     enable_performance_monitoring: bool
     slow_operation_threshold: float

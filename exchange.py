@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, TypeVar
 import ccxt
 from requests.adapters import HTTPAdapter
 
+from config import day_ms
 from domain import ExchangeError, OrderNotFound, OrderRejected
 import redaction
 from market_rules import MarketRules
@@ -350,7 +351,8 @@ def create_client(config: Any, *, timeout_ms: int = DEFAULT_TIMEOUT_MS, **retry:
     if exchange_id == "simulated":
         quote = config.quote_currency
         market = SimMarket(pairs=config.sim_pairs, seed=config.sim_seed, speed=config.sim_speed,
-                           quote=quote, history_minutes=BOT_HISTORY_MINUTES)
+                           quote=quote, history_minutes=BOT_HISTORY_MINUTES,
+                           start_ms=day_ms(config.sim_start))
         key, secret = secrets.token_hex(16), secrets.token_hex(32)  # per session, never shown
         server = SimExchangeServer(market, port=0, api_key=key, api_secret=secret,
                                    balances={quote: float(config.starting_balance)}).start()

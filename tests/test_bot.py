@@ -21,7 +21,8 @@ def bot_env(data_dir: str, **overrides) -> dict:
                 "CHECK_INTERVAL": "60", "CANDLE_HISTORY": "200", "ML_ENABLED": "false",
                 "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
                 # the simulated market is a random walk: the edge gate would (rightly) sit out
-                "EDGE_GATE": "false", "STRATEGY": "trend_momentum", "STRATEGY_PARAMS": "min_volume_ratio=0"})
+                "EDGE_GATE": "false", "STRATEGY": "trend_momentum", "STRATEGY_PARAMS": "min_volume_ratio=0",
+                "SIM_START": "2026-06-01"})   # the same simulated market every run
     env.update({k: str(v) for k, v in overrides.items()})
     return env
 

@@ -79,6 +79,7 @@ BAD_VALUES = {
     "LOG_LEVEL": ["TRACE"],
     "SIM_SPEED": ["0.5", "20000"],
     "SIM_SEED": ["-1", "4294967296"],
+    "SIM_START": ["2024-13-01", "yesterday", "1999-12-31", "2024-01-01T00:00"],
     "SIM_PAIRS": ["201"],
     "ENABLE_PERFORMANCE_MONITORING": ["on"],
     "SLOW_OPERATION_THRESHOLD": ["0"],

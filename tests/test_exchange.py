@@ -26,7 +26,7 @@ FAST = dict(attempts=5, base_delay=0.01, max_delay=0.05)
 
 def sim_config(**overrides) -> types.SimpleNamespace:
     values = dict(exchange="simulated", api_key="", api_secret="", dry_run=True,
-                  starting_balance=10_000.0, sim_speed=1.0, sim_seed=3, sim_pairs=PAIRS,
+                  starting_balance=10_000.0, sim_speed=1.0, sim_seed=3, sim_pairs=PAIRS, sim_start="",
                   quote_currency="USDT", timeframe="5m", sim_url="")
     values.update(overrides)
     return types.SimpleNamespace(**values)

@@ -33,7 +33,9 @@ def trader_config(data_dir: str, **overrides):
            "EDGE_GATE": "false",
            # a tiny-tick pair's book (PEPE at 1e-5) is thin within 1 %: let market orders
            # fill whole unless a test is about the guard
-           "MAX_SLIPPAGE": "0.05"}
+           "MAX_SLIPPAGE": "0.05",
+           # the same simulated market every run, whatever the day (SIM_SEED is 1)
+           "SIM_START": "2026-06-01"}
     env.update({k: str(v) for k, v in overrides.items()})
     return load_config(None, env)
 
