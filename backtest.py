@@ -86,7 +86,7 @@ from exits import check_positions
 import strategies
 from strategies import Strategy, TrendMomentum, frame, signals
 from edge import EdgeSettings, EdgeVerdict, judge, recent_returns
-from protections import ALL_PAIRS, ProtectionSettings, Protections
+from protections import ProtectionSettings, Protections, split
 from strategy import ModelFilter, decide_entries
 
 log = logging.getLogger(__name__)
@@ -708,14 +708,14 @@ class _Replay:
         ok = d.local[rows_here] >= self.min_local
         pairs, rows = here[ok], rows_here[ok]
         model = self.model if self.model is not None and self.model.estimator is not None else None
+        halted, locked = split(self.protections.locks(close_ms, equity))
         if not rows.size or (self.settings.skip_idle_steps
-                             and not self._may_have_candidate(pairs, rows, model, close_ms, equity)):
+                             and not self._may_have_candidate(pairs, rows, model, locked)):
             self.risk.observe_equity(equity)   # all that decide_entries would have done
             return
         view = MarketView(tuple(d.symbols[p] for p in pairs.tolist()),
                           {k: v[rows] for k, v in d.ind.items()},
                           d.c[rows[:, None] + self.k_off], close_ms)
-        halted, locked = self._locks(close_ms, equity)
         if halted is None:
             verdict = self.edge_verdict(close_ms)
             if not verdict.open:
@@ -738,7 +738,7 @@ class _Replay:
                 self.pending.append((e, close_ms))
 
     def _may_have_candidate(self, pairs: np.ndarray, rows: np.ndarray,
-                            model: _WalkForward | None, close_ms: int, equity: float) -> bool:
+                            model: _WalkForward | None, locked: set[str]) -> bool:
         """False only when decide_entries would return no entry: every position slot is
         taken, or no pair that is neither held nor locked passes the strategy
         (elementwise, so scored for all rows at once) or the model's threshold (the batched
@@ -754,23 +754,10 @@ class _Replay:
                 ok &= (((prob >= self.params.min_confidence)
                         & (model.expected_return(prob) > self.params.min_expected_return))
                        | unknown)
-        excluded = self._excluded(close_ms, equity)
+        excluded = set(self.ledger.positions) | set(self.resting) | locked
         if excluded:
             ok = ok & np.array([self.d.symbols[p] not in excluded for p in pairs.tolist()])
         return bool(ok.any())
-
-    def _excluded(self, now_ms: int, equity: float) -> set[str]:
-        """The pairs decide_entries leaves out at this close: held, busy with a resting
-        limit entry, or locked by a protection (the cooldown after an exit, ...)."""
-        return (set(self.ledger.positions) | set(self.resting)
-                | {lock.scope for lock in self.protections.locks(now_ms, equity)})
-
-    def _locks(self, now_ms: int, equity: float) -> tuple[str | None, set[str]]:
-        """(the reason every entry is locked, or None; the pairs locked one by one)."""
-        locks = self.protections.locks(now_ms, equity)
-        everything = [lock.reason for lock in locks if lock.scope == ALL_PAIRS]
-        return (everything[0] if everything else None,
-                {lock.scope for lock in locks if lock.scope != ALL_PAIRS})
 
     def edge_verdict(self, now_ms: int) -> EdgeVerdict:
         """The edge gate at this close, from the signal trades known by then."""

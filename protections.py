@@ -202,9 +202,8 @@ class Protections:
 
     def locked(self, now_ms: int, equity: float) -> tuple[bool, set[str]]:
         """(every entry locked?, the pairs locked one by one) at decision time `now_ms`."""
-        active = self.locks(now_ms, equity)
-        return (any(k.scope == ALL_PAIRS for k in active),
-                {k.scope for k in active if k.scope != ALL_PAIRS})
+        halted, pairs = split(self.locks(now_ms, equity))
+        return halted is not None, pairs
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -329,6 +328,14 @@ class Protections:
         return Lock(ALL_PAIRS, midnight + DAY_MS,
                     f"daily loss limit: lost {loss:.2f} today, {share} (limit {limit:.2%})",
                     "daily_loss")
+
+
+def split(locks: Iterable[Lock]) -> tuple[str | None, set[str]]:
+    """(why every entry is locked, or None; the pairs locked one by one)."""
+    locks = list(locks)
+    everything = [k.reason for k in locks if k.scope == ALL_PAIRS]
+    return (everything[0] if everything else None,
+            {k.scope for k in locks if k.scope != ALL_PAIRS})
 
 
 def describe(locks: Iterable[Lock], now_ms: int) -> list[str]:

@@ -39,7 +39,7 @@ from store import Store, StoreError
 import strategies
 from edge import EdgeSettings, EdgeVerdict, judge, recent_returns
 from exits import check_positions
-from protections import ALL_PAIRS, DAY_MS, ProtectionSettings, Protections, describe
+from protections import DAY_MS, ProtectionSettings, Protections, describe, split
 from strategy import ModelFilter, decide_entries
 
 log = logging.getLogger(__name__)
@@ -365,9 +365,7 @@ class Trader:
         protections = Protections(s, self.store.trades_since(since), self.ledger.last_exits)
         self.locks = protections.locks(now_ms, equity)
         self.store.set_meta("locks", json.dumps(describe(self.locks, now_ms)))
-        everything = [lock.reason for lock in self.locks if lock.scope == ALL_PAIRS]
-        return (everything[0] if everything else None,
-                {lock.scope for lock in self.locks if lock.scope != ALL_PAIRS})
+        return split(self.locks)
 
     def _judge_edge(self, now_ms: int) -> EdgeVerdict:
         """The edge gate on the strategy's signal trades over the candle store, judged once
