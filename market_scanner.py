@@ -12,9 +12,9 @@ import numpy as np
 
 from candle_files import resample, timeframe_to_ms
 from domain import MarketView
-from strategies import Strategy, market_at, market_index
+from strategies import Strategy, market_index, own_columns
 from features import HISTORY_NEEDED
-from indicators import StreamingIndicators, ema
+from indicators import StreamingIndicators
 
 log = logging.getLogger(__name__)
 
@@ -289,13 +289,7 @@ class MarketScanner:
         latest candle, computed over the stored window; the market is every stored pair."""
         s = self.strategy
         market = market_index(self.store.as_dict()) if s.market_period > 0 else None
-        rows = []
-        for a in candles:
-            columns = s.indicators(*(a[:, j] for j in range(1, 6)))
-            if market is not None:
-                index = market_at(a[:, 0], market)
-                columns.update(market=index, market_ema=ema(index, s.market_period))
-            rows.append({k: v[-1] for k, v in columns.items()})
+        rows = [{k: v[-1] for k, v in own_columns(a, s, market).items()} for a in candles]
         return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]} if rows else {}
 
     # -- the scan -----------------------------------------------------------------------

@@ -343,7 +343,16 @@ def frame(candles: np.ndarray, strategy: Strategy,
     o, h, l, c, v = (a[:, k] for k in range(1, 6))
     out = compute_all(o, h, l, c, v)
     out.update(open=o, high=h, low=l, close=c, volume=v)
-    out.update(strategy.indicators(o, h, l, c, v))
+    out.update(own_columns(a, strategy, market))
+    return out
+
+
+def own_columns(candles: np.ndarray, strategy: Strategy,
+                market: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The columns a strategy adds to the standard ones over one pair's (T, 6) candles: its
+    `indicators` and, with a `market_period`, `market` and `market_ema`."""
+    a = candles
+    out = strategy.indicators(*(a[:, k] for k in range(1, 6)))
     if strategy.market_period > 0:
         index = market_at(a[:, 0], market if market is not None else market_index({"": a}))
         out.update(market=index, market_ema=ema(index, strategy.market_period))
