@@ -413,12 +413,13 @@ def backtest_command(ctx: click.Context, data_dir: Path, timeframe: str, pairs: 
     if simulated:
         _check_sim_size(timeframe, sim_pairs, sim_days)
     import backtest
+    import backtest_job
     from backtest_report import format_report, write_report
     from candle_files import CandleFileError, setup_cli_logging
 
     setup_cli_logging(config.log_level)
     try:
-        job = backtest.backtest_job(
+        job = backtest_job.backtest_job(
             config, data_dir=data_dir, timeframe=timeframe, pairs=pairs,
             start=start, end=end, simulated=simulated, sim_pairs=sim_pairs, sim_days=sim_days,
             use_model=not no_model, starting_balance=starting_balance, strategy=strategy)

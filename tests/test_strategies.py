@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import backtest
+import backtest_job
 import strategies
 from candle_files import candle_path, resample, write_candles
 from config import ConfigError, load_config
@@ -357,7 +358,7 @@ class TimeframeTest(unittest.TestCase):
     def test_job_resamples_to_the_strategy_timeframe(self) -> None:
         self.assertEqual(self.config.timeframe, "5m")
         strategy = Hourly(min_volume_ratio=0)
-        job = backtest.backtest_job(self.config, data_dir=self.dir, timeframe="5m",
+        job = backtest_job.backtest_job(self.config, data_dir=self.dir, timeframe="5m",
                                     strategy=strategy, use_model=False)
         self.assertIs(job.strategy, strategy)
         self.assertEqual(job.params.timeframe_ms, HOUR_MS)
@@ -380,7 +381,7 @@ class TimeframeTest(unittest.TestCase):
 
     def test_strategy_file_with_a_timeframe_through_the_config(self) -> None:
         config = config_for(self.dir, STRATEGY=WS.hourly, STRATEGY_PARAMS="min_volume_ratio=0")
-        job = backtest.backtest_job(config, data_dir=self.dir, timeframe="5m", use_model=False)
+        job = backtest_job.backtest_job(config, data_dir=self.dir, timeframe="5m", use_model=False)
         self.assertEqual(job.strategy.name, "hourly_file")
         self.assertEqual(job.params.timeframe_ms, HOUR_MS)
         for symbol, a in self.hourly.items():
@@ -398,7 +399,7 @@ class TimeframeTest(unittest.TestCase):
                 self.assertIn(candles_tf, message)
                 self.assertIn("1h", message)
         with self.assertRaises(ConfigError) as caught:
-            backtest.backtest_job(self.config, data_dir=self.dir, timeframe="45m",
+            backtest_job.backtest_job(self.config, data_dir=self.dir, timeframe="45m",
                                   strategy=Hourly())
         self.assertEqual(len(str(caught.exception).splitlines()), 1)
 
