@@ -440,6 +440,9 @@ VARIABLES: tuple[Var, ...] = (
     Var("LIMIT_ENTRY_TIMEOUT", 300.0, *_real(
         1, 86_400, unit="market seconds", why="a day; a limit entry older than that is stale")),
     Var("LIMIT_ENTRY_REPRICES", 2, *_whole(0, 20)),
+    Var("MARKET_DATA", "websocket", *_choice(("websocket", "rest"))),
+    Var("STREAM_TIMEOUT", 30.0, *_real(
+        1, 600, unit="seconds", why="a stream silent for 10 minutes is long dead")),
     Var("DATA_DIR", Path("user_data"), *_directory()),
     Var("LOG_LEVEL", "INFO", *_choice(("DEBUG", "INFO", "WARNING", "ERROR"), str.upper)),
     Var("LOG_CCXT_DEBUG", False, *_boolean()),
@@ -557,6 +560,8 @@ class Config:
     entry_order: str
     limit_entry_timeout: float
     limit_entry_reprices: int
+    market_data: str
+    stream_timeout: float
     data_dir: Path
     log_level: str
     log_ccxt_debug: bool

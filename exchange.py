@@ -365,6 +365,49 @@ def create_client(config: Any, *, timeout_ms: int = DEFAULT_TIMEOUT_MS, **retry:
     return ExchangeClient(exchange, quote=config.quote_currency, **retry)
 
 
+def stream_factory(client: ExchangeClient, config: Any) -> tuple[Callable[[], Any], str] | None:
+    """A builder of ccxt.pro exchanges set up like the client's REST one (same keys, the
+    loaded markets, the clock offset; on the simulator its stream URL), and that URL; None
+    when ccxt.pro has no candle and best bid/ask streams for the exchange."""
+    import ccxt.pro   # only when streaming
+
+    cls = getattr(ccxt.pro, client.id, None)
+    has = cls().has if cls is not None else {}
+    if not (has.get("watchOHLCVForSymbols") and has.get("watchBidsAsks")):
+        return None
+    rest = client.ccxt
+    settings: dict[str, Any] = {"enableRateLimit": True, "options": {"defaultType": "spot"}}
+    url = ""
+    if config.is_simulated:
+        server = client.sim_server
+        base = server.url if server is not None else config.sim_url
+        url = server.stream_url if server is not None else sim_stream_url(config.sim_url)
+        if not url:
+            return None
+        overrides = ccxt_overrides(base, url)
+        settings = {**overrides, **settings, "options": {**overrides["options"], "defaultType": "spot"}}
+    for name in ("apiKey", "secret"):
+        if getattr(rest, name, None):
+            settings[name] = getattr(rest, name)
+
+    def make() -> Any:
+        exchange = cls(settings)
+        exchange.set_markets(rest.markets, rest.currencies)
+        exchange.options["timeDifference"] = rest.options.get("timeDifference", 0)
+        return exchange
+
+    return make, url or f"{client.id}'s streams"
+
+
+def sim_stream_url(sim_url: str, timeout: float = 10.0) -> str:
+    """The stream URL a simulated exchange in another process announces ("" if none)."""
+    try:
+        with urllib.request.urlopen(sim_url.rstrip("/") + "/api/v3/sim/clock", timeout=timeout) as r:
+            return str(json.loads(r.read()).get("streamUrl") or "")
+    except (OSError, ValueError):
+        return ""
+
+
 class RemoteSimClock:
     """The market clock of a simulated exchange in another process: read from its
     /api/v3/sim/clock, then run on at the market's speed (a market whose clock stands

@@ -196,6 +196,8 @@ class MarketScanner:
         """
         last = self.store.last_ts(symbol)
         fetch_ms = timeframe_to_ms(self.fetch_timeframe)
+        if last is not None and last + 2 * self.tf_ms > now_ms:
+            return np.empty((0, 6))     # no newer candle can have closed: nothing to ask
         if last is None:
             since = now_ms - (self.config.candle_history + 1) * self.tf_ms
             limit = min(1000, (self.config.candle_history + 1) * self.tf_ms // fetch_ms)
@@ -208,6 +210,24 @@ class MarketScanner:
         if fetch_ms != self.tf_ms:
             arr = resample(arr, fetch_ms, self.tf_ms, now_ms)
         return arr
+
+    @property
+    def stream_timeframe(self) -> str | None:
+        """The candles a stream can feed the store with: the decision timeframe, if the
+        exchange serves it (else the candles are built from REST ones)."""
+        return self.timeframe if self.fetch_timeframe == self.timeframe else None
+
+    def add_streamed(self, symbol: str, row) -> bool:
+        """A closed candle from the stream, stored only if it is the next one: after a gap
+        the scan catches up over REST first, so the store has no hole and no duplicate."""
+        last = self.store.last_ts(symbol)
+        if last is None or int(row[0]) <= last:
+            return False
+        self.cache.clear()      # the view is behind: the next scan rebuilds it
+        if int(row[0]) != last + self.tf_ms:
+            return False
+        self.store.merge(symbol, np.asarray([row], dtype=np.float64))
+        return True
 
     def _note_failures(self, universe: list[str], failed: Mapping[str, str], timed_out: list[str]) -> None:
         """Count failures per pair; log a pair's first failure and its recovery, not every cycle."""

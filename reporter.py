@@ -16,9 +16,11 @@ class Reporter:
         self.echo = echo
 
     def banner(self, mode: str, venue: str, preset: str, timeframe: str, interval: float,
-               database: str, stops: str = "in the bot") -> None:
+               database: str, stops: str = "in the bot", market_data: str = "REST polling"
+               ) -> None:
         self.echo(f"{mode} trading on {venue} | preset {preset} | {timeframe} | "
-                  f"every {interval:g}s of market time | stops {stops} | database {database}")
+                  f"every {interval:g}s of market time | market data {market_data} | "
+                  f"stops {stops} | database {database}")
 
     def opened(self, position: Position) -> None:
         target = (f"target {position.take_profit:.8g}" if math.isfinite(position.take_profit)

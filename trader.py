@@ -41,6 +41,7 @@ from edge import EdgeSettings, EdgeVerdict, judge, recent_returns
 from exits import check_positions
 from protections import DAY_MS, ProtectionSettings, Protections, describe, split
 from strategy import ModelFilter, decide_entries
+from streaming import Arrivals, Streaming, open_streams
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class Trader:
         self._last_halt: str | None = None
         self._recorded_ts: dict[str, int] = {}
         self.scan: ScanResult | None = None
+        self.streaming: Streaming | None = None
         self.decisions: Decisions | None = None
         if config.llm_provider != "none":
             self.advisor = LLMAdvisor(config, self.monitor, self.clock)
@@ -208,6 +210,7 @@ class Trader:
 
     # -- the loop -----------------------------------------------------------------------
     def run(self, cycles: int | None = None) -> None:
+        self._start_streams()
         self._banner()
         interval = self.config.check_interval / self.time_scale
         done = 0
@@ -217,8 +220,31 @@ class Trader:
             done += 1
             if cycles is not None and done >= cycles:
                 break
-            self.stop.wait(max(0.0, interval - (time.monotonic() - started)))
+            self._wait_until(started + interval)
         self.reporter.text(f"stopped after {done} cycle(s); state saved in {self.store.path}")
+
+    def _start_streams(self) -> None:
+        """MARKET_DATA=websocket: start the streams where ccxt.pro has them for the exchange."""
+        if self.config.market_data != "websocket" or self.streaming is not None:
+            return
+        streaming = open_streams(self.client, self.config, self.scanner.stream_timeframe)
+        if streaming is None:
+            log.info("MARKET_DATA=websocket: ccxt.pro has no candle and bid/ask streams for %s;"
+                     " polling REST every CHECK_INTERVAL", self.client.id)
+            return
+        self.streaming = streaming.start()
+        self.monitor.add_section("streams", streaming.report)
+
+    def _wait_until(self, deadline: float) -> None:
+        """Wait for the next cycle; with streams, act on what they bring meanwhile."""
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self.streaming is None:
+                self.stop.wait(left)
+            else:
+                self._on_arrivals(self.streaming.take(min(left, 0.25)))
 
     def _banner(self) -> None:
         c = self.config
@@ -228,9 +254,13 @@ class Trader:
         timeframe = (f"strategy {self.strategy.name} on {self.timeframe} candles"
                      + (f" (built from {self.scanner.fetch_timeframe})"
                         if self.scanner.fetch_timeframe != self.timeframe else ""))
+        data = "REST polling"
+        if self.streaming is not None:
+            data = f"websocket ({self.streaming.url}" + (
+                ", candles from REST)" if self.scanner.stream_timeframe is None else ")")
         self.reporter.banner("PAPER" if c.dry_run else "LIVE", venue, c.account_size, timeframe,
                              c.check_interval, str(self.store.path),
-                             "on the exchange" if self.stops else "in the bot")
+                             "on the exchange" if self.stops else "in the bot", data)
 
     def run_cycle(self) -> None:
         self.cycle += 1
@@ -264,6 +294,8 @@ class Trader:
         if not self.stop.is_set():
             with self.monitor.timing("scan_all_pairs"):
                 self.scan = self.scanner.scan()
+            if self.streaming is not None:
+                self.streaming.watch(set(self.scan.universe) | set(self.positions))
             if not self.stop.is_set() and self.scan.view is not None:
                 self._signal_exits(decided)
                 self._enter(record, decided)
@@ -410,12 +442,15 @@ class Trader:
         return rules
 
     # -- positions ----------------------------------------------------------------------
-    def update_positions(self, record: dict | None = None, decided: list | None = None) -> None:
-        """Exits first, every cycle, against fresh prices (never the scan cache); a stop the
-        price raised (trailing, break-even) is persisted before the bot moves on."""
+    def update_positions(self, record: dict | None = None, decided: list | None = None,
+                         prices: dict[str, float] | None = None) -> None:
+        """Exits first, every cycle, against fresh prices (never the scan cache: the streamed
+        bids while the streams are up, else REST); a stop the price raised (trailing,
+        break-even) is persisted before the bot moves on."""
         if not self.positions:
             return
-        prices = self.scanner.fresh_prices(self.positions)
+        if prices is None:
+            prices = self._fresh_prices(self.positions)
         self.last_prices.update(prices)
         now_ms = int(self.clock() * 1000)
         if record is not None:
@@ -429,6 +464,10 @@ class Trader:
             if self.stop.is_set():
                 break
             self._exit(intent, decided)
+
+    def _fresh_prices(self, symbols) -> dict[str, float]:
+        streamed = self.streaming.fresh_prices(symbols) if self.streaming is not None else None
+        return streamed if streamed is not None else self.scanner.fresh_prices(symbols)
 
     def _move_stop(self, symbol: str, stop: float, high: float) -> None:
         old = self.positions[symbol].stop_loss
@@ -451,7 +490,7 @@ class Trader:
         for symbol, flag in zip(view.symbols, np.asarray(flags, dtype=bool).tolist()):
             position = self.positions.get(symbol)
             if flag and position is not None and symbol not in busy and not self.stop.is_set():
-                price = self.scanner.fresh_prices([symbol]).get(symbol)
+                price = self._fresh_prices([symbol]).get(symbol)
                 if price is not None and position.entry_time_ms < view.now_ms:
                     self._exit(ExitIntent(symbol, price, "exit_signal"), decided)
 
@@ -479,6 +518,53 @@ class Trader:
             fill, trade, left = done
             self._learn(trade)
             self.reporter.closed(fill, trade, left)
+
+    # -- between cycles: what the streams bring -------------------------------------------
+    def _on_arrivals(self, got: Arrivals) -> None:
+        """Closed candles into the store, exits on every price update, fills and balances
+        from the account stream; the loop stays the only writer of positions and money."""
+        if got.status is not None:
+            if got.status["up"]:
+                log.info("streams up: exits are checked on every price update, candles come "
+                         "from the stream")
+            else:
+                log.warning("streams down (%s): polling REST every CHECK_INTERVAL until they "
+                            "recover", got.status["error"])
+        for symbol, row in got.candles:
+            self.scanner.add_streamed(symbol, row)
+        if got.balance is not None and self._account is not None:
+            self._account.update({k: float(v or 0.0) for k, v in got.balance["total"].items()})
+            free = got.balance["free"].get(self.config.quote_currency)
+            if free is not None:
+                self.ledger.cash = float(free)
+        reconcile = self.stops is not None and bool(got.orders or "order" in got.lost)
+        held = {s: p for s, p in got.prices.items() if s in self.positions}
+        if held or reconcile:
+            self._exit_check(held, reconcile)
+
+    def _exit_check(self, prices: dict[str, float], reconcile: bool) -> None:
+        """An exit check between cycles, made when a price moves a stop or crosses an exit,
+        or the account stream reports an order; recorded as a cycle of its own (the parity
+        check replays it like any other)."""
+        if not reconcile:
+            busy = self.orders.busy()
+            bars = {s: Bar.at(p) for s, p in prices.items() if s not in busy}
+            update = check_positions(self.positions, bars, int(self.clock() * 1000), self.params)
+            if not update.exits and not update.moved:
+                return
+        self.cycle += 1
+        record, decided = self._record_state(), []
+        try:
+            if reconcile:
+                self._reconcile_stops(decided)
+            record["busy"] = sorted(self.orders.busy())
+            self.update_positions(record, decided, prices)
+        except ExchangeError as exc:
+            log.warning("exit check skipped: exchange unavailable (%s); the next cycle retries",
+                        exc)
+        finally:
+            self.store.record_cycle(self.cycle, None, json.dumps(record), decided)
+            self.store.set_meta("cycle", str(self.cycle))
 
     def _learn(self, trade) -> None:
         if self.training_data is not None and trade.features is not None:
@@ -548,6 +634,8 @@ class Trader:
         return f"model v{bundle.version} (AUC {auc:.2f})"
 
     def close(self) -> None:
+        if self.streaming is not None:
+            self.streaming.close()
         if self.retrainer is not None:
             self.retrainer.stop(timeout=2.0)
         if self.advisor is not None:

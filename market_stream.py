@@ -1,0 +1,267 @@
+"""Market data and account events over WebSocket (ccxt.pro), published into a Feed.
+
+One background thread runs one asyncio loop; the rest of the bot stays synchronous. The
+loop runs *sessions*: a fresh ``ccxt.pro`` exchange watching, for the wanted pairs,
+
+- ``candle`` (critical): each candle of the decision timeframe once it has closed, as
+  ``(symbol, [ts, o, h, l, c, v])``. ccxt's unified candles carry no "closed" flag; within one
+  connection the exchange sends a candle's final state before the next candle's first, so a
+  candle is published when the next one opens. A session starts with no candle in hand, so a
+  candle half-seen across a reconnect is never published: REST fills the gap;
+- ``price``: ``{symbol: (bid, ask)}`` from the best bid/ask stream;
+- ``order`` and ``balance`` (critical, only with keys): the account's order updates and
+  balances, from the user-data stream.
+
+Every session fault (a closed connection, an error, a market stream silent for longer than
+``stale_after`` seconds: a stalled stream, or the exchange's 24-hour disconnect) ends the
+session. ``status`` messages (critical) say when streams go down and come back; the loop
+reconnects after an exponential backoff with full jitter. The stream never writes anything
+but the feed: the trading loop decides what to do with what arrives (and catches up over
+REST after a gap).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from feed import Feed
+
+log = logging.getLogger(__name__)
+
+TOPICS = ("candle", "price", "order", "balance", "status")
+BACKOFF_BASE = 0.5        # seconds before the first reconnect (then doubled, with jitter)
+BACKOFF_CAP = 60.0
+
+
+class StreamStalled(Exception):
+    """A market stream sent nothing for longer than allowed."""
+
+
+def backoff_delay(attempt: int, rng: random.Random, base: float = BACKOFF_BASE,
+                  cap: float = BACKOFF_CAP) -> float:
+    """Exponential backoff with full jitter (AWS's recipe): uniform in [0, min(cap, base*2^n)]."""
+    return rng.uniform(0.0, min(cap, base * 2 ** attempt))
+
+
+@dataclass
+class StreamState:
+    """What the monitor and the status line know of one stream."""
+
+    messages: int = 0
+    last_wall: float | None = None      # monotonic time of the last message
+    connected: bool = False
+
+    def staleness(self) -> float | None:
+        return None if self.last_wall is None else time.monotonic() - self.last_wall
+
+
+@dataclass
+class _Session:
+    """One connection's candle in hand per pair (see the module doc)."""
+
+    exchange: Any
+    symbols: tuple[str, ...]
+    open_candles: dict[str, list] = field(default_factory=dict)
+
+
+class MarketStream:
+    """Streams for the wanted pairs on a background asyncio loop (see the module doc).
+
+    make_exchange: builds a fresh ccxt.pro exchange (markets set, no request needed);
+    private: also watch orders and balances (live trading).
+    """
+
+    def __init__(self, make_exchange: Callable[[], Any], feed: Feed, timeframe: str | None,
+                 stale_after: float, private: bool = False, seed: int | None = None):
+        self.make_exchange, self.feed, self.timeframe = make_exchange, feed, timeframe
+        self.stale_after, self.private = stale_after, private
+        self.streams = {name: StreamState() for name in self._stream_names()}
+        self.reconnects = 0
+        self.up = False
+        self.last_error: str | None = None
+        self._rng = random.Random(seed)
+        self._symbols: tuple[str, ...] = ()
+        self._changed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+
+    def _stream_names(self) -> tuple[str, ...]:
+        return self._market_streams() + (("orders", "balance") if self.private else ())
+
+    def _market_streams(self) -> tuple[str, ...]:
+        """The streams that must never fall silent (the account's may, when nothing trades)."""
+        return ("candles", "prices") if self.timeframe else ("prices",)
+
+    # -- the synchronous side ------------------------------------------------------------
+    def start(self) -> "MarketStream":
+        self._thread = threading.Thread(target=self._run_loop, name="market-stream", daemon=True)
+        self._thread.start()
+        self._ready.wait(5.0)
+        return self
+
+    def watch(self, symbols) -> None:
+        """Stream these pairs from now on (a new session starts if they changed)."""
+        symbols = tuple(sorted(symbols))
+        if symbols != self._symbols and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._set_symbols, symbols)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._loop is not None and self._changed is not None:
+            self._loop.call_soon_threadsafe(self._changed.set)
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+
+    def stats(self) -> dict:
+        return {"up": self.up, "reconnects": self.reconnects, "last_error": self.last_error,
+                "streams": {name: {"messages": s.messages, "connected": s.connected,
+                                   "staleness_s": s.staleness()}
+                            for name, s in self.streams.items()}}
+
+    # -- the loop ------------------------------------------------------------------------
+    def _run_loop(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    def _set_symbols(self, symbols: tuple[str, ...]) -> None:
+        self._symbols = symbols
+        self._changed.set()
+
+    async def _main(self) -> None:
+        self._changed = asyncio.Event()
+        self._ready.set()
+        attempt = 0
+        while not self._stopping.is_set():
+            if not self._symbols:
+                await self._changed.wait()
+                self._changed.clear()
+                continue
+            healthy = await self._session()
+            if self._stopping.is_set():
+                break
+            if healthy:
+                attempt = 0
+                continue
+            self.reconnects += 1
+            delay = backoff_delay(attempt, self._rng)
+            attempt += 1
+            try:
+                await asyncio.wait_for(self._changed.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _session(self) -> bool:
+        """Run one session until the pairs change (True) or a fault ends it (False)."""
+        self._changed.clear()
+        session = _Session(self.make_exchange(), self._symbols)
+        started = time.monotonic()
+        tasks = [asyncio.ensure_future(self._watch_prices(session))]
+        if self.timeframe:
+            tasks.append(asyncio.ensure_future(self._watch_candles(session)))
+        if self.private:
+            tasks += [asyncio.ensure_future(self._watch_orders(session)),
+                      asyncio.ensure_future(self._watch_balance(session))]
+        changed = asyncio.ensure_future(self._changed.wait())
+        watchdog = asyncio.ensure_future(self._watchdog(started))
+        try:
+            done, _ = await asyncio.wait(tasks + [changed, watchdog],
+                                         return_when=asyncio.FIRST_COMPLETED)
+            fault = next((t.exception() for t in done if t is not changed and not t.cancelled()
+                          and t.exception() is not None), None)
+        finally:
+            for t in tasks + [changed, watchdog]:
+                t.cancel()
+            await asyncio.gather(*tasks, changed, watchdog, return_exceptions=True)
+            await self._close(session.exchange)
+            for s in self.streams.values():
+                s.connected = False
+        if fault is None or self._stopping.is_set():
+            return True
+        self._down(fault)
+        return False
+
+    @staticmethod
+    async def _close(exchange) -> None:
+        try:
+            await exchange.close()
+        except Exception as exc:   # closing a broken connection may fail too; nothing to do
+            log.debug("closing the stream exchange: %s", exc)
+
+    async def _watchdog(self, started: float) -> None:
+        """Raise StreamStalled when a market stream is silent for longer than stale_after."""
+        while True:
+            await asyncio.sleep(min(1.0, self.stale_after / 4))
+            now = time.monotonic()
+            for name in self._market_streams():
+                last = self.streams[name].last_wall
+                if now - max(started, last if last is not None else started) > self.stale_after:
+                    raise StreamStalled(f"{name} stream silent for more than "
+                                        f"{self.stale_after:g}s")
+
+    def _note(self, name: str) -> None:
+        state = self.streams[name]
+        state.messages += 1
+        state.last_wall = time.monotonic()
+        if not state.connected:
+            state.connected = True
+            if not self.up and all(self.streams[n].connected for n in self._market_streams()):
+                self.up = True
+                self.feed.publish("status", {"up": True, "error": None}, critical=True)
+
+    def _down(self, fault: BaseException) -> None:
+        self.last_error = f"{type(fault).__name__}: {fault}"[:300]
+        if self.up:
+            self.up = False
+            self.feed.publish("status", {"up": False, "error": self.last_error}, critical=True)
+
+    # -- the watchers --------------------------------------------------------------------
+    async def _watch_candles(self, session: _Session) -> None:
+        pairs = [[s, self.timeframe] for s in session.symbols]
+        ex = session.exchange
+        while True:
+            updates = await ex.watch_ohlcv_for_symbols(pairs)
+            self._note("candles")
+            for symbol, by_tf in updates.items():
+                for row in by_tf.get(self.timeframe, ()):
+                    self._on_candle(session, symbol, row)
+
+    def _on_candle(self, session: _Session, symbol: str, row: list) -> None:
+        held = session.open_candles.get(symbol)
+        if held is not None and row[0] > held[0]:
+            self.feed.publish("candle", (symbol, [float(x) for x in held]), critical=True)
+        if held is None or row[0] >= held[0]:
+            session.open_candles[symbol] = list(row)
+
+    async def _watch_prices(self, session: _Session) -> None:
+        ex = session.exchange
+        while True:
+            tickers = await ex.watch_bids_asks(list(session.symbols))
+            self._note("prices")
+            quotes = {s: (t.get("bid"), t.get("ask")) for s, t in tickers.items()
+                      if t.get("bid")}
+            if quotes:
+                self.feed.publish("price", quotes)
+
+    async def _watch_orders(self, session: _Session) -> None:
+        while True:
+            for order in await session.exchange.watch_orders():
+                self._note("orders")
+                self.feed.publish("order", order, critical=True)
+
+    async def _watch_balance(self, session: _Session) -> None:
+        while True:
+            balance = await session.exchange.watch_balance()
+            self._note("balance")
+            self.feed.publish("balance", {"free": dict(balance.get("free") or {}),
+                                          "total": dict(balance.get("total") or {})},
+                              critical=True)
