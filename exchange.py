@@ -392,7 +392,7 @@ def stream_factory(client: ExchangeClient, config: Any) -> tuple[Callable[[], An
 
     def make() -> Any:
         exchange = cls(settings)
-        exchange.set_markets(rest.markets, rest.currencies)
+        exchange.set_markets(client.load_markets(), rest.currencies)
         exchange.options["timeDifference"] = rest.options.get("timeDifference", 0)
         return exchange
 

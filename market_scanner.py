@@ -161,6 +161,9 @@ class MarketScanner:
         served = getattr(client.ccxt, "timeframes", None) or {}
         self.fetch_timeframe = self.timeframe if self.timeframe in served else config.timeframe
         self.history_needed = HISTORY_NEEDED
+        # While a stream feeds the store, a candle that closed this recently (market ms) is
+        # awaited from it rather than asked for over REST.
+        self.stream_grace_ms = 0
         self.store = CandleStore(config.candle_history)
         self.cache = TTLCache(config.market_scan_cache_duration, client.clock)
         self.universe_cache = TTLCache(UNIVERSE_REFRESH, client.clock)
@@ -217,17 +220,29 @@ class MarketScanner:
         exchange serves it (else the candles are built from REST ones)."""
         return self.timeframe if self.fetch_timeframe == self.timeframe else None
 
-    def add_streamed(self, symbol: str, row) -> bool:
-        """A closed candle from the stream, stored only if it is the next one: after a gap
-        the scan catches up over REST first, so the store has no hole and no duplicate."""
-        last = self.store.last_ts(symbol)
-        if last is None or int(row[0]) <= last:
-            return False
-        self.cache.clear()      # the view is behind: the next scan rebuilds it
-        if int(row[0]) != last + self.tf_ms:
-            return False
-        self.store.merge(symbol, np.asarray([row], dtype=np.float64))
-        return True
+    def add_streamed(self, candles: Iterable[tuple[str, list]]) -> list[str]:
+        """Closed candles from the stream, each stored only if it is the next one. A pair
+        whose streamed candle comes after a gap catches up over REST up to that candle
+        first, so the store has no hole and no duplicate. Returns the pairs that failed to
+        catch up (the next scan tries again)."""
+        gaps: dict[str, int] = {}
+        for symbol, row in candles:
+            last, ts = self.store.last_ts(symbol), int(row[0])
+            if last is None or ts <= last:
+                continue
+            self.cache.clear()      # the view is behind: the next scan rebuilds it
+            if symbol in gaps or ts != last + self.tf_ms:
+                gaps[symbol] = max(ts, gaps.get(symbol, ts))
+            else:
+                self.store.merge(symbol, np.asarray([row], dtype=np.float64))
+        if not gaps:
+            return []
+        fetched = run_parallel(lambda s: self._fetch_candles(s, gaps[s] + self.tf_ms), gaps,
+                               self.config.max_parallel_workers, self.config.scan_timeout, self.cancel)
+        for symbol, rows in fetched.results.items():
+            self.store.merge(symbol, rows)
+        self._note_failures(list(gaps), fetched.failed, fetched.timed_out)
+        return sorted(set(fetched.failed) | set(fetched.timed_out))
 
     def _note_failures(self, universe: list[str], failed: Mapping[str, str], timed_out: list[str]) -> None:
         """Count failures per pair; log a pair's first failure and its recovery, not every cycle."""
@@ -324,7 +339,8 @@ class MarketScanner:
             self.universe_cache.put(universe)
         for symbol in set(self.store.symbols()) - set(universe):
             self.store.drop(symbol)
-        now_ms = int(self.client.clock() * 1000)
+        # the candles that closed within the grace come from the stream (if it is up)
+        now_ms = int(self.client.clock() * 1000) - self.stream_grace_ms
         fetched = run_parallel(lambda symbol: self._fetch_candles(symbol, now_ms), universe,
                                self.config.max_parallel_workers, self.config.scan_timeout, self.cancel)
         for symbol, rows in fetched.results.items():

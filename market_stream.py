@@ -4,10 +4,11 @@ One background thread runs one asyncio loop; the rest of the bot stays synchrono
 loop runs *sessions*: a fresh ``ccxt.pro`` exchange watching, for the wanted pairs,
 
 - ``candle`` (critical): each candle of the decision timeframe once it has closed, as
-  ``(symbol, [ts, o, h, l, c, v])``. ccxt's unified candles carry no "closed" flag; within one
-  connection the exchange sends a candle's final state before the next candle's first, so a
-  candle is published when the next one opens. A session starts with no candle in hand, so a
-  candle half-seen across a reconnect is never published: REST fills the gap;
+  ``(symbol, [ts, o, h, l, c, v])``. ccxt's unified candles carry no "closed" flag; but every
+  kline message carries the candle's whole state, and within one connection the exchange
+  sends a candle's final state before the next candle's first, so a candle is published
+  once a newer one is in the session's cache. Each session starts with an empty cache, so
+  nothing seen on a broken connection is trusted: REST fills the gap;
 - ``price``: ``{symbol: (bid, ask)}`` from the best bid/ask stream;
 - ``order`` and ``balance`` (critical, only with keys): the account's order updates and
   balances, from the user-data stream.
@@ -62,11 +63,12 @@ class StreamState:
 
 @dataclass
 class _Session:
-    """One connection's candle in hand per pair (see the module doc)."""
+    """One connection: its exchange, pairs, and what it published of each pair."""
 
     exchange: Any
     symbols: tuple[str, ...]
-    open_candles: dict[str, list] = field(default_factory=dict)
+    published: dict[str, float] = field(default_factory=dict)    # newest closed candle
+    quotes: dict[str, tuple] = field(default_factory=dict)       # newest (bid, ask)
 
 
 class MarketStream:
@@ -163,7 +165,11 @@ class MarketStream:
     async def _session(self) -> bool:
         """Run one session until the pairs change (True) or a fault ends it (False)."""
         self._changed.clear()
-        session = _Session(self.make_exchange(), self._symbols)
+        try:
+            session = _Session(self.make_exchange(), self._symbols)
+        except Exception as exc:    # e.g. the markets could not be loaded over REST
+            self._down(exc)
+            return False
         started = time.monotonic()
         tasks = [asyncio.ensure_future(self._watch_prices(session))]
         if self.timeframe:
@@ -229,26 +235,39 @@ class MarketStream:
         pairs = [[s, self.timeframe] for s in session.symbols]
         ex = session.exchange
         while True:
-            updates = await ex.watch_ohlcv_for_symbols(pairs)
+            await ex.watch_ohlcv_for_symbols(pairs)
             self._note("candles")
-            for symbol, by_tf in updates.items():
-                for row in by_tf.get(self.timeframe, ()):
-                    self._on_candle(session, symbol, row)
+            # ccxt resolves one waiting call per message: updates of other pairs that came
+            # meanwhile are only in its cache, so read every pair's cache
+            for symbol in session.symbols:
+                rows = ex.ohlcvs.get(symbol, {}).get(self.timeframe)
+                if rows:
+                    self._closed_candles(session, symbol, rows)
 
-    def _on_candle(self, session: _Session, symbol: str, row: list) -> None:
-        held = session.open_candles.get(symbol)
-        if held is not None and row[0] > held[0]:
-            self.feed.publish("candle", (symbol, [float(x) for x in held]), critical=True)
-        if held is None or row[0] >= held[0]:
-            session.open_candles[symbol] = list(row)
+    def _closed_candles(self, session: _Session, symbol: str, rows) -> None:
+        """Publish the cached candles older than the newest (closed: see the module doc) that
+        were not published yet in this session."""
+        last = session.published.get(symbol, -1)
+        if len(rows) < 2 or rows[-2][0] <= last:
+            return
+        first = len(rows) - 2
+        while first > 0 and rows[first - 1][0] > last:
+            first -= 1
+        for i in range(first, len(rows) - 1):
+            self.feed.publish("candle", (symbol, [float(x) for x in rows[i]]), critical=True)
+        session.published[symbol] = rows[-2][0]
 
     async def _watch_prices(self, session: _Session) -> None:
         ex = session.exchange
         while True:
-            tickers = await ex.watch_bids_asks(list(session.symbols))
+            await ex.watch_bids_asks(list(session.symbols))
             self._note("prices")
-            quotes = {s: (t.get("bid"), t.get("ask")) for s, t in tickers.items()
-                      if t.get("bid")}
+            quotes = {}
+            for symbol in session.symbols:      # the cache, as for candles
+                t = ex.bidsasks.get(symbol) or {}
+                quote = (t.get("bid"), t.get("ask"))
+                if quote[0] and session.quotes.get(symbol) != quote:
+                    quotes[symbol] = session.quotes[symbol] = quote
             if quotes:
                 self.feed.publish("price", quotes)
 

@@ -28,8 +28,14 @@ last match, minute by minute (so the outcome does not depend on when requests co
 - an OCO leg that triggers or trades, even partly, expires the other one; cancelling either
   leg cancels the list. Funds stay locked while an order rests or waits (once per OCO).
 
+WebSocket streams (market streams, the user-data stream and the WebSocket API's user-data
+subscription) are served beside the REST server by `sim_streams` (see its docstring;
+``stream_url``, ``ccxt_overrides(url, stream_url)`` for ccxt.pro). ``POST/PUT/DELETE
+/api/v3/userDataStream`` manage its listenKey (API key only, weight 2).
+
 Fault knobs (``set_faults``, ``set_rate_limit``, ``set_book_depth``, or all at once with
-``configure``) are also options of ``python sim_exchange.py`` (see ``--help``), and change at
+``configure``; the stream knobs stream_latency, stream_stall, stream_max_age and the action
+drop_streams) are also options of ``python sim_exchange.py`` (see ``--help``), and change at
 run time through ``POST /sim/admin/faults`` (not Binance): from 127.0.0.1 only, with the
 server's API key in ``X-MBX-APIKEY``, a JSON object of the knobs to change (latency,
 error_rate, hang_rate, hang_seconds, drop_rate, lost_answers, symbols, rate_limit,
@@ -59,6 +65,7 @@ import ccxt
 
 from market_rules import TAKER_FEE
 from sim_market import MINUTE_MS, BinanceError, PairSpec, SimMarket, f8
+from sim_streams import ListenKeys, StreamFaults, StreamServer
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +80,15 @@ def _mandatory(name: str) -> BinanceError:
 
 # ----------------------------------------------------------------------------- ccxt
 
-def ccxt_overrides(base_url: str) -> dict:
-    """Constructor config that points an unmodified ccxt.binance at a SimExchangeServer."""
+def ccxt_overrides(base_url: str, stream_url: str | None = None) -> dict:
+    """Constructor config that points an unmodified ccxt.binance at a SimExchangeServer (and
+    ccxt.pro.binance's streams at its stream_url, when given)."""
     base = base_url.rstrip("/")
-    api = {name: re.sub(r"^https?://[^/]+", base, url)
-           for name, url in ccxt.binance().describe()["urls"]["api"].items()}
+    api: dict = {name: re.sub(r"^https?://[^/]+", base, url)
+                 for name, url in ccxt.binance().describe()["urls"]["api"].items()}
+    if stream_url:
+        ws = stream_url.rstrip("/")
+        api["ws"] = {"spot": ws + "/ws", "margin": ws + "/ws", "ws-api": {"spot": ws + "/ws-api/v3"}}
     return {
         "urls": {"api": api},
         "options": {
@@ -327,6 +338,14 @@ class _Account:
         self._next_list = 1
         self._next_trade = 1
         self._lock = threading.RLock()
+        # called under the lock on every order event: (order, execution type, market ms,
+        # fill=(price, qty, fee, fee asset, trade id, maker) | None, cancel_id="")
+        self.listeners: list[Callable[..., None]] = []
+
+    def _notify(self, order: _Order, exec_type: str, now: int, fill: tuple | None = None,
+                cancel_id: str = "") -> None:
+        for listener in self.listeners:
+            listener(order, exec_type, now, fill, cancel_id)
 
     # -- helpers
     def spec(self, market_id: str) -> PairSpec:
@@ -390,6 +409,7 @@ class _Account:
             order.executed += qty
             order.cum_quote += price * qty
             trade_id = self._record_trade(order, price, qty, fee, fee_asset, maker, now)
+            self._notify(order, "TRADE", now, (price, qty, fee, fee_asset, trade_id, maker))
             out.append({"price": f8(price), "qty": f8(qty), "commission": f8(fee),
                         "commissionAsset": fee_asset, "tradeId": trade_id})
         order.update_time = now
@@ -455,11 +475,13 @@ class _Account:
         self.open_ids.add(order.order_id)
         order.cursor_ms = (now // MINUTE_MS + 1) * MINUTE_MS
 
-    def _finish(self, order: _Order, status: str, now: int) -> None:
+    def _finish(self, order: _Order, status: str, now: int, cancel_id: str = "") -> None:
         """Take an order off the book in a final status, releasing what it still locks."""
         order.status, order.update_time = status, now
         self.open_ids.discard(order.order_id)
         self._hold(order, order.lock, -1)
+        if status != "FILLED":          # a fill was reported as its TRADE
+            self._notify(order, status, now, cancel_id=cancel_id)
 
     # -- orders
     def new_order(self, params: dict) -> dict:
@@ -491,6 +513,7 @@ class _Account:
                        working_time=-1 if otype in _STOP_TYPES else now)
         self._next_order += 1
         self.orders[order.order_id] = order
+        self._notify(order, "NEW", now)
         return order
 
     def _leg_order(self, spec: PairSpec, side: str, qty: Decimal, leg: _Leg, now: int,
@@ -513,6 +536,8 @@ class _Account:
                           quote or Decimal(0), client_id, now)
         out = self._settle(order, fills, maker=False, now=now)
         order.status = "FILLED" if qty is None or order.executed == qty else "EXPIRED"
+        if order.status == "EXPIRED":
+            self._notify(order, "EXPIRED", now)
         return order, out
 
     def _limit_order(self, spec, side, otype, params, client_id, now):
@@ -641,6 +666,7 @@ class _Account:
         the next minute."""
         order.working_time = t
         self._activate(order, t)
+        self._notify(order, "NEW", t)       # triggered: on the book from now
         step = Decimal(f8(spec.step))
         limit = order.price if order.type == "STOP_LOSS_LIMIT" else None
         fills = self._walk(self._book(spec, order.side, t, float(at)), order.side, order.rest,
@@ -724,7 +750,7 @@ class _Account:
     def _cancel_one(self, order: _Order, cancel_id: str, now: int) -> dict:
         """Cancel the order if it is open; its cancel report."""
         if order.order_id in self.open_ids:
-            self._finish(order, "CANCELED", now)
+            self._finish(order, "CANCELED", now, cancel_id)
         return order.as_dict() | {"origClientOrderId": order.client_id,
                                   "clientOrderId": cancel_id, "transactTime": now}
 
@@ -898,8 +924,8 @@ def _symbols_weight(params: dict, one: int, few: int, many: int, all_: int) -> i
     return all_
 
 
-# (method, path) -> (weight function, signed)
-_ROUTES: dict[tuple[str, str], tuple[Callable[[dict], int], bool]] = {
+# (method, path) -> (weight function, signed: True, False or "key" for the API key alone)
+_ROUTES: dict[tuple[str, str], tuple[Callable[[dict], int], bool | str]] = {
     ("GET", "/api/v3/ping"): (lambda p: 1, False),
     ("GET", "/api/v3/time"): (lambda p: 1, False),
     ("GET", "/api/v3/sim/clock"): (lambda p: 1, False),   # not Binance: the market clock
@@ -922,6 +948,7 @@ _ROUTES: dict[tuple[str, str], tuple[Callable[[dict], int], bool]] = {
     ("DELETE", "/api/v3/orderList"): (lambda p: 1, True),
     ("GET", "/api/v3/openOrderList"): (lambda p: 6, True),
     ("GET", "/api/v3/allOrderList"): (lambda p: 20, True),
+    **{(m, "/api/v3/userDataStream"): (lambda p: 2, "key") for m in ("POST", "PUT", "DELETE")},
 }
 ADMIN_PATH = "/sim/admin/faults"    # not Binance: the knobs at run time (see the module doc)
 _LOOPBACK = ("127.0.0.1", "::1")
@@ -934,13 +961,18 @@ def _check_knobs(knobs: dict) -> None:
             raise ValueError(f"{name} must be a share between 0 and 1, not {knobs[name]!r}")
     if knobs["error_rate"] + knobs["hang_rate"] + knobs["drop_rate"] > 1:
         raise ValueError("error_rate + hang_rate + drop_rate must not exceed 1")
-    for name in ("latency", "hang_seconds"):
+    for name in ("latency", "hang_seconds", "stream_latency"):
         if not (isinstance(knobs[name], (int, float)) and 0 <= knobs[name] <= 3600):
             raise ValueError(f"{name} must be between 0 and 3600 seconds, not {knobs[name]!r}")
     if not (type(knobs["rate_limit"]) is int and knobs["rate_limit"] >= 1):
         raise ValueError(f"rate_limit must be a whole weight >= 1, not {knobs['rate_limit']!r}")
     if not (isinstance(knobs["book_depth"], (int, float)) and 0 < knobs["book_depth"] <= 1000):
         raise ValueError(f"book_depth must be > 0 and <= 1000, not {knobs['book_depth']!r}")
+    if not (isinstance(knobs["stream_max_age"], (int, float)) and 0 < knobs["stream_max_age"]):
+        raise ValueError(f"stream_max_age must be > 0 seconds, not {knobs['stream_max_age']!r}")
+    for name in ("stream_stall", "drop_streams"):
+        if not isinstance(knobs[name], bool):
+            raise ValueError(f"{name} must be true or false, not {knobs[name]!r}")
     symbols = knobs["symbols"]
     if symbols is not None and not (isinstance(symbols, list)
                                     and all(isinstance(s, str) for s in symbols)):
@@ -984,12 +1016,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class SimExchangeServer:
-    """Binance spot REST dialect over a SimMarket, on a ThreadingHTTPServer."""
+    """Binance spot REST dialect over a SimMarket, on a ThreadingHTTPServer; with streams, its
+    WebSocket streams beside it (`sim_streams`, on stream_port, 0 = any free port)."""
 
     def __init__(self, market: SimMarket, host: str = "127.0.0.1", port: int = 0,
                  api_key: str = "sim-key", api_secret: str = "sim-secret",
                  balances: dict[str, float] | None = None,
-                 weight_limit_per_minute: int = 6000):
+                 weight_limit_per_minute: int = 6000, streams: bool = True,
+                 stream_port: int = 0, tick_seconds: float = 0.1):
         self.market = market
         self.host, self._port = host, port
         self.api_key, self._secret = api_key, api_secret.encode()
@@ -1004,6 +1038,11 @@ class SimExchangeServer:
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._listen_keys = ListenKeys()
+        self._stream_faults = StreamFaults()
+        self.streams = StreamServer(market, self._account, api_key, self._secret,
+                                    self._listen_keys, self._stream_faults, host, stream_port,
+                                    tick_seconds) if streams else None
 
     # -- lifecycle
     def start(self) -> "SimExchangeServer":
@@ -1016,12 +1055,20 @@ class SimExchangeServer:
         self._thread.start()
         logger.info("simulated exchange listening on %s (%d pairs, speed %gx)", self.url,
                     len(self.market.specs), self.market.speed)
+        if self.streams:
+            try:
+                self.streams.start()
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def stop(self) -> None:
         if self._httpd is None:
             return
         self._stopping.set()
+        if self.streams:
+            self.streams.stop()
         self._httpd.shutdown()
         self._httpd.server_close()
         for conn in list(self._connections):
@@ -1045,6 +1092,22 @@ class SimExchangeServer:
             raise RuntimeError("server not started")
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
+
+    @property
+    def stream_url(self) -> str:
+        """The WebSocket base URL, e.g. ws://127.0.0.1:PORT (see ccxt_overrides)."""
+        if self.streams is None or self._httpd is None:
+            raise RuntimeError("streams not started")
+        return self.streams.url
+
+    def drop_streams(self) -> None:
+        """Cut every stream connection now, as a network failure would."""
+        if self.streams:
+            self.streams.drop_all()
+
+    def stream_stats(self) -> dict:
+        """Stream counters (connections, messages sent, ...; see StreamServer.stats)."""
+        return self.streams.stats() if self.streams else {}
 
     # -- test/bench knobs
     def set_faults(self, latency: float = 0.0, error_rate: float = 0.0, hang_rate: float = 0.0,
@@ -1078,7 +1141,11 @@ class SimExchangeServer:
                 "hang_seconds": f.hang_seconds, "drop_rate": f.drop_rate,
                 "lost_answers": f.after_processing,
                 "symbols": sorted(f.symbols) if f.symbols is not None else None,
-                "rate_limit": self._limiter.limit, "book_depth": self._account.depth}
+                "rate_limit": self._limiter.limit, "book_depth": self._account.depth,
+                "stream_latency": self._stream_faults.latency,
+                "stream_stall": self._stream_faults.stall,
+                "stream_max_age": self._stream_faults.max_age,
+                "drop_streams": False}   # an action: true drops every stream connection now
 
     def configure(self, changes: dict) -> dict:
         """Change some knobs (names as in `knobs`), keep the others; the knobs now in force.
@@ -1096,6 +1163,11 @@ class SimExchangeServer:
         if knobs["rate_limit"] != self._limiter.limit:
             self.set_rate_limit(knobs["rate_limit"])
         self.set_book_depth(knobs["book_depth"])
+        faults = self._stream_faults
+        faults.latency, faults.stall = knobs["stream_latency"], knobs["stream_stall"]
+        faults.max_age = knobs["stream_max_age"]
+        if knobs["drop_streams"]:
+            self.drop_streams()
         return self.knobs()
 
     def set_rate_limit(self, weight_limit_per_minute: int, window_s: float = 60.0,
@@ -1200,10 +1272,12 @@ class SimExchangeServer:
         return parts, req.rfile.read(length).decode() if length else ""
 
     def _answer(self, req: _Handler, method: str, parts: SplitResult, body: str, params: dict,
-                signed: bool) -> tuple[int, bytes]:
+                signed: bool | str) -> tuple[int, bytes]:
         """(HTTP status, JSON body) of a routed request; Binance's error format on errors."""
         try:
-            if signed:
+            if signed == "key":
+                self._check_api_key(req)
+            elif signed:
                 self._authenticate(req, parts.query, body, params)
             self._account.match_open_orders()
             return 200, self._dispatch(method, parts.path, params)
@@ -1277,13 +1351,16 @@ class SimExchangeServer:
         except OSError:           # the client went away
             req.close_connection = True
 
-    def _authenticate(self, req: _Handler, query: str, body: str, params: dict) -> None:
-        """Check the API key, the timestamp (wall clock) and the HMAC-SHA256 signature."""
+    def _check_api_key(self, req: _Handler) -> None:
         key = req.headers.get("X-MBX-APIKEY")
         if not key:
             raise BinanceError(-2014, "API-key format invalid.", 401)
         if not hmac.compare_digest(key, self.api_key):
             raise BinanceError(-2015, "Invalid API-key, IP, or permissions for action.", 401)
+
+    def _authenticate(self, req: _Handler, query: str, body: str, params: dict) -> None:
+        """Check the API key, the timestamp (wall clock) and the HMAC-SHA256 signature."""
+        self._check_api_key(req)
         timestamp = _integer(params, "timestamp", required=True)
         signature = params.get("signature")
         if not signature:
@@ -1311,6 +1388,8 @@ class SimExchangeServer:
             return self._depth(params)
         if name in ("ticker/24hr", "ticker/bookTicker", "ticker/price"):
             return self._ticker(name, params)
+        if name == "userDataStream":
+            return _json(self._listen_keys.answer(method, params))
         return _json(self._account_answer(method, name, params))
 
     def _account_answer(self, method: str, name: str, params: dict) -> dict | list:
@@ -1379,6 +1458,9 @@ class SimExchangeServer:
         if limit < 1:
             raise BinanceError(-1100, "Illegal characters found in parameter 'limit'; legal "
                                       "range is '^[0-9]{1,20}$'.")
+        streamed = self.streams and self.streams.depth_snapshot(symbol, min(limit, 5000))
+        if streamed:      # a diff-depth stream publishes this book: answer the same one
+            return _json(streamed)
         book = self.market.order_book(symbol, min(limit, 5000), self._account.depth)
         return _json({"lastUpdateId": self.market.now_ms(),
                       "bids": [[f8(p), f8(q)] for p, q in book["bids"]],
@@ -1424,8 +1506,10 @@ Change the fault knobs while it runs (127.0.0.1 only; the API key authenticates)
   curl -s -X POST http://127.0.0.1:8765{ADMIN_PATH} -H 'X-MBX-APIKEY: sim-key' \\
        -d '{{"error_rate": 0.1, "hang_rate": 0.05, "lost_answers": 0.5}}'
 The body names any of: latency, error_rate, hang_rate, hang_seconds, drop_rate,
-lost_answers, symbols (a list of Binance ids, or null for all), rate_limit, book_depth;
-the others keep their values. The answer (as for GET) is every knob now in force."""
+lost_answers, symbols (a list of Binance ids, or null for all), rate_limit, book_depth,
+stream_latency, stream_stall, stream_max_age, drop_streams (true: cut every stream
+connection now); the others keep their values. The answer (as for GET) is every knob now
+in force."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -1441,6 +1525,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", default="sim-key")
     parser.add_argument("--api-secret", default="sim-secret")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--stream-port", type=int, default=None,
+                        help="port of the WebSocket streams (default: --port + 1, or any free "
+                             "port with --port 0)")
+    parser.add_argument("--no-streams", action="store_true", help="serve REST only")
     faults = parser.add_argument_group("fault knobs (a bad day; all off by default)")
     faults.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
                         help="delay added to every request")
@@ -1460,6 +1548,13 @@ def _parser() -> argparse.ArgumentParser:
     faults.add_argument("--book-depth", type=float, default=1.0, metavar="FACTOR",
                         help="scales every order-book quantity (0.01: a thin book, market "
                              "orders fill partly); default 1")
+    faults.add_argument("--stream-latency", type=float, default=0.0, metavar="SECONDS",
+                        help="delay added to every stream message")
+    faults.add_argument("--stream-stall", action="store_true",
+                        help="streams stay open (pings answered) but send nothing")
+    faults.add_argument("--stream-max-age", type=float, default=86400.0, metavar="SECONDS",
+                        help="stream connections are closed at this age (default 86400, "
+                             "Binance's 24 hours)")
     return parser
 
 
@@ -1470,7 +1565,9 @@ def main(argv: list[str] | None = None) -> int:
     knobs = {"latency": args.latency, "error_rate": args.error_rate, "hang_rate": args.hang_rate,
              "hang_seconds": args.hang_seconds, "drop_rate": args.drop_rate,
              "lost_answers": args.lost_answers, "symbols": None, "rate_limit": args.rate_limit,
-             "book_depth": args.book_depth}
+             "book_depth": args.book_depth, "stream_latency": args.stream_latency,
+             "stream_stall": args.stream_stall, "stream_max_age": args.stream_max_age,
+             "drop_streams": False}
     try:
         _check_knobs(knobs)
     except ValueError as err:
@@ -1478,13 +1575,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     market = SimMarket(pairs=args.pairs, seed=args.seed, speed=args.speed)
     server = SimExchangeServer(market, args.host, args.port, args.api_key, args.api_secret,
-                               {"USDT": args.balance})
+                               {"USDT": args.balance}, streams=not args.no_streams,
+                               stream_port=args.stream_port if args.stream_port is not None
+                               else args.port and args.port + 1)
     server.configure(knobs)
     try:
         server.start()
         logger.info("fault knobs (change them with POST %s): %s", ADMIN_PATH, server.knobs())
         logger.info("ccxt: ccxt.binance(ccxt_overrides(%r) | {'apiKey': %r, 'secret': ...})",
                     server.url, args.api_key)
+        if server.streams:
+            logger.info("ccxt.pro: ccxt.pro.binance(ccxt_overrides(%r, %r) | {...})",
+                        server.url, server.stream_url)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -44,6 +44,7 @@ from strategy import ModelFilter, decide_entries
 from streaming import Arrivals, Streaming, open_streams
 
 log = logging.getLogger(__name__)
+STREAM_GRACE = 1.0     # wall seconds (see _stream_grace_ms)
 
 
 class StartupError(Exception):
@@ -292,6 +293,7 @@ class Trader:
         with self.monitor.timing("update_positions"):
             self.update_positions(record, decided)
         if not self.stop.is_set():
+            self.scanner.stream_grace_ms = self._stream_grace_ms()
             with self.monitor.timing("scan_all_pairs"):
                 self.scan = self.scanner.scan()
             if self.streaming is not None:
@@ -465,6 +467,13 @@ class Trader:
                 break
             self._exit(intent, decided)
 
+    def _stream_grace_ms(self) -> int:
+        """While candles stream, the newest one is awaited from the stream for STREAM_GRACE
+        wall seconds after its close before REST is asked for it."""
+        if self.streaming is None or not self.streaming.up or self.scanner.stream_timeframe is None:
+            return 0
+        return int(STREAM_GRACE * self.time_scale * 1000)
+
     def _fresh_prices(self, symbols) -> dict[str, float]:
         streamed = self.streaming.fresh_prices(symbols) if self.streaming is not None else None
         return streamed if streamed is not None else self.scanner.fresh_prices(symbols)
@@ -530,8 +539,8 @@ class Trader:
             else:
                 log.warning("streams down (%s): polling REST every CHECK_INTERVAL until they "
                             "recover", got.status["error"])
-        for symbol, row in got.candles:
-            self.scanner.add_streamed(symbol, row)
+        if got.candles:
+            self.scanner.add_streamed(got.candles)
         if got.balance is not None and self._account is not None:
             self._account.update({k: float(v or 0.0) for k, v in got.balance["total"].items()})
             free = got.balance["free"].get(self.config.quote_currency)

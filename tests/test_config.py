@@ -71,6 +71,8 @@ BAD_VALUES = {
     "EDGE_CONFIDENCE": ["0.4", "1"],
     "MAX_SLIPPAGE": ["0", "0.5", "-0.01", "nan"],
     "ENTRY_ORDER": ["stop", "Market order"],
+    "MARKET_DATA": ["ws", "polling"],
+    "STREAM_TIMEOUT": ["0", "601", "soon"],
     "LIMIT_ENTRY_TIMEOUT": ["0", "1e9", "inf"],
     "LIMIT_ENTRY_REPRICES": ["-1", "21", "two"],
     "LOG_CCXT_DEBUG": ["maybe", "2"],

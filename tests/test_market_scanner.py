@@ -98,7 +98,8 @@ class TestScan(ScannerCase):
         self.server.reset_counters()
         scanner.scan()
         self.assertEqual(self.server.request_count("/api/v3/ticker/24hr"), 0)
-        self.assertGreater(self.server.request_count("/api/v3/klines"), 0, "candles still fresh")
+        self.assertEqual(self.server.request_count("/api/v3/klines"), 0,
+                         "no newer candle can have closed, so none is asked for")
         self.market.advance(UNIVERSE_REFRESH - 1)
         scanner.scan()
         self.assertEqual(self.server.request_count("/api/v3/ticker/24hr"), 0)

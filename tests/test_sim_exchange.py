@@ -1052,7 +1052,9 @@ class StandaloneTest(unittest.TestCase):
             self.assertEqual(status, 200)
             self.assertEqual(knobs, {"latency": 0.01, "error_rate": 1.0, "hang_rate": 0.0,
                                      "hang_seconds": 5.0, "drop_rate": 0.0, "lost_answers": 0.25,
-                                     "symbols": None, "rate_limit": 5000, "book_depth": 0.5})
+                                     "symbols": None, "rate_limit": 5000, "book_depth": 0.5,
+                                     "stream_latency": 0.0, "stream_stall": False,
+                                     "stream_max_age": 86400.0, "drop_streams": False})
             self.assertIn(ping_status(url), (500, 502, 503))
             self.assertEqual(admin_request(url, body={"error_rate": 0}, key="sim-key")[0], 200)
             self.assertEqual(ping_status(url), 200)

@@ -1,0 +1,194 @@
+"""Streaming market data end to end: the trader on the simulated exchange's WebSocket streams
+through real ccxt.pro. Candles from the stream equal REST's; a stop is acted on within a
+second of the price crossing it; dropped, stalled and 24-hour-closed connections are each
+recovered with no missing and no duplicate candle; live fills arrive as events."""
+import math
+import threading
+import time
+import unittest
+
+import numpy as np
+
+from domain import EntryIntent
+from streaming import open_streams
+from tests.test_trader import TraderCase
+
+MINUTE_MS = 60_000
+# 1m candles at SIM_SPEED 600: a candle closes every 0.1 s of wall time; a cycle every 1 s.
+FAST = {"MARKET_DATA": "websocket", "TIMEFRAME": "1m", "SIM_PAIRS": "4", "MAX_PAIRS": "4",
+        "CHECK_INTERVAL": "600", "STREAM_TIMEOUT": "1"}
+
+
+def wait_for(condition, timeout: float = 10.0, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+class StreamingCase(TraderCase):
+    def start_streaming(self, **overrides):
+        trader = self.start(**(FAST | overrides))
+        trader._start_streams()
+        self.assertIsNotNone(trader.streaming, "the simulator streams")
+        trader.run_cycle()                      # REST fills the store, then the streams start
+        self.assertTrue(wait_for(lambda: trader.streaming.up), "streams came up")
+        return trader
+
+    def loop_for(self, trader, seconds: float) -> None:
+        """Run the trading loop's wait between cycles (what `run` does) for a while."""
+        trader._wait_until(time.monotonic() + seconds)
+
+    def assert_store_matches_rest(self, trader) -> None:
+        """Every pair's stored candles: one per minute, none twice, none missing, each equal
+        to what REST answers for it."""
+        for symbol in trader.scanner.store.symbols():
+            stored = trader.scanner.store.get(symbol)
+            self.assertTrue(np.all(np.diff(stored[:, 0]) == MINUTE_MS), f"{symbol}: hole or duplicate")
+            recent = stored[-40:]
+            rest = np.asarray(trader.client.fetch_ohlcv(symbol, "1m", since=int(recent[0, 0]),
+                                                        limit=len(recent)), dtype=float)
+            np.testing.assert_array_equal(recent, rest[:len(recent)], err_msg=symbol)
+
+
+class TestStreamedCandles(StreamingCase):
+    def test_streamed_candles_equal_rest_and_a_steady_scan_asks_for_none(self):
+        trader = self.start_streaming()
+        server = trader.client.sim_server
+        self.loop_for(trader, 1.0)
+        server.reset_counters()
+        for _ in range(3):
+            self.loop_for(trader, 0.5)
+            trader.run_cycle()
+        self.assertEqual(server.request_count("/api/v3/klines"), 0,
+                         "the stream kept the candle store current")
+        self.assertGreater(trader.streaming.stream.streams["candles"].messages, 10)
+        self.assert_store_matches_rest(trader)
+        trader._banner()
+        self.assertIn(f"market data websocket ({server.stream_url})", self.lines[-1])
+
+    def recover_from(self, fault, undo=None, **overrides):
+        trader = self.start_streaming(**overrides)
+        self.loop_for(trader, 0.5)
+        before = trader.streaming.stream.reconnects
+        with self.assertLogs("trader", "WARNING") as logs:
+            fault(trader.client.sim_server)
+            self.assertTrue(wait_for(lambda: not trader.streaming.up or
+                                     trader.streaming.stream.reconnects > before, timeout=5))
+            self.loop_for(trader, 1.5)
+        if undo is not None:
+            undo(trader.client.sim_server)
+        self.assertTrue(wait_for(lambda: trader.streaming.up, timeout=10))
+        self.assertGreater(trader.streaming.stream.reconnects, before)
+        self.assertTrue(any("streams down" in line for line in logs.output))
+        self.loop_for(trader, 0.5)
+        trader.run_cycle()                       # REST catches up over the gap
+        self.loop_for(trader, 0.5)
+        self.assert_store_matches_rest(trader)
+        return trader
+
+    def test_a_dropped_connection_is_recovered_without_a_hole(self):
+        self.recover_from(lambda server: server.drop_streams())
+
+    def test_a_stalled_stream_is_treated_as_dead_and_recovered(self):
+        self.recover_from(lambda server: server.configure({"stream_stall": True}),
+                          undo=lambda server: server.configure({"stream_stall": False}))
+
+    def test_the_24_hour_disconnect_is_recovered(self):
+        self.recover_from(lambda server: server.configure({"stream_max_age": 0.5}),
+                          undo=lambda server: server.configure({"stream_max_age": 86400}))
+
+
+class TestStreamedExits(StreamingCase):
+    def open_position(self, trader, stop_below: float):
+        symbol = sorted(trader.scanner.store.symbols())[0]
+        price = trader.scanner.fresh_prices([symbol])[symbol]
+        rules = trader.broker.rules(symbol)
+        amount, _ = rules.round_order("buy", 200.0 / price, price)
+        position = trader.orders.buy(EntryIntent(symbol, price, amount, price * (1 - stop_below),
+                                                 math.inf, 0.0, None, None, "rule"))
+        self.assertIsNotNone(position)
+        return position
+
+    def test_a_price_crossing_the_stop_is_acted_on_within_a_second(self):
+        trader = self.start_streaming()
+        position = self.open_position(trader, stop_below=0.0005)
+        crossed: list[float] = []
+
+        def watch_prices(message):
+            bid = message.payload.get(position.symbol, (None,))[0]
+            if bid is not None and bid <= position.stop_loss and not crossed:
+                crossed.append(time.monotonic())
+
+        trader.streaming.feed.subscribe("test", ["price"], handler=watch_prices)
+        closed: list[float] = []
+        original = trader.reporter.closed
+        trader.reporter.closed = lambda *a: (closed.append(time.monotonic()), original(*a))
+        deadline = time.monotonic() + 30
+        while position.symbol in trader.positions and time.monotonic() < deadline:
+            self.loop_for(trader, 0.2)
+        self.assertNotIn(position.symbol, trader.positions, "the stop was never crossed")
+        self.assertTrue(crossed)
+        self.assertLess(closed[0] - crossed[0], 1.0, "exit more than a second after the cross")
+        trade = trader.store.recent_trades(1)[0]
+        self.assertEqual(trade.exit_reason, "stop_loss")
+        self.assertGreater(trader.store.get_meta("cycle"), "0")
+
+    def test_a_slow_subscriber_does_not_delay_the_trading_loop(self):
+        trader = self.start_streaming()
+        release = threading.Event()
+        self.addCleanup(release.set)
+        slow = trader.streaming.feed.subscribe("slow", ["price", "candle"],
+                                               handler=lambda m: release.wait(30))
+        symbol = trader.scanner.store.symbols()[0]
+        before = trader.scanner.store.last_ts(symbol)
+        self.loop_for(trader, 1.5)
+        after = trader.scanner.store.last_ts(symbol)
+        self.assertGreater(after, before, "the loop kept taking candles")
+        mailbox = trader.streaming.mailbox
+        self.assertEqual(mailbox.overflow, 0)
+        self.assertGreater(slow.depth, 0, "the slow one is behind, alone")
+        self.assertLess(np.percentile(list(mailbox.latencies), 99), 0.5)
+
+
+class TestLiveEvents(StreamingCase):
+    def test_a_stop_fill_on_the_exchange_arrives_as_an_event_and_is_recorded(self):
+        trader = self.start_streaming(DRY_RUN="false", STOP_LOSS_PCT="0.001",
+                                      CHECK_INTERVAL="60000")
+        self.assertIsNotNone(trader.stops, "live on the simulator: stops on the exchange")
+        self.run_until_positions(trader)
+        symbol = next(iter(trader.positions))
+        deadline = time.monotonic() + 30
+        cycle = trader.cycle
+        while symbol in trader.positions and time.monotonic() < deadline:
+            self.loop_for(trader, 0.2)
+        self.assertNotIn(symbol, trader.positions, "the exchange's stop never filled")
+        trade = trader.store.recent_trades(1)[0]
+        self.assertEqual(trade.symbol, symbol)
+        self.assertGreater(trader.cycle, cycle, "booked by an exit check between cycles")
+        self.assertGreater(trader.streaming.stream.streams["orders"].messages, 0)
+
+
+class TestStreamSettings(StreamingCase):
+    def test_rest_mode_starts_no_stream(self):
+        trader = self.start(MARKET_DATA="rest")
+        trader._start_streams()
+        self.assertIsNone(trader.streaming)
+        trader._banner()
+        self.assertIn("market data REST polling", self.lines[-1])
+
+    def test_the_report_counts_overflow(self):
+        trader = self.start(**FAST)
+        streaming = open_streams(trader.client, trader.config, "1m")
+        self.addCleanup(streaming.close)
+        for i in range(1001):
+            streaming.feed.publish("candle", ("X/USDT", [i, 1, 1, 1, 1, 1]), critical=True)
+        got = streaming.take(0)
+        self.assertEqual(got.lost, frozenset({"candle"}))
+        self.assertIn("overflow 1 (critical 1)", streaming.report())
+
+
+if __name__ == "__main__":
+    unittest.main()
