@@ -1379,7 +1379,9 @@ class SimExchangeServer:
         if name == "time":
             return json.dumps({"serverTime": int(time.time() * 1000)}).encode()
         if name == "sim/clock":   # the simulator's own: a remote bot follows the market clock
-            return json.dumps({"marketTime": self.market.now_ms(), "speed": self.market.speed}).encode()
+            stream_url = self.streams.url if self.streams is not None else None
+            return json.dumps({"marketTime": self.market.now_ms(), "speed": self.market.speed,
+                               "streamUrl": stream_url}).encode()
         if name == "exchangeInfo":
             return self._exchange_info_body(params)
         if name == "klines":

@@ -58,6 +58,7 @@ class Trader:
         self.stop = stop or threading.Event()
         self.reporter = reporter or Reporter(log.info)
         self.client = self.model = self.training_data = self.retrainer = self.advisor = None
+        self.streaming: Streaming | None = None
         self.monitor = PerformanceMonitor(enabled=config.enable_performance_monitoring,
                                           slow_threshold=config.slow_operation_threshold)
         self._lock_file = self._claim_data_dir(config)
@@ -104,7 +105,6 @@ class Trader:
         self._last_halt: str | None = None
         self._recorded_ts: dict[str, int] = {}
         self.scan: ScanResult | None = None
-        self.streaming: Streaming | None = None
         self.decisions: Decisions | None = None
         if config.llm_provider != "none":
             self.advisor = LLMAdvisor(config, self.monitor, self.clock)

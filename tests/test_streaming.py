@@ -2,14 +2,15 @@
 through real ccxt.pro. Candles from the stream equal REST's; a stop is acted on within a
 second of the price crossing it; dropped, stalled and 24-hour-closed connections are each
 recovered with no missing and no duplicate candle; live fills arrive as events."""
-import math
+import dataclasses
 import threading
 import time
 import unittest
 
 import numpy as np
 
-from domain import EntryIntent
+from exchange import create_client, stream_factory
+from parity import check_parity
 from streaming import open_streams
 from tests.test_trader import TraderCase
 
@@ -102,19 +103,10 @@ class TestStreamedCandles(StreamingCase):
 
 
 class TestStreamedExits(StreamingCase):
-    def open_position(self, trader, stop_below: float):
-        symbol = sorted(trader.scanner.store.symbols())[0]
-        price = trader.scanner.fresh_prices([symbol])[symbol]
-        rules = trader.broker.rules(symbol)
-        amount, _ = rules.round_order("buy", 200.0 / price, price)
-        position = trader.orders.buy(EntryIntent(symbol, price, amount, price * (1 - stop_below),
-                                                 math.inf, 0.0, None, None, "rule"))
-        self.assertIsNotNone(position)
-        return position
-
     def test_a_price_crossing_the_stop_is_acted_on_within_a_second(self):
-        trader = self.start_streaming()
-        position = self.open_position(trader, stop_below=0.0005)
+        trader = self.start_streaming(STOP_LOSS_PCT="0.0005")
+        self.run_until_positions(trader)
+        position = next(iter(trader.positions.values()))
         crossed: list[float] = []
 
         def watch_prices(message):
@@ -132,9 +124,10 @@ class TestStreamedExits(StreamingCase):
         self.assertNotIn(position.symbol, trader.positions, "the stop was never crossed")
         self.assertTrue(crossed)
         self.assertLess(closed[0] - crossed[0], 1.0, "exit more than a second after the cross")
-        trade = trader.store.recent_trades(1)[0]
+        trade = next(t for t in trader.store.recent_trades(10) if t.symbol == position.symbol)
         self.assertEqual(trade.exit_reason, "stop_loss")
-        self.assertGreater(trader.store.get_meta("cycle"), "0")
+        report = check_parity(trader.store)          # the exit check replays like a cycle
+        self.assertEqual(report.of_kind("decision") + report.of_kind("books"), [], report.format())
 
     def test_a_slow_subscriber_does_not_delay_the_trading_loop(self):
         trader = self.start_streaming()
@@ -169,6 +162,8 @@ class TestLiveEvents(StreamingCase):
         self.assertEqual(trade.symbol, symbol)
         self.assertGreater(trader.cycle, cycle, "booked by an exit check between cycles")
         self.assertGreater(trader.streaming.stream.streams["orders"].messages, 0)
+        report = check_parity(trader.store)
+        self.assertEqual(report.of_kind("decision") + report.of_kind("books"), [], report.format())
 
 
 class TestStreamSettings(StreamingCase):
@@ -178,6 +173,14 @@ class TestStreamSettings(StreamingCase):
         self.assertIsNone(trader.streaming)
         trader._banner()
         self.assertIn("market data REST polling", self.lines[-1])
+
+    def test_a_simulator_in_another_process_announces_its_streams(self):
+        trader = self.start(**FAST)
+        server = trader.client.sim_server
+        remote = dataclasses.replace(trader.config, sim_url=server.url)
+        client = create_client(remote)
+        self.addCleanup(client.close)
+        self.assertEqual(stream_factory(client, remote)[1], server.stream_url)
 
     def test_the_report_counts_overflow(self):
         trader = self.start(**FAST)
