@@ -89,6 +89,11 @@ def _retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
             return None
 
 
+def full_jitter(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter (AWS's recipe): uniform in [0, min(cap, base*2^n)]."""
+    return (rng or random).uniform(0.0, min(cap, base * 2 ** attempt))
+
+
 class ExchangeClient:
     """One ccxt instance shared by all threads, with the retry policy and market helpers."""
 
@@ -188,7 +193,7 @@ class ExchangeClient:
 
     def _backoff(self, name: str, exc: Exception, attempt: int) -> float:
         """Full-jitter capped exponential delay; at least Retry-After when the answer had one."""
-        delay = random.uniform(0.0, min(self.max_delay, self.base_delay * 2 ** attempt))
+        delay = full_jitter(attempt, self.base_delay, self.max_delay)
         retry_after = _retry_after_seconds(getattr(self._local, "headers", None))
         if retry_after is not None:
             delay = max(delay, retry_after)

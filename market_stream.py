@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from exchange import full_jitter
 from feed import Feed
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,6 @@ BACKOFF_CAP = 60.0
 
 class StreamStalled(Exception):
     """A market stream sent nothing for longer than allowed."""
-
-
-def backoff_delay(attempt: int, rng: random.Random, base: float = BACKOFF_BASE,
-                  cap: float = BACKOFF_CAP) -> float:
-    """Exponential backoff with full jitter (AWS's recipe): uniform in [0, min(cap, base*2^n)]."""
-    return rng.uniform(0.0, min(cap, base * 2 ** attempt))
 
 
 @dataclass
@@ -155,7 +150,7 @@ class MarketStream:
                 attempt = 0
                 continue
             self.reconnects += 1
-            delay = backoff_delay(attempt, self._rng)
+            delay = full_jitter(attempt, BACKOFF_BASE, BACKOFF_CAP, self._rng)
             attempt += 1
             try:
                 await asyncio.wait_for(self._changed.wait(), delay)

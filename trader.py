@@ -546,7 +546,9 @@ class Trader:
             free = got.balance["free"].get(self.config.quote_currency)
             if free is not None:
                 self.ledger.cash = float(free)
-        reconcile = self.stops is not None and bool(got.orders or "order" in got.lost)
+        reconcile = self.stops is not None and ("order" in got.lost or any(
+            o.get("symbol") in self.positions and (o.get("filled") or o.get("status") != "open")
+            for o in got.orders))     # a held pair's order traded or ended: a stop sold?
         held = {s: p for s, p in got.prices.items() if s in self.positions}
         if held or reconcile:
             self._exit_check(held, reconcile)

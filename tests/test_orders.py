@@ -18,6 +18,7 @@ class LostAnswers(unittest.TestCase):
                              reporter=Reporter(lambda line: None))
         self.addCleanup(self.trader.close)
         self.trader.client.attempts = 2          # fewer retries inside one call: a quick test
+        self.trader.client.base_delay = 0.02     # and shorter waits between them
         self.server = self.trader.client.sim_server
 
     def lose_the_next_answers(self):
