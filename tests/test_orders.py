@@ -19,6 +19,7 @@ class LostAnswers(unittest.TestCase):
         self.addCleanup(self.trader.close)
         self.trader.client.attempts = 2          # fewer retries inside one call: a quick test
         self.trader.client.base_delay = 0.02     # and shorter waits between them
+        self.trader.client.ccxt.rateLimit = 5    # loopback: Binance's pacing only slows it
         self.server = self.trader.client.sim_server
 
     def lose_the_next_answers(self):

@@ -56,6 +56,7 @@ class TraderCase(unittest.TestCase):
         self.lines: list[str] = []
         trader = Trader(trader_config(tmp.name, **overrides), reporter=Reporter(self.lines.append))
         self.addCleanup(trader.close)
+        trader.client.ccxt.rateLimit = 5     # loopback: Binance's pacing would only slow tests
         return trader
 
 
