@@ -307,7 +307,8 @@ def _redact_url(url: str) -> str:
     return url
 
 
-def _url(example: str, credentials_hint: str) -> tuple[Callable[[str], str], str]:
+def _url(example: str, credentials_hint: str, query: bool = False
+         ) -> tuple[Callable[[str], str], str]:
     def parse(raw: str) -> str:
         if not raw:
             return raw
@@ -328,10 +329,40 @@ def _url(example: str, credentials_hint: str) -> tuple[Callable[[str], str], str
             raise _Invalid(f"has a user name or password in it: {credentials_hint}")
         if port == 0:
             raise _Invalid("has port 0")
-        if parts.query or parts.fragment or raw.endswith(("?", "#")):
-            raise _Invalid("has a ?query or #fragment")
+        if parts.fragment or raw.endswith("#"):
+            raise _Invalid("has a #fragment")
+        if not query and (parts.query or raw.endswith("?")):
+            raise _Invalid("has a ?query")
         return raw
-    return parse, f"an http(s) URL without credentials, query or fragment, e.g. {example}"
+    kept_out = "credentials or fragment" if query else "credentials, query or fragment"
+    return parse, f"an http(s) URL without {kept_out}, e.g. {example}"
+
+
+NOTIFY_KINDS = ("entry", "exit", "protection", "kill_switch", "error", "daily_summary")
+
+
+def _kinds(options: tuple[str, ...]) -> tuple[Callable[[str], tuple[str, ...]], str]:
+    def parse(raw: str) -> tuple[str, ...]:
+        items = [i.lower() for i in split_list(raw)]
+        if not items:
+            raise _Invalid("is empty (list at least one kind; to send nothing, leave "
+                           "NOTIFY_WEBHOOK_URL and TELEGRAM_TOKEN unset)")
+        for item in items:
+            if item not in options:
+                raise _Invalid(f"has {item[:40]!r}, which is not a notification kind")
+        if len(set(items)) != len(items):
+            raise _Invalid("lists a kind twice")
+        return tuple(items)
+    return parse, "comma-separated kinds, each once, from " + ", ".join(options)
+
+
+def _chat_id() -> tuple[Callable[[str], str], str]:
+    def parse(raw: str) -> str:
+        if raw and not re.fullmatch(r"-?[0-9]{1,20}|@[A-Za-z0-9_]{5,32}", raw, re.ASCII):
+            raise _Invalid("is not a chat id")
+        return raw
+    return parse, ("a numeric chat id (e.g. 123456789, or -100... for a group) or "
+                   "@channelname; empty for none")
 
 
 def day_ms(text: str) -> int | None:
@@ -441,6 +472,13 @@ VARIABLES: tuple[Var, ...] = (
         1, 86_400, unit="market seconds", why="a day; a limit entry older than that is stale")),
     Var("LIMIT_ENTRY_REPRICES", 2, *_whole(0, 20)),
     Var("MARKET_DATA", "websocket", *_choice(("websocket", "rest"))),
+    Var("NOTIFY_WEBHOOK_URL", "", *_url("https://discord.com/api/webhooks/ID/TOKEN",
+        "a webhook needs none: its URL is the credential", query=True), _SECRET),
+    Var("TELEGRAM_TOKEN", "", *_secret("the bot token from @BotFather"), _SECRET),
+    Var("TELEGRAM_CHAT_ID", "", *_chat_id()),
+    Var("TELEGRAM_API_URL", "https://api.telegram.org", *_url(
+        "https://api.telegram.org", "the token goes in TELEGRAM_TOKEN")),
+    Var("NOTIFY_EVENTS", NOTIFY_KINDS, *_kinds(NOTIFY_KINDS)),
     Var("STREAM_TIMEOUT", 30.0, *_real(
         1, 600, unit="seconds", why="a stream silent for 10 minutes is long dead")),
     Var("DATA_DIR", Path("user_data"), *_directory()),
@@ -487,7 +525,7 @@ VARIABLES: tuple[Var, ...] = (
 )
 _BY_NAME: Mapping[str, Var] = {v.name: v for v in VARIABLES}
 SECRETS: frozenset[str] = frozenset(v.name for v in VARIABLES if v.secret)
-_URLS = frozenset({"SIM_URL", "LLM_BASE_URL"})
+_URLS = frozenset({"SIM_URL", "LLM_BASE_URL", "TELEGRAM_API_URL"})
 
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "small": MappingProxyType({
@@ -561,6 +599,11 @@ class Config:
     limit_entry_timeout: float
     limit_entry_reprices: int
     market_data: str
+    notify_webhook_url: str = field(repr=False)
+    telegram_token: str = field(repr=False)
+    telegram_chat_id: str
+    telegram_api_url: str
+    notify_events: tuple[str, ...]
     stream_timeout: float
     data_dir: Path
     log_level: str
@@ -740,6 +783,11 @@ def _check_combinations(config: Config) -> None:
                 f"each is in PAIR_DENYLIST or not quoted in QUOTE_CURRENCY="
                 f"{config.quote_currency} (allowed: at least one {config.quote_currency} pair "
                 f"not in PAIR_DENYLIST, or empty for all pairs)", "PAIR_ALLOWLIST")
+    if bool(config.telegram_token) != bool(config.telegram_chat_id):
+        missing = "TELEGRAM_CHAT_ID" if config.telegram_token else "TELEGRAM_TOKEN"
+        raise ConfigError(f"{missing} is empty but {'TELEGRAM_TOKEN' if config.telegram_token else 'TELEGRAM_CHAT_ID'}"
+                          " is set (allowed: both, to send Telegram notifications, or neither)",
+                          missing)
     if not config.dry_run and not config.is_simulated:
         for name in ("API_KEY", "API_SECRET"):
             if not getattr(config, name.lower()):

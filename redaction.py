@@ -51,7 +51,7 @@ import os
 import re
 import threading
 from typing import Any, Iterable, Mapping
-from urllib.parse import quote, quote_plus
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
 __all__ = ["MIN_PIECE", "MIN_SECRET", "MASK", "NOISY_LOGGERS", "Redactor", "RedactingFilter",
            "mask", "install", "uninstall", "secrets_of", "ccxt_debug_requested"]
@@ -303,6 +303,23 @@ def secrets_of(config: Any, names: Iterable[str] | None = None) -> list[str]:
             value = config.get(name)
         else:
             value = getattr(config, name.lower(), None)
-        if value:
+        if value and "://" in str(value):
+            values += url_secrets(str(value))    # a webhook URL: only its credential parts
+        elif value:
             values.append(str(value))
     return values
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of a webhook URL that may be credentials: each path segment and query value
+    of 8+ characters that holds a digit or is 16+ long (Discord's id and token, Slack's
+    T.../B.../secret, a ?token=...). Masking the whole URL would also mask "https://" and
+    "webhooks" in every other log line."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url] if url else []
+    pieces = [p for p in parts.path.split("/") if p]
+    pieces += [v for _, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return [p for p in pieces
+            if len(p) >= 8 and (len(p) >= 16 or any(c.isdigit() for c in p))]

@@ -1,7 +1,8 @@
 """What the terminal shows: the banner, fills, the status line, reports.
 
 The trader hands every event to a `Reporter`; `bot.py` writes the lines with click, tests
-collect them in a list (so a test run prints no trades).
+collect them in a list (so a test run prints no trades). With a `notifier` (notifier.py),
+entries and exits also go out as notifications.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from domain import Fill, Position, Trade
 
 
 class Reporter:
-    def __init__(self, echo: Callable[[str], None]):
+    def __init__(self, echo: Callable[[str], None], notifier=None):
         self.echo = echo
+        self.notifier = notifier
 
     def banner(self, mode: str, venue: str, preset: str, timeframe: str, interval: float,
                database: str, stops: str = "in the bot", market_data: str = "REST polling"
@@ -27,11 +29,15 @@ class Reporter:
                   else "no target")
         self.echo(f"OPEN  {position.symbol:<12} {position.amount:.8g} @ {position.entry_price:.8g} "
                   f"(fee {position.entry_fee:.4f}) stop {position.stop_loss:.8g} {target}")
+        if self.notifier is not None:
+            self.notifier.entry(position)
 
     def closed(self, fill: Fill, trade: Trade, left: Position | None) -> None:
         rest = f" ({left.amount:.8g} left open)" if left is not None else ""
         self.echo(f"CLOSE {fill.symbol:<12} {fill.amount:.8g} @ {fill.price:.8g} "
                   f"{trade.exit_reason:<11} PnL {trade.profit:+.2f} ({trade.return_pct:+.2f}%){rest}")
+        if self.notifier is not None:
+            self.notifier.exit(fill, trade, left)
 
     def status(self, cycle: int, seconds: float, pairs: int, cached: bool, candidates: int,
                positions: int, max_positions: int, equity: float, quote: str, start_equity: float,

@@ -42,6 +42,7 @@ from exits import check_positions
 from protections import DAY_MS, ProtectionSettings, Protections, describe, split
 from strategy import ModelFilter, decide_entries
 from streaming import Arrivals, Streaming, open_streams
+from notifier import Notifier, from_config as notifications_from_config
 
 log = logging.getLogger(__name__)
 STREAM_GRACE = 1.0     # wall seconds (see _stream_grace_ms)
@@ -59,6 +60,7 @@ class Trader:
         self.reporter = reporter or Reporter(log.info)
         self.client = self.model = self.training_data = self.retrainer = self.advisor = None
         self.streaming: Streaming | None = None
+        self.notifier: Notifier | None = None
         self.monitor = PerformanceMonitor(enabled=config.enable_performance_monitoring,
                                           slow_threshold=config.slow_operation_threshold)
         self._lock_file = self._claim_data_dir(config)
@@ -113,6 +115,17 @@ class Trader:
         except ExchangeError as exc:
             self.close()
             raise StartupError(f"{config.exchange}: {exc}") from exc
+        self._start_notifications()
+
+    def _start_notifications(self) -> None:
+        """NOTIFY_WEBHOOK_URL / TELEGRAM_*: entries and exits (through the reporter), new
+        locks, the kill switch, errors and the daily summary go out from their own threads."""
+        self.notifier = notifications_from_config(self.config)
+        self._notified_locks: set[tuple] = set()
+        self._kill_notified = False
+        if self.notifier is not None:
+            self.reporter.notifier = self.notifier
+            self.monitor.add_section("notifications", self.notifier.report)
 
     @property
     def positions(self) -> dict[str, Position]:
@@ -272,8 +285,12 @@ class Trader:
         except ExchangeError as exc:
             log.warning("cycle %d skipped: exchange unavailable (%s); positions are managed "
                         "again as soon as it answers", self.cycle, exc)
+            if self.notifier is not None:
+                self.notifier.error(f"exchange unavailable ({exc}); positions are managed "
+                                    "again as soon as it answers")
             return
         self.store.set_meta("cycle", str(self.cycle))
+        self._daily_summary()
         self._status_line(time.perf_counter() - started)
         if self.config.enable_performance_monitoring and self.cycle % self.config.performance_report_interval == 0:
             self.reporter.text(self.monitor.report())
@@ -367,6 +384,7 @@ class Trader:
                                        locked, halted)
         self.decisions = decisions
         record.update(locked=sorted(locked), halted=halted)
+        self._notify_kill_switch(equity)
         record.update(symbols=list(view.symbols), cash=cash, equity=equity,
                       used_model=decisions.used_model, predictions=predictions, verdicts=verdicts,
                       payoff=[model.avg_win, model.avg_loss] if model is not None else None)
@@ -389,6 +407,29 @@ class Trader:
                     self.stops.protect(position)
                 self.reporter.opened(position)
 
+    def _notify_kill_switch(self, equity: float) -> None:
+        kill = self.risk.halt_reason(equity)
+        if kill is not None and not self._kill_notified and self.notifier is not None:
+            self.notifier.kill_switch(kill)
+        self._kill_notified = kill is not None
+
+    def _daily_summary(self) -> None:
+        """Once per UTC day: the day before's closed trades and equity, as a notification."""
+        if self.notifier is None:
+            return
+        today = int(self.clock() * 1000) // DAY_MS
+        last = self.store.get_meta("summary_day")
+        if last is not None and int(last) < today:
+            start_ms = (today - 1) * DAY_MS
+            trades = [t for t in self.store.trades_since(start_ms) if t.exit_time_ms < today * DAY_MS]
+            start = self.store.get_meta("day_start_equity") if int(last) == today - 1 else None
+            self.notifier.daily_summary(start_ms, trades, self.equity(), self.config.quote_currency,
+                                        float(start) if start is not None else None,
+                                        len(self.positions))
+        if last is None or int(last) < today:
+            self.store.set_meta("summary_day", str(today))
+            self.store.set_meta("day_start_equity", repr(self.equity()))
+
     def _protections(self, now_ms: int, equity: float) -> tuple[str | None, set[str]]:
         """Every protection's locks at this decision time, rebuilt from the stored trades
         (so a restart changes nothing): (why every entry is locked or None, locked pairs)."""
@@ -398,6 +439,13 @@ class Trader:
         since = now_ms - 2 * DAY_MS - longest * s.timeframe_ms
         protections = Protections(s, self.store.trades_since(since), self.ledger.last_exits)
         self.locks = protections.locks(now_ms, equity)
+        if self.notifier is not None:
+            keys = {(lock.kind, lock.scope, lock.until_ms) for lock in self.locks}
+            for lock in self.locks:     # the cooldown follows every exit: not news
+                key = (lock.kind, lock.scope, lock.until_ms)
+                if lock.kind != "cooldown" and key not in self._notified_locks:
+                    self.notifier.protection(lock, now_ms)
+            self._notified_locks = keys
         self.store.set_meta("locks", json.dumps(describe(self.locks, now_ms)))
         return split(self.locks)
 
@@ -645,6 +693,8 @@ class Trader:
         return f"model v{bundle.version} (AUC {auc:.2f})"
 
     def close(self) -> None:
+        if self.notifier is not None:
+            self.notifier.close(timeout=3.0)
         if self.streaming is not None:
             self.streaming.close()
         if self.retrainer is not None:

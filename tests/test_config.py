@@ -73,6 +73,9 @@ BAD_VALUES = {
     "ENTRY_ORDER": ["stop", "Market order"],
     "MARKET_DATA": ["ws", "polling"],
     "STREAM_TIMEOUT": ["0", "601", "soon"],
+    "TELEGRAM_CHAT_ID": ["12ab", "@no", "1 2"],
+    "TELEGRAM_API_URL": ["api.telegram.org", "https://h/?x=1"],
+    "NOTIFY_EVENTS": ["", "entry,entry", "trades"],
     "LIMIT_ENTRY_TIMEOUT": ["0", "1e9", "inf"],
     "LIMIT_ENTRY_REPRICES": ["-1", "21", "two"],
     "LOG_CCXT_DEBUG": ["maybe", "2"],
@@ -103,7 +106,9 @@ BAD_VALUES = {
 }
 SECRET_VALUE = "s3cr3t-VALUE-xyz"
 BAD_SECRETS = {"API_KEY": [f"{SECRET_VALUE} x"], "API_SECRET": [f"{SECRET_VALUE}\x00"],
-               "LLM_API_KEY": [f"Bearer {SECRET_VALUE}"]}
+               "LLM_API_KEY": [f"Bearer {SECRET_VALUE}"],
+               "TELEGRAM_TOKEN": [f"{SECRET_VALUE} x"],
+               "NOTIFY_WEBHOOK_URL": ["discord.com/api/webhooks/1/x", "https://h/x#frag"]}
 FREE_TEXT = {"LLM_MODEL", "STRATEGY_PARAMS"}   # only control characters and length: see test_bad_input
 
 
