@@ -36,6 +36,8 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
+from performance_monitor import parse_thresholds
+
 logger = logging.getLogger(__name__)
 
 
@@ -287,6 +289,18 @@ def parse_correlation_groups(text: str) -> dict[str, tuple[str, ...]]:
     return groups
 
 
+def _thresholds() -> tuple[Callable[[str], str], str]:
+    def parse(raw: str) -> str:
+        try:
+            parse_thresholds(raw)
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+        return raw.replace(" ", "")
+    return parse, ("operation=seconds[:critical seconds] pairs, e.g. train_model=120,"
+                   "execute_trade=10:30 (a name before ':' or '[' covers its family); "
+                   "empty: SLOW_OPERATION_THRESHOLD for all")
+
+
 def _groups() -> tuple[Callable[[str], str], str]:
     def parse(raw: str) -> str:
         try:
@@ -495,6 +509,12 @@ VARIABLES: tuple[Var, ...] = (
         0, 3600, open_lo=True, unit="wall seconds", why="a slower operation is a hang, not a slow one")),
     Var("PERFORMANCE_REPORT_INTERVAL", 10, *_whole(
         1, 100_000, unit="cycles", why="a rarer report would never be seen")),
+    Var("CRITICAL_OPERATION_FACTOR", 3.0, *_real(
+        1, 100, unit="x SLOW_OPERATION_THRESHOLD", why="an operation 100x over its threshold is a hang")),
+    Var("PERFORMANCE_THRESHOLDS", "train_model=120", *_thresholds()),
+    Var("DEGRADATION_FACTOR", 2.0, *_real(
+        1, 100, open_lo=True, unit="x the operation's own baseline median")),
+    Var("TRACE_MEMORY", False, *_boolean()),
     Var("ML_ENABLED", True, *_boolean()),
     Var("ML_MIN_CONFIDENCE", 0.55, *_real(0, 1)),
     Var("ML_MIN_EXPECTED_RETURN", 0.0, *_real(-1, 1)),
@@ -616,6 +636,10 @@ class Config:
     enable_performance_monitoring: bool
     slow_operation_threshold: float
     performance_report_interval: int
+    critical_operation_factor: float
+    performance_thresholds: str
+    degradation_factor: float
+    trace_memory: bool
     ml_enabled: bool
     ml_min_confidence: float
     ml_min_expected_return: float

@@ -24,6 +24,7 @@ from labels import Samples, sample_key, samples_from_candles
 from ml_model import (DEFAULT_MODEL_KIND, MODEL_KINDS, MLModel, data_file, load_model,
                       make_estimator, owner_only, positive_proba, quality,
                       save_model, train_model, training_file, write_private)
+from performance_monitor import PerformanceMonitor, get_monitor
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,8 @@ class Retrainer:
     model-live.joblib) and saved training data; with no usable model file it trains at once
     (the strategy decides alone meanwhile). Paper and live never share files. A
     `samples_provider` runs in the training thread, so it must build its samples from a
-    copy of the candles (e.g. samples_from_candles on the scanner's snapshot).
+    copy of the candles (e.g. samples_from_candles on the scanner's snapshot). Each fit is
+    timed as `train_model` into `monitor` (default: the process-wide get_monitor()).
     """
 
     def __init__(self, model: MLModel, data: TrainingData, data_dir: str | os.PathLike,
@@ -220,8 +222,9 @@ class Retrainer:
                  min_confidence: float = 0.55, kind: str = DEFAULT_MODEL_KIND,
                  factory: Callable[[], Any] | None = None,
                  clock: Callable[[], float] = time.time, persist: bool = True,
-                 mode: str = "paper"):
+                 mode: str = "paper", monitor: PerformanceMonitor | None = None):
         self.model, self.data, self.data_dir = model, data, Path(data_dir)
+        self.monitor = monitor
         self.mode = mode
         self.training_path = self.data_dir / training_file(mode)   # checks the mode
         self.samples_provider = samples_provider
@@ -241,13 +244,15 @@ class Retrainer:
     @classmethod
     def from_config(cls, config: Any, model: MLModel, data: TrainingData,
                     samples_provider: SamplesProvider | None = None,
-                    clock: Callable[[], float] = time.time) -> "Retrainer":
+                    clock: Callable[[], float] = time.time,
+                    monitor: PerformanceMonitor | None = None) -> "Retrainer":
         """RETRAIN_INTERVAL, RETRAIN_MIN_NEW_SAMPLES and ML_MIN_CONFIDENCE from the config,
         persisting to its DATA_DIR, in the files of its mode (paper or live)."""
         return cls(model, data, config.data_dir, samples_provider,
                    retrain_interval=config.retrain_interval,
                    min_new_samples=config.retrain_min_new_samples,
-                   min_confidence=config.ml_min_confidence, clock=clock, mode=config.mode)
+                   min_confidence=config.ml_min_confidence, clock=clock, mode=config.mode,
+                   monitor=monitor)
 
     def start(self, load: bool = True) -> "Retrainer":
         """Start the thread (before any other call); it first loads what DATA_DIR holds and
@@ -351,9 +356,10 @@ class Retrainer:
                 self.data.add_samples(samples)
         self._seen_total = self.data.added_total
         snap = self.data.snapshot()
-        result = train_model(snap.X, snap.y, snap.time_ms, snap.end_ms, snap.ret, kind=self.kind,
-                             min_confidence=self.min_confidence, trained_at=self._last_attempt,
-                             factory=self.factory)
+        with (self.monitor or get_monitor()).timing("train_model"):
+            result = train_model(snap.X, snap.y, snap.time_ms, snap.end_ms, snap.ret,
+                                 kind=self.kind, min_confidence=self.min_confidence,
+                                 trained_at=self._last_attempt, factory=self.factory)
         if result is None:   # train_model logged why
             return
         _log_trained(self.model.swap(*result), result[1])

@@ -31,7 +31,7 @@ from labels import samples_from_candles
 from ml_model import MLModel, PredictionCache, saved_model_status, trusted
 from model_training import Retrainer, TrainingData
 from orders import LIMIT_FILL, OrderExecutor
-from performance_monitor import PerformanceMonitor
+import performance_monitor
 from reporter import Reporter
 from risk_manager import RiskManager
 from stops import EXCHANGE_STOP, ExchangeStops, left_to_exchange
@@ -61,8 +61,13 @@ class Trader:
         self.client = self.model = self.training_data = self.retrainer = self.advisor = None
         self.streaming: Streaming | None = None
         self.notifier: Notifier | None = None
-        self.monitor = PerformanceMonitor(enabled=config.enable_performance_monitoring,
-                                          slow_threshold=config.slow_operation_threshold)
+        self.monitor = performance_monitor.configure(   # the process-wide monitor: get_monitor()
+            enabled=config.enable_performance_monitoring,
+            slow_threshold=config.slow_operation_threshold,
+            critical_factor=config.critical_operation_factor,
+            thresholds=config.performance_thresholds,
+            degradation_factor=config.degradation_factor,
+            trace_memory=config.trace_memory)
         self._lock_file = self._claim_data_dir(config)
         self.store: Store | None = None
         try:
@@ -87,6 +92,8 @@ class Trader:
         self.locks: list = []
         self.scanner = MarketScanner(self.client, config, cancel=self.stop, strategy=self.strategy,
                                      timeframe=self.timeframe)
+        self.monitor.add_cache("scan", self.scanner.cache,
+                               hint="MARKET_SCAN_CACHE_DURATION may be shorter than CHECK_INTERVAL")
         self.risk = RiskManager.from_config(config, fee_rate=self._fee_rate())
         self.ledger = Ledger(self.store.paper_cash(config.starting_balance),
                              self.store.open_positions(), self.store.last_exits())
@@ -110,6 +117,7 @@ class Trader:
         self.decisions: Decisions | None = None
         if config.llm_provider != "none":
             self.advisor = LLMAdvisor(config, self.monitor, self.clock)
+            self.monitor.add_cache("LLM", self.advisor.cache)
         try:
             self._resume()
         except ExchangeError as exc:
@@ -195,8 +203,9 @@ class Trader:
             self.config, self.model, self.training_data,
             samples_provider=lambda: samples_from_candles(
                 self.scanner.history(), self.strategy, self.params, self.risk.fee_rate),
-            clock=self.clock).start()
+            clock=self.clock, monitor=self.monitor).start()
         self.monitor.add_section("ML prediction cache", self.model.cache.report)
+        self.monitor.add_cache("model predictions", self.model.cache)
 
     def _predictor(self):
         if self.model is None and self.config.ml_enabled:
@@ -294,6 +303,9 @@ class Trader:
         self._status_line(time.perf_counter() - started)
         if self.config.enable_performance_monitoring and self.cycle % self.config.performance_report_interval == 0:
             self.reporter.text(self.monitor.report())
+        for alert in self.monitor.take_alerts():        # already logged by the monitor
+            if self.notifier is not None and alert.level == "critical":
+                self.notifier.error(alert.reason)
 
     def _cycle_steps(self) -> None:
         self._sync_cash()
