@@ -42,10 +42,13 @@ from exits import check_positions
 from protections import DAY_MS, ProtectionSettings, Protections, describe, split
 from strategy import ModelFilter, decide_entries
 from streaming import Arrivals, Streaming, open_streams
+from control import CommandError, Commands
 from notifier import Notifier, from_config as notifications_from_config
 
 log = logging.getLogger(__name__)
 STREAM_GRACE = 1.0     # wall seconds (see _stream_grace_ms)
+FORCE_EXIT = "force_exit"   # the exit reason of a sale the API asked for
+PAUSED = "entries paused from the API"
 
 
 class StartupError(Exception):
@@ -61,6 +64,9 @@ class Trader:
         self.client = self.model = self.training_data = self.retrainer = self.advisor = None
         self.streaming: Streaming | None = None
         self.notifier: Notifier | None = None
+        self.commands = Commands()
+        self.paused = False
+        self.facts: dict = {}
         self.monitor = performance_monitor.configure(   # the process-wide monitor: get_monitor()
             enabled=config.enable_performance_monitoring,
             slow_threshold=config.slow_operation_threshold,
@@ -259,15 +265,89 @@ class Trader:
         self.monitor.add_section("streams", streaming.report)
 
     def _wait_until(self, deadline: float) -> None:
-        """Wait for the next cycle; with streams, act on what they bring meanwhile."""
+        """Wait for the next cycle; act on what the streams bring and on commands meanwhile."""
         while not self.stop.is_set():
+            self._run_commands()
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             if self.streaming is None:
-                self.stop.wait(left)
+                self.stop.wait(min(left, 0.25))
             else:
                 self._on_arrivals(self.streaming.take(min(left, 0.25)))
+
+    # -- commands (the API) ---------------------------------------------------------------
+    def _run_commands(self) -> None:
+        for command in self.commands.take():
+            try:
+                command.answer.set_result(self._carry_out(command.kind, command.symbol))
+            except Exception as exc:       # the caller gets it; the loop goes on
+                command.answer.set_exception(exc)
+        self.publish_facts()
+
+    def _carry_out(self, kind: str, symbol: str | None) -> dict:
+        if kind == "pause":
+            self.paused = True
+            return {"paused": True, "text": "entries paused; exits go on"}
+        if kind == "resume":
+            self.paused = False
+            return {"paused": False, "text": "entries resumed"}
+        if kind == "stop":
+            self.stop.set()
+            return {"stopping": True, "text": "stopping after the current step"}
+        return self._force_exit(symbol)
+
+    def _force_exit(self, symbol: str | None) -> dict:
+        """Sell one held pair (or all): booked as fills no decision made, in a cycle record
+        of their own, so the parity check books them too."""
+        symbols = list(self.positions) if symbol in (None, "", "all") else [symbol]
+        if symbol not in (None, "", "all") and symbol not in self.positions:
+            raise CommandError(404, f"no open position in {symbol}")
+        busy = self.orders.busy()
+        self.cycle += 1
+        record, decided = self._record_state(), []
+        record["busy"] = sorted(busy)
+        closed, refused = [], {}
+        try:
+            for s in symbols:
+                if s in busy:
+                    refused[s] = "an order of this pair is in doubt; try again after it resolves"
+                    continue
+                self._exit(ExitIntent(s, self._fresh_prices([s])[s], FORCE_EXIT), decided)
+                if s in self.positions:
+                    refused[s] = "not sold (or only partly): see the log"
+                else:
+                    closed.append(s)
+        finally:
+            decided = [("fill",) + d[1:] if d[0] == "exit" else d for d in decided]
+            self.store.record_cycle(self.cycle, None, json.dumps(record), decided)
+            self.store.set_meta("cycle", str(self.cycle))
+        return {"closed": closed, "refused": refused,
+                "text": f"closed {len(closed)} position(s)" + (f", {len(refused)} refused"
+                                                                if refused else "")}
+
+    def publish_facts(self) -> None:
+        """What the API and the dashboard show, as the loop sees it now (one dict, replaced
+        whole, so readers on other threads never see half of it)."""
+        prices = dict(self.last_prices)
+        positions = []
+        for p in self.positions.values():
+            price = prices.get(p.symbol, p.entry_price)
+            positions.append(asdict(p) | {"features": None, "price": price,
+                                          "unrealized": (price - p.entry_price) * p.amount})
+        self.facts = {
+            "cycle": self.cycle, "mode": self.config.mode, "paused": self.paused,
+            "equity": self.equity(), "start_equity": self.start_equity,
+            "cash": self.ledger.cash, "quote": self.config.quote_currency,
+            "positions": positions, "max_positions": self.config.max_open_positions,
+            "pairs": len(self.scan.universe) if self.scan else 0,
+            "model": self._model_state(), "gate": self._gate_state(),
+            "locks": describe(self.locks, int(self.clock() * 1000)),
+            "unresolved_orders": len(self.orders.unresolved()),
+            "market_data": ("websocket" if self.streaming is not None else "rest"),
+            "streams_up": bool(self.streaming is not None and self.streaming.up),
+            "strategy": self.strategy.name, "timeframe": self.timeframe,
+            "updated_ms": int(self.clock() * 1000)}
 
     def _banner(self) -> None:
         c = self.config
@@ -332,6 +412,7 @@ class Trader:
                 self._enter(record, decided)
         view_ms = self.scan.view.now_ms if self.scan and self.scan.view is not None else None
         self.store.record_cycle(self.cycle, view_ms, json.dumps(record), decided)
+        self.publish_facts()
         self.store.record_equity(int(self.clock() * 1000), self.equity(), self.ledger.cash,
                                  len(self.positions))
 
@@ -389,6 +470,8 @@ class Trader:
         halted, locked = self._protections(decided_at, equity)
         if self.edge_settings.enabled and not self._judge_edge(view.now_ms).open:
             halted = halted or self.edge.reason
+        if self.paused:
+            halted = halted or PAUSED
         with self.monitor.timing("decide"):
             decisions = decide_entries(view, self.positions, cash, equity, self.strategy,
                                        self.params, self.risk, self.broker.round_order, model,
