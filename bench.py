@@ -1021,12 +1021,23 @@ def bench_memory(cycles: int = MEMORY_CYCLES) -> list[Row]:
                        f"RSS after cycle {first}", rss[first])]
 
 
+# ------------------------------------------------------------------------------ streams
+
+def bench_streams() -> list[Row]:
+    """Streaming market data (bench_streams.py): feed queueing and dispatch, stop -> exit
+    latency, REST weight per hour and CPU per second, each against REST polling or a queue."""
+    import bench_streams as streams
+
+    return streams.bench_streams(sys.modules[__name__])   # this module's helpers, QUICK, NOTES
+
+
 # ------------------------------------------------------------------------------ main
 
 SECTIONS: dict[str, Callable[[], list[Row]]] = {
     "startup": bench_startup, "sim": bench_sim, "indicators": bench_indicators,
     "groups": bench_groups, "cycle": bench_cycle, "scan": bench_scan, "monitor": bench_monitor,
-    "ml": bench_ml, "llm": bench_llm, "backtest": bench_backtest, "memory": bench_memory,
+    "ml": bench_ml, "llm": bench_llm, "backtest": bench_backtest, "streams": bench_streams,
+    "memory": bench_memory,
 }
 
 

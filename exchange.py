@@ -16,6 +16,7 @@ import secrets
 import threading
 import time
 import urllib.request
+from collections import Counter
 from typing import Any, Callable, Mapping, TypeVar
 
 import ccxt
@@ -50,6 +51,7 @@ class RateLimiter:
         self._interval_ms = interval_ms
         self._lock = threading.Lock()
         self._next = 0.0
+        self.waited = 0.0      # seconds spent waiting for the rate limit, all threads
 
     def throttle(self, cost: float | None = None) -> None:
         cost = 1.0 if cost is None else float(cost)
@@ -57,6 +59,7 @@ class RateLimiter:
             now = time.monotonic()
             start = max(now, self._next)
             self._next = start + self._interval_ms() * cost / 1000.0
+            self.waited += max(0.0, start - now)
         if start > now:
             time.sleep(start - now)
 
@@ -118,6 +121,8 @@ class ExchangeClient:
         self._markets_lock = threading.Lock()
         self._bursts: dict[tuple[str, str], int] = {}
         self._bursts_lock = threading.Lock()
+        # (method, "ok" | "error") -> calls answered so, for the metrics
+        self.request_counts: Counter[tuple[str, str]] = Counter()
         self._rules: dict[str, MarketRules] = {}
         self._install_hooks()
 
@@ -160,12 +165,18 @@ class ExchangeClient:
             try:
                 result = attempt(i)
             except ccxt.BaseError as exc:
+                self._count(name, "error")
                 delay = self._after_failure(name, exc, i, idempotent)
                 time.sleep(delay)
                 i += 1
             else:
+                self._count(name, "ok")
                 self._end_burst(name, ok=True)
                 return result
+
+    def _count(self, name: str, outcome: str) -> None:
+        with self._bursts_lock:
+            self.request_counts[(name, outcome)] += 1
 
     def _after_failure(self, name: str, exc: Exception, attempt: int, idempotent: bool) -> float:
         """The delay before the next attempt, or raise the error translated to one line."""

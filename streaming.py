@@ -1,7 +1,8 @@
 """The trading loop's side of the streams: the feed, the stream thread and the loop's mailbox.
 
 `Streaming.take(timeout)` hands the trading loop what arrived since it last looked, already
-sorted into what the loop acts on (`Arrivals`): the newest bid per pair, the closed candles
+sorted into what the loop acts on (`Arrivals`): every bid update in order (so a dip that
+recovered before the loop looked is still checked against the stops), the closed candles
 in order, order and balance updates, critical topics lost to overflow, and whether the
 streams went down or came back. The loop stays the only writer of positions and money.
 """
@@ -22,7 +23,7 @@ PRICE_MAX_AGE = 5.0   # wall seconds: an older streamed price is not used for ex
 
 @dataclass
 class Arrivals:
-    prices: dict[str, float] = field(default_factory=dict)      # symbol -> newest bid
+    prices: list[dict[str, float]] = field(default_factory=list)  # bid updates, in order
     candles: list[tuple[str, list]] = field(default_factory=list)
     orders: list[dict] = field(default_factory=list)
     balance: dict[str, float] | None = None                     # newest totals
@@ -73,9 +74,9 @@ class Streaming:
         now = time.monotonic()
         for m in batch.messages:
             if m.topic == "price":
-                for symbol, (bid, _ask) in m.payload.items():
-                    out.prices[symbol] = float(bid)
-                    self._bids[symbol] = (float(bid), now)
+                bids = {symbol: float(bid) for symbol, (bid, _ask) in m.payload.items()}
+                out.prices.append(bids)
+                self._bids.update((symbol, (bid, now)) for symbol, bid in bids.items())
             elif m.topic == "candle":
                 out.candles.append(m.payload)
             elif m.topic == "order":

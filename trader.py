@@ -689,12 +689,14 @@ class Trader:
             free = got.balance["free"].get(self.config.quote_currency)
             if free is not None:
                 self.ledger.cash = float(free)
-        reconcile = self.stops is not None and ("order" in got.lost or any(
-            o.get("symbol") in self.positions and (o.get("filled") or o.get("status") != "open")
-            for o in got.orders))     # a held pair's order traded or ended: a stop sold?
-        held = {s: p for s, p in got.prices.items() if s in self.positions}
-        if held or reconcile:
-            self._exit_check(held, reconcile)
+        if self.stops is not None and ("order" in got.lost or any(
+                o.get("symbol") in self.positions and (o.get("filled") or o.get("status") != "open")
+                for o in got.orders)):    # a held pair's order traded or ended: a stop sold?
+            self._exit_check({}, reconcile=True)
+        for bids in got.prices:           # every update, in order
+            held = {s: p for s, p in bids.items() if s in self.positions}
+            if held and not self.stop.is_set():
+                self._exit_check(held, reconcile=False)
 
     def _exit_check(self, prices: dict[str, float], reconcile: bool) -> None:
         """An exit check between cycles, made when a price moves a stop or crosses an exit,
