@@ -592,19 +592,6 @@ def _announced_urls(proc: subprocess.Popen, err, timeout: float = 30.0) -> tuple
     raise RuntimeError(f"streams: sim_exchange.py did not start: {err.read()[-500:]}")
 
 
-def _remote_sim_client(config, stream_url: str):
-    """The bot's client for the separate simulator. exchange.sim_stream_url asks that
-    simulator's /api/v3/sim/clock for a `streamUrl` it does not answer, so open_streams would
-    find no streams: hand stream_factory the URLs as an in-process server would."""
-    from types import SimpleNamespace
-
-    from exchange import create_client
-
-    client = create_client(config)
-    client.sim_server = SimpleNamespace(url=config.sim_url, stream_url=stream_url)
-    return client
-
-
 def _cpu_per_second(loop: Callable[[float], None], seconds: float) -> float:
     """CPU seconds of this whole process per wall second while loop(deadline) runs."""
     cpu, wall = time.process_time(), time.perf_counter()
@@ -669,10 +656,12 @@ def _idle_cpu(seconds: float = 1.0) -> float:
 
 
 def _cpu_rows(kit: ModuleType) -> list[Row]:
+    from exchange import create_client
+
     seconds = 5.0 if not kit.QUICK else 4.0
-    with _sim_process() as (url, stream_url), tempfile.TemporaryDirectory() as tmp:
+    with _sim_process() as (url, _stream_url), tempfile.TemporaryDirectory() as tmp:
         config = kit.bot_config(tmp, SIM_URL=url, TIMEFRAME=CPU_TIMEFRAME)
-        client = _remote_sim_client(config, stream_url)
+        client = create_client(config)    # the simulator announces stream_url itself
         try:
             symbols = sorted(client.load_markets())[:50]
             idle = _idle_cpu()
