@@ -205,6 +205,29 @@ def _secret(what: str) -> tuple[Callable[[str], str], str]:
     return parse, f"{what}, exactly as issued (printable ASCII, no spaces)"
 
 
+def _token() -> tuple[Callable[[str], str], str]:
+    check, _ = _secret("")
+
+    def parse(raw: str) -> str:
+        check(raw)
+        if raw and len(raw) < 16:
+            raise _Invalid("is shorter than 16 characters: anyone could guess it")
+        return raw
+    return parse, ("16 or more printable ASCII characters without spaces, e.g. from "
+                   "python -c 'import secrets; print(secrets.token_urlsafe(32))'; empty: none")
+
+
+def _host() -> tuple[Callable[[str], str], str]:
+    def parse(raw: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9.\-]{1,253}|[0-9A-Fa-f:]{2,39}", raw, re.ASCII):
+            raise _Invalid("is not a host name or IP address")
+        return raw
+    return parse, "a host name or IP address to listen on, e.g. 127.0.0.1 (this machine only)"
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 _SYMBOL = re.compile(r"[A-Z0-9]{1,20}/[A-Z0-9]{1,20}", re.ASCII)
 MAX_LIST_ITEMS = 1000
 
@@ -486,6 +509,10 @@ VARIABLES: tuple[Var, ...] = (
         1, 86_400, unit="market seconds", why="a day; a limit entry older than that is stale")),
     Var("LIMIT_ENTRY_REPRICES", 2, *_whole(0, 20)),
     Var("MARKET_DATA", "websocket", *_choice(("websocket", "rest"))),
+    Var("API_ENABLED", False, *_boolean()),
+    Var("API_HOST", "127.0.0.1", *_host()),
+    Var("API_PORT", 8080, *_whole(1, 65535, why="a TCP port")),
+    Var("API_TOKEN", "", *_token(), _SECRET),
     Var("NOTIFY_WEBHOOK_URL", "", *_url("https://discord.com/api/webhooks/ID/TOKEN",
         "a webhook needs none: its URL is the credential", query=True), _SECRET),
     Var("TELEGRAM_TOKEN", "", *_secret("the bot token from @BotFather"), _SECRET),
@@ -619,6 +646,10 @@ class Config:
     limit_entry_timeout: float
     limit_entry_reprices: int
     market_data: str
+    api_enabled: bool
+    api_host: str
+    api_port: int
+    api_token: str = field(repr=False)
     notify_webhook_url: str = field(repr=False)
     telegram_token: str = field(repr=False)
     telegram_chat_id: str
@@ -807,6 +838,10 @@ def _check_combinations(config: Config) -> None:
                 f"each is in PAIR_DENYLIST or not quoted in QUOTE_CURRENCY="
                 f"{config.quote_currency} (allowed: at least one {config.quote_currency} pair "
                 f"not in PAIR_DENYLIST, or empty for all pairs)", "PAIR_ALLOWLIST")
+    if config.api_enabled and config.api_host not in LOOPBACK and not config.api_token:
+        raise ConfigError(f"API_HOST={config.api_host!r} opens the API beyond this machine but "
+                          "API_TOKEN is empty (allowed: a token of 16+ characters, or API_HOST="
+                          "127.0.0.1 and reach it through an SSH tunnel)", "API_TOKEN")
     if bool(config.telegram_token) != bool(config.telegram_chat_id):
         missing = "TELEGRAM_CHAT_ID" if config.telegram_token else "TELEGRAM_TOKEN"
         raise ConfigError(f"{missing} is empty but {'TELEGRAM_TOKEN' if config.telegram_token else 'TELEGRAM_CHAT_ID'}"

@@ -80,6 +80,9 @@ BAD_VALUES = {
     "PERFORMANCE_THRESHOLDS": ["train_model", "train_model=-1", "a=1:0.5"],
     "DEGRADATION_FACTOR": ["1", "101", "twice"],
     "TRACE_MEMORY": ["maybe"],
+    "API_ENABLED": ["on please"],
+    "API_HOST": ["http://0.0.0.0", "host name", ""],
+    "API_PORT": ["0", "65536", "http"],
     "LIMIT_ENTRY_TIMEOUT": ["0", "1e9", "inf"],
     "LIMIT_ENTRY_REPRICES": ["-1", "21", "two"],
     "LOG_CCXT_DEBUG": ["maybe", "2"],
@@ -112,6 +115,7 @@ SECRET_VALUE = "s3cr3t-VALUE-xyz"
 BAD_SECRETS = {"API_KEY": [f"{SECRET_VALUE} x"], "API_SECRET": [f"{SECRET_VALUE}\x00"],
                "LLM_API_KEY": [f"Bearer {SECRET_VALUE}"],
                "TELEGRAM_TOKEN": [f"{SECRET_VALUE} x"],
+               "API_TOKEN": ["short-token", f"{SECRET_VALUE} x"],
                "NOTIFY_WEBHOOK_URL": ["discord.com/api/webhooks/1/x", "https://h/x#frag"]}
 FREE_TEXT = {"LLM_MODEL", "STRATEGY_PARAMS"}   # only control characters and length: see test_bad_input
 
@@ -593,3 +597,13 @@ class EnvExampleTest(ConfigTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ApiSafetyTest(unittest.TestCase):
+    def test_the_api_beyond_loopback_needs_a_token(self) -> None:
+        base = {"API_ENABLED": "true", "API_HOST": "0.0.0.0"}
+        with self.assertRaises(ConfigError) as caught:
+            load_config(None, base)
+        self.assertEqual(caught.exception.variable, "API_TOKEN")
+        self.assertEqual(load_config(None, base | {"API_TOKEN": "x" * 20}).api_host, "0.0.0.0")
+        self.assertFalse(load_config(None, {"API_ENABLED": "true"}).api_token)  # loopback
