@@ -267,11 +267,25 @@ def run(ctx: click.Context, cycles: int | None, assume_yes: bool) -> None:
         fail(str(exc))
     from store import StoreError
 
+    api = None
+    if config.api_enabled:
+        from api_server import ApiServer
+
+        try:
+            api = ApiServer(trader, config.api_host, config.api_port, config.api_token).start()
+        except ValueError as exc:
+            trader.close()
+            fail(str(exc))
+        click.echo(f"dashboard and API on http://{config.api_host}:{api.port}/ "
+                   "(Authorization: Bearer $API_TOKEN)" if config.api_token else
+                   f"dashboard and API on http://{config.api_host}:{api.port}/")
     try:
         trader.run(cycles)
     except StoreError as exc:  # nothing may trade on without its state being saved
         fail(f"{exc}; the bot stopped without trading further")
     finally:
+        if api is not None:    # it reads the store: stop it first
+            api.stop()
         trader.close()
     exit_without_stray_requests()
 

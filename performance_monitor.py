@@ -359,6 +359,11 @@ class PerformanceMonitor:
         with self._lock:
             self._caches[name] = (cache, hint, min_lookups, low_rate)
 
+    def caches(self) -> dict[str, Any]:
+        """Every registered cache by name."""
+        with self._lock:
+            return {name: entry[0] for name, entry in self._caches.items()}
+
     def _cache_lines(self) -> list[str]:
         with self._lock:
             caches = list(self._caches.items())

@@ -241,6 +241,7 @@ class Trader:
     def run(self, cycles: int | None = None) -> None:
         self._start_streams()
         self._banner()
+        self.publish_facts()
         interval = self.config.check_interval / self.time_scale
         done = 0
         while not self.stop.is_set():
