@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from config import LOOPBACK
 from control import CommandError
 from metrics import Metrics, cache_table
 
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 
 API = "/api/v1/"
 COOKIE = "bot_token"
-LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 MAX_BODY = 16 * 1024
 MAX_PER_PAGE = 500
 MAX_EQUITY_POINTS = 100_000
