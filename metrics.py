@@ -7,15 +7,15 @@ request counts and rate-limit waits, the registered caches' hits and misses, and
 depths of the stream feed and the notifier. Nothing here writes to the trader, and a part
 that fails to read is skipped (logged once per scrape at debug), never the whole scrape.
 
-Where the monitor lets a listener see each duration (`monitor.add_listener(fn)`), the cycle
-and scan durations also feed real cumulative Histograms (`bot_cycle_seconds`,
+The monitor lets a listener see each duration (`monitor.add_listener(fn)`): the cycle and
+scan durations also feed real cumulative Histograms (`bot_cycle_seconds`,
 `bot_scan_seconds`), which Prometheus can aggregate over time and across bots.
 """
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -217,13 +217,11 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(TraderCollector(trader))
         self.histograms: dict[str, Histogram] = {}
-        add_listener: Callable | None = getattr(trader.monitor, "add_listener", None)
-        if callable(add_listener):
-            for op, short in HISTOGRAMS.items():
-                self.histograms[op] = Histogram(
-                    f"{PREFIX}_{short}_seconds", f"Duration of each {op} (seconds)",
-                    buckets=BUCKETS, registry=self.registry)
-            add_listener(self._observe)
+        for op, short in HISTOGRAMS.items():
+            self.histograms[op] = Histogram(
+                f"{PREFIX}_{short}_seconds", f"Duration of each {op} (seconds)",
+                buckets=BUCKETS, registry=self.registry)
+        trader.monitor.add_listener(self._observe)
 
     def _observe(self, name: str, seconds: float) -> None:
         histogram = self.histograms.get(name)

@@ -167,6 +167,7 @@ class PerformanceMonitor:
         self._ops: dict[str, _Operation] = {}
         self._sections: dict[str, Callable[[], str]] = {}
         self._caches: dict[str, tuple[Any, str, int, float]] = {}
+        self._listeners: list[Callable[[str, float], None]] = []
         self._limits: dict[str, tuple[float, float | None]] = {}
         self._alerts: deque[Alert] = deque(maxlen=MAX_ALERTS)
         self._trace = self._started_tracing = False
@@ -212,8 +213,16 @@ class PerformanceMonitor:
             if op is None:
                 op = self._ops[name] = _Operation()
             op.add(seconds, self.window)
+            listeners = self._listeners
+        for listener in listeners:        # e.g. the metrics' histograms
+            listener(name, seconds)
         if seconds > self.slow_threshold or seconds > self._lowest_override:
             self._check_slow(name, seconds)
+
+    def add_listener(self, listener: Callable[[str, float], None]) -> None:
+        """Call listener(name, seconds) with every duration recorded from now on."""
+        with self._lock:
+            self._listeners = self._listeners + [listener]
 
     def operations(self) -> list[str]:
         """Names of every recorded operation."""
@@ -662,6 +671,7 @@ def configure(enabled: bool = True, slow_threshold: float = 5.0, *,
     with m._lock:
         m._sections.clear()
         m._caches.clear()
+        m._listeners = []
     m.enabled, m.slow_threshold = enabled, slow_threshold
     m.critical_factor, m.degradation_factor = critical_factor, degradation_factor
     m.set_thresholds(thresholds or {})

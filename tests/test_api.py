@@ -242,6 +242,14 @@ class TestReadsAndAuth(ApiCase):
         self.assertTrue(any(s.name.endswith("_count") and s.value > 0 for s in cycle))
         caches = {s.labels["cache"] for s in families["bot_cache_hits"].samples}
         self.assertIn("scan", caches)
+        self.trader.monitor.record("run_cycle", 0.3)      # a cycle timed after the start
+        families = {f.name: f for f in text_string_to_metric_families(
+            self.api.call("GET", "/metrics")[2].decode())}
+        self.assertEqual(families["bot_cycle_seconds"].type, "histogram")
+        samples = families["bot_cycle_seconds"].samples
+        buckets = {s.labels["le"]: s.value for s in samples if s.name.endswith("_bucket")}
+        self.assertGreaterEqual(buckets["0.5"] - buckets["0.25"], 1)
+        self.assertEqual(buckets["+Inf"], next(s.value for s in samples if s.name.endswith("_count")))
 
     def test_every_auth_failure_is_a_json_401(self):
         for path in ("/api/v1/status", "/metrics", "/api/v1/equity.png"):
