@@ -379,7 +379,7 @@ def status(ctx: click.Context, n_trades: int) -> None:
     """Print open positions, recent closed trades, totals and the model's quality."""
     config = load_or_fail(ctx.obj["env_file"], create_data_dir=False)
     from store import StoreError, store_path
-    from trader import status_report
+    from status_report import status_report
 
     if not store_path(config.data_dir, config.mode).exists():
         fail(f"no {config.mode} database in {config.data_dir}: run the bot first (or set "

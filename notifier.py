@@ -61,7 +61,7 @@ from config import NOTIFY_KINDS
 from domain import Fill, Position, Trade
 from exchange import full_jitter
 from redaction import url_secrets
-from protections import ALL_PAIRS, Lock, utc_text
+from protections import ALL_PAIRS, DAY_MS, Lock, utc_text
 
 log = logging.getLogger(__name__)
 
@@ -591,6 +591,22 @@ class Notifier:
             day=utc_text(day_ms)[:10], trades=len(trades), wins=wins,
             profit=sum(t.profit for t in trades), equity=equity,
             open_positions=open_positions)
+
+    def daily_summary_once(self, store: Any, now_ms: int, equity: float, quote: str,
+                           open_positions: int) -> None:
+        """Once per UTC day (remembered in the store's meta, so a restart sends no second
+        one): the day before's closed trades and equity."""
+        today = now_ms // DAY_MS
+        last = store.get_meta("summary_day")
+        if last is not None and int(last) < today:
+            start_ms = (today - 1) * DAY_MS
+            trades = [t for t in store.trades_since(start_ms) if t.exit_time_ms < today * DAY_MS]
+            start = store.get_meta("day_start_equity") if int(last) == today - 1 else None
+            self.daily_summary(start_ms, trades, equity, quote,
+                               float(start) if start is not None else None, open_positions)
+        if last is None or int(last) < today:
+            store.set_meta("summary_day", str(today))
+            store.set_meta("day_start_equity", repr(equity))
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per destination (by scheme and host): sent, failed, retried, dropped (queue

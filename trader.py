@@ -28,7 +28,7 @@ from llm_advisor import LLMAdvisor
 from market_rules import TAKER_FEE
 from market_scanner import MarketScanner, ScanResult
 from labels import samples_from_candles
-from ml_model import MLModel, PredictionCache, saved_model_status, trusted
+from ml_model import MLModel, PredictionCache, trusted
 from model_training import Retrainer, TrainingData
 from orders import LIMIT_FILL, OrderExecutor
 import performance_monitor
@@ -510,21 +510,9 @@ class Trader:
         self._kill_notified = kill is not None
 
     def _daily_summary(self) -> None:
-        """Once per UTC day: the day before's closed trades and equity, as a notification."""
-        if self.notifier is None:
-            return
-        today = int(self.clock() * 1000) // DAY_MS
-        last = self.store.get_meta("summary_day")
-        if last is not None and int(last) < today:
-            start_ms = (today - 1) * DAY_MS
-            trades = [t for t in self.store.trades_since(start_ms) if t.exit_time_ms < today * DAY_MS]
-            start = self.store.get_meta("day_start_equity") if int(last) == today - 1 else None
-            self.notifier.daily_summary(start_ms, trades, self.equity(), self.config.quote_currency,
-                                        float(start) if start is not None else None,
-                                        len(self.positions))
-        if last is None or int(last) < today:
-            self.store.set_meta("summary_day", str(today))
-            self.store.set_meta("day_start_equity", repr(self.equity()))
+        if self.notifier is not None:
+            self.notifier.daily_summary_once(self.store, int(self.clock() * 1000), self.equity(),
+                                             self.config.quote_currency, len(self.positions))
 
     def _protections(self, now_ms: int, equity: float) -> tuple[str | None, set[str]]:
         """Every protection's locks at this decision time, rebuilt from the stored trades
@@ -804,53 +792,3 @@ class Trader:
         if self.store is not None:
             self.store.close()
         self._lock_file.close()
-
-
-def status_report(config, n_trades: int = 10) -> str:
-    """Open positions, recent closed trades and totals from the store, as text."""
-    store = Store.open(config.data_dir, config.mode)
-    try:
-        lines = [f"{config.mode} account, database {store.path}"]
-        positions = store.open_positions()
-        lines.append(f"open positions: {len(positions)}")
-        for p in positions:
-            target = f"target {p.take_profit:.8g}" if p.take_profit < float("inf") else "no target"
-            lines.append(f"  {p.symbol:<12} {p.amount:.8g} @ {p.entry_price:.8g} stop "
-                         f"{p.stop_loss:.8g} {target}")
-        trades = store.recent_trades(n_trades)
-        lines.append(f"recent closed trades: {len(trades)}")
-        for t in trades:
-            lines.append(f"  {t.symbol:<12} {t.entry_price:.8g} -> {t.exit_price:.8g} "
-                         f"{t.exit_reason:<11} PnL {t.profit:+.2f} ({t.return_pct:+.2f}%)")
-        unresolved = store.pending_orders()
-        if unresolved:
-            lines.append(f"orders whose outcome is not known yet: {len(unresolved)} ("
-                         + ", ".join(f"{o.side} {o.symbol}" for o in unresolved) + ")")
-        dust = store.dust()
-        if dust:
-            lines.append("dust (below the market's minimum, not sellable): "
-                         + ", ".join(f"{a:.8g} {s.split('/')[0]}" for s, a in sorted(dust.items())))
-        tot = store.totals()
-        lines.append(f"totals: {tot.trades} trades, win rate {tot.win_rate:.0%}, profit "
-                     f"{tot.total_profit:+.2f}, fees {tot.fees:.2f}, best {tot.best:+.2f}, "
-                     f"worst {tot.worst:+.2f}")
-        lines.append(model_summary(config.data_dir, config.mode))
-        lines.append((store.get_meta("edge") or "edge gate: not judged yet") if config.edge_gate
-                     else "edge gate: off (EDGE_GATE=false)")
-        locks = json.loads(store.get_meta("locks") or "[]")
-        lines.append(f"active locks at the last cycle: {len(locks)}")
-        lines += [f"  {line}" for line in locks]
-        return "\n".join(lines)
-    finally:
-        store.close()
-
-
-def model_summary(data_dir, mode: str = "paper") -> str:
-    """The saved model's out-of-sample quality, read from its metadata (nothing unpickled)."""
-    meta = saved_model_status(data_dir, mode)
-    if not meta:
-        return "model: none trained yet (the strategy decides alone)"
-    return (f"model: {meta.get('kind')} trained on {meta.get('samples')} samples; out-of-sample "
-            f"AUC {meta.get('auc', float('nan')):.3f}, precision at {meta.get('threshold')} "
-            f"{meta.get('precision_at_threshold', float('nan')):.3f}, base rate "
-            f"{meta.get('base_rate', float('nan')):.3f}")

@@ -17,7 +17,8 @@ from risk_manager import RiskManager
 from sim_market import simulated_ohlcv
 from strategies import TrendMomentum
 from tests.test_trader import trader_config
-from trader import Trader, status_report
+from status_report import status_report
+from trader import Trader
 
 TF = 300_000                          # 5m
 T0 = 1_704_067_200_000                # 2024-01-01 00:00 UTC

@@ -578,3 +578,28 @@ class TraderNotificationsTest(TraderCase):
         self.assertEqual(kinds[0], "entry")
         self.assertIn("OPEN", receiver.requests[0]["json"]["content"])
         self.assertIn("[PAPER]", receiver.requests[0]["json"]["content"])
+
+
+class DailySummaryTest(NotifierCase):
+    def test_one_summary_per_utc_day_remembered_across_restarts(self) -> None:
+        import tempfile
+
+        from protections import DAY_MS
+        from store import Store
+
+        receiver = self.receiver()
+        n = self.notifier(self.webhook(receiver))
+        with tempfile.TemporaryDirectory() as tmp:
+            day = 20_000 * DAY_MS
+            with Store.open(tmp, "paper") as store:
+                n.daily_summary_once(store, day + 5, 10_000.0, "USDT", 0)      # first day: none
+                n.daily_summary_once(store, day + 9, 10_000.0, "USDT", 0)
+            with Store.open(tmp, "paper") as store:                            # a restart
+                n.daily_summary_once(store, day + DAY_MS + 1, 10_100.0, "USDT", 2)
+                n.daily_summary_once(store, day + DAY_MS + 2, 10_100.0, "USDT", 2)
+        self.assertTrue(wait_for(lambda: receiver.count() == 1))
+        time.sleep(0.1)
+        self.assertEqual(receiver.count(), 1)
+        sent = receiver.requests[0]["json"]
+        self.assertEqual(sent["kind"], "daily_summary")
+        self.assertIn("10,100", sent["content"].replace(" ", ""))
