@@ -42,6 +42,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from config import LOOPBACK
 from control import CommandError
+from domain import ExchangeError
 from metrics import Metrics, cache_table
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,8 @@ class ApiServer:
             raise ApiError(exc.status, str(exc)) from None
         except TimeoutError as exc:
             raise ApiError(504, str(exc)) from None
+        except ExchangeError as exc:      # e.g. the exchange did not answer the sale
+            raise ApiError(503, f"the exchange did not answer: {exc}") from None
         return {"command": name} | (symbol and {"symbol": symbol} or {}) | answer
 
 

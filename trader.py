@@ -314,7 +314,11 @@ class Trader:
                 if s in busy:
                     refused[s] = "an order of this pair is in doubt; try again after it resolves"
                     continue
-                self._exit(ExitIntent(s, self._fresh_prices([s])[s], FORCE_EXIT), decided)
+                price = self._fresh_prices([s]).get(s)
+                if price is None:
+                    refused[s] = "the exchange gave no price for it; try again"
+                    continue
+                self._exit(ExitIntent(s, price, FORCE_EXIT), decided)
                 if s in self.positions:
                     refused[s] = "not sold (or only partly): see the log"
                 else:
