@@ -150,7 +150,7 @@ def check_signature(params: dict, api_key: str, secret: bytes) -> None:
 
 def execution_report(order, exec_type: str, now: int, event_ms: int, fill: tuple | None = None,
                      cancel_id: str = "", exec_id: int = 0) -> dict:
-    """Binance's ``executionReport`` for a sim order (a ``sim_exchange._Order``) at market
+    """Binance's ``executionReport`` for a sim order (a ``sim_account._Order``) at market
     time `now`; fill: (price, qty, fee, fee asset, trade id, maker) of a TRADE."""
     price, qty, fee, fee_asset, trade_id, maker = fill or (0, 0, 0, None, -1, False)
     status = (("FILLED" if order.rest == 0 else "PARTIALLY_FILLED") if exec_type == "TRADE"
@@ -385,7 +385,7 @@ class _Conn:
 
 class StreamServer:
     """Binance spot WebSocket streams over a SimMarket and the sim's account, on an asyncio
-    loop of its own thread. `account` is the sim_exchange account: its ``depth``,
+    loop of its own thread. `account` is the sim_account account: its ``depth``,
     ``match_open_orders()``, ``free``/``locked`` balances, ``_lock`` and ``listeners``."""
 
     def __init__(self, market: SimMarket, account, api_key: str, api_secret: bytes,

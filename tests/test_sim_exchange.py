@@ -18,7 +18,8 @@ from urllib.parse import urlencode, urlsplit
 import ccxt
 import numpy as np
 
-from sim_exchange import ADMIN_PATH, RESTING_FILL_SHARE, SimExchangeServer, ccxt_overrides
+from sim_account import RESTING_FILL_SHARE
+from sim_exchange import ADMIN_PATH, SimExchangeServer, ccxt_overrides
 from sim_market import SimMarket, simulated_ohlcv, synthetic_order_book
 
 START_MS = 1_717_200_000_000 + 150_000     # 2024-06-01 00:02:30 UTC, inside a 5m candle
