@@ -843,10 +843,10 @@ def _check_combinations(config: Config) -> None:
                           "API_TOKEN is empty (allowed: a token of 16+ characters, or API_HOST="
                           "127.0.0.1 and reach it through an SSH tunnel)", "API_TOKEN")
     if bool(config.telegram_token) != bool(config.telegram_chat_id):
-        missing = "TELEGRAM_CHAT_ID" if config.telegram_token else "TELEGRAM_TOKEN"
-        raise ConfigError(f"{missing} is empty but {'TELEGRAM_TOKEN' if config.telegram_token else 'TELEGRAM_CHAT_ID'}"
-                          " is set (allowed: both, to send Telegram notifications, or neither)",
-                          missing)
+        given, missing = (("TELEGRAM_TOKEN", "TELEGRAM_CHAT_ID") if config.telegram_token
+                          else ("TELEGRAM_CHAT_ID", "TELEGRAM_TOKEN"))
+        raise ConfigError(f"{missing} is empty but {given} is set (allowed: both, to send "
+                          "Telegram notifications, or neither)", missing)
     if not config.dry_run and not config.is_simulated:
         for name in ("API_KEY", "API_SECRET"):
             if not getattr(config, name.lower()):
