@@ -12,8 +12,8 @@ Five figures, each beside a baseline measured in the same run:
 5. CPU seconds per wall second of the bot's side of 50 pairs' streams (the simulator runs
    in another process) vs polling the same bids and candles over REST.
 
-bench.py passes itself as `kit` (Row, time_row, repeats, QUICK, NOTES, bot_config): this
-module does not import bench, because the import graph must have no cycle
+The helpers every section shares (Row, time_row, repeats, QUICK, NOTES, bot_config) come
+from bench_kit
 (tests/test_architecture.py counts imports inside functions too).
 """
 from __future__ import annotations
@@ -31,33 +31,32 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
-if TYPE_CHECKING:
-    from bench import Row
+import bench_kit
+from bench_kit import NOTES, Row, bot_config, repeats, time_row
 
 ROOT = Path(__file__).resolve().parent
 MESSAGES = 1000                       # the Feed's buffer: one full mailbox
 QUOTED = "QUOTED from the seed report, not measured here"
 
 
-def bench_streams(kit: ModuleType) -> list[Row]:
-    """Every streaming figure; `kit` is the bench module (see the module doc)."""
-    return (_queue_rows(kit) + _dispatch_rows(kit) + _cpu_rows(kit)
-            + _exit_latency_rows(kit) + _weight_rows(kit))
+def bench_streams() -> list[Row]:
+    """Every streaming figure."""
+    return (_queue_rows() + _dispatch_rows() + _cpu_rows()
+            + _exit_latency_rows() + _weight_rows())
 
 
 # ------------------------------------------------------------------------------ 1. queueing
 
-def _rounds(kit: ModuleType, *cases: tuple[Callable[[], object], Callable[[], object]],
+def _rounds(*cases: tuple[Callable[[], object], Callable[[], object]],
             repeat: int = 15) -> list[float]:
     """Median seconds of each case's run(), its reset() untimed after each; interleaved."""
     samples: list[list[float]] = [[] for _ in cases]
     for run, reset in cases:                # warm-up
         run()
         reset()
-    for _ in range(kit.repeats(repeat)):
+    for _ in range(repeats(repeat)):
         for (run, reset), out in zip(cases, samples):
             start = time.perf_counter()
             run()
@@ -104,14 +103,14 @@ def _queue_putter() -> tuple[Callable[[], None], Callable[[], None]]:
     return run, reset
 
 
-def _queue_rows(kit: ModuleType) -> list[Row]:
-    one, three, base = _rounds(kit, _publisher(*_feed_with(1)), _publisher(*_feed_with(3)),
+def _queue_rows() -> list[Row]:
+    one, three, base = _rounds(_publisher(*_feed_with(1)), _publisher(*_feed_with(3)),
                                _queue_putter())
     name = f"feed: publish {MESSAGES} messages"
-    return [kit.time_row(f"{name}, 1 mailbox", one, f"queue.Queue.put_nowait x{MESSAGES}", base),
-            kit.time_row(f"{name}, 3 mailboxes", three, f"queue.Queue.put_nowait x{MESSAGES}",
+    return [time_row(f"{name}, 1 mailbox", one, f"queue.Queue.put_nowait x{MESSAGES}", base),
+            time_row(f"{name}, 3 mailboxes", three, f"queue.Queue.put_nowait x{MESSAGES}",
                          base),
-            kit.time_row(f"{name}, 1 mailbox", one, f"{MESSAGES} messages in 0.3-0.5 ms ({QUOTED}; "
+            time_row(f"{name}, 1 mailbox", one, f"{MESSAGES} messages in 0.3-0.5 ms ({QUOTED}; "
                          "midpoint)", 0.4e-3)]
 
 
@@ -157,32 +156,32 @@ def _queue_getter(handle) -> tuple[Callable[[], None], Callable[[], None]]:
     return run, refill
 
 
-def _dispatch_rows(kit: ModuleType) -> list[Row]:
+def _dispatch_rows() -> list[Row]:
     latest: dict = {}
     handle = latest.__setitem__                 # the handler: keep the newest per topic
     cases = [_feed_taker(handle), _streaming_taker(), _queue_getter(handle)]
     for _, fill in cases:
         fill()
-    feed, streaming, base = (t / MESSAGES for t in _rounds(kit, *cases))
+    feed, streaming, base = (t / MESSAGES for t in _rounds(*cases))
     base_name = "queue.Queue.get_nowait + a call, per message"
-    return [kit.time_row("feed: take a batch of 1000 + a handler call, per message", feed,
+    return [time_row("feed: take a batch of 1000 + a handler call, per message", feed,
                          base_name, base, "us"),
-            kit.time_row("Streaming.take (batch of 1000 price messages -> Arrivals), per message",
+            time_row("Streaming.take (batch of 1000 price messages -> Arrivals), per message",
                          streaming, base_name, base, "us"),
-            kit.time_row("feed: take a batch of 1000 + a handler call, per message", feed,
+            time_row("feed: take a batch of 1000 + a handler call, per message", feed,
                          f"0.001-0.002 ms per message ({QUOTED}; midpoint)", 1.5e-6, "us")]
 
 
 # ------------------------------------------------------------------------------ a trader to drive
 
 @contextlib.contextmanager
-def _trader(kit: ModuleType, **env: object) -> Iterator:
-    """A Trader on its own in-process simulator (kit.bot_config: 50 pairs unless overridden)."""
+def _trader(**env: object) -> Iterator:
+    """A Trader on its own in-process simulator (bot_config: 50 pairs unless overridden)."""
     from reporter import Reporter
     from trader import Trader
 
     with tempfile.TemporaryDirectory() as tmp:
-        trader = Trader(kit.bot_config(tmp, **env), reporter=Reporter(lambda line: None))
+        trader = Trader(bot_config(tmp, **env), reporter=Reporter(lambda line: None))
         try:
             yield trader
         finally:
@@ -336,10 +335,10 @@ class _PriceTape:
         return [(t, bid) for t, bid in self.bids.get(symbol, ()) if start <= t <= end]
 
 
-def _streamed_latencies(kit: ModuleType, n: int, rng: random.Random) -> list[_Latency]:
+def _streamed_latencies(n: int, rng: random.Random) -> list[_Latency]:
     """Wall seconds from the crossing bid's arrival (its publish into the feed) to the exit
     booked, n crossings."""
-    with _trader(kit, **LATENCY_ENV, MARKET_DATA="websocket") as trader:
+    with _trader(**LATENCY_ENV, MARKET_DATA="websocket") as trader:
         _start(trader)
         tape = _PriceTape(trader.streaming.feed)
         exits = _stop_exits(trader, n, rng)
@@ -401,9 +400,9 @@ def _polled_sample(trader, e: _Exit, polls: list[_Poll]) -> _Latency | None:
                     first < acted)
 
 
-def _polled_latencies(kit: ModuleType, n: int, rng: random.Random) -> list[_Latency]:
+def _polled_latencies(n: int, rng: random.Random) -> list[_Latency]:
     """A REST-polling trader, n crossings (see _polled_sample)."""
-    with _trader(kit, **LATENCY_ENV, MARKET_DATA="rest") as trader:
+    with _trader(**LATENCY_ENV, MARKET_DATA="rest") as trader:
         # live, a poll waits for its rate-limit slot (up to 0.8 s after the hourly all-pairs
         # ticker) a few hundredths of a cycle; on the sped-up clock, a large share of one
         _keep_rate_limits_in_market_time(trader)
@@ -429,24 +428,24 @@ def _latency_note(streamed: list[_Latency], polled: list[_Latency], interval: fl
             "rate-limit slot")
 
 
-def _exit_latency_rows(kit: ModuleType) -> list[Row]:
+def _exit_latency_rows() -> list[Row]:
     rng = random.Random(7)
-    streamed = _streamed_latencies(kit, kit.repeats(10), rng)
-    polled = _polled_latencies(kit, kit.repeats(20), rng)
+    streamed = _streamed_latencies(repeats(10), rng)
+    polled = _polled_latencies(repeats(20), rng)
     if not streamed or not polled:
         raise RuntimeError(f"streams: too few stop crossings ({len(streamed)} streamed, "
                            f"{len(polled)} polled) within {CROSSINGS_TIMEOUT:g} s")
     from config import load_config
 
     interval = load_config(None, environ={}).check_interval
-    kit.NOTES.append(_latency_note(streamed, polled, interval))
+    NOTES.append(_latency_note(streamed, polled, interval))
     name = "stop touched -> exit booked, streaming (wall s from the first bid under it)"
     base = (f"REST polling every CHECK_INTERVAL {interval:g} s (the default; from the touch on "
             "the bid path, live-equivalent s)")
     s, p = [x.seconds for x in streamed], [x.seconds for x in polled]
-    return [kit.time_row(f"{name}: median", statistics.median(s), f"{base}: median",
+    return [time_row(f"{name}: median", statistics.median(s), f"{base}: median",
                          statistics.median(p), "ms"),
-            kit.time_row(f"{name}: max", max(s), f"{base}: max", max(p), "ms")]
+            time_row(f"{name}: max", max(s), f"{base}: max", max(p), "ms")]
 
 
 # ------------------------------------------------------------------------------ 4. REST weight
@@ -490,11 +489,11 @@ def _past_next_close(trader) -> None:
         _turn(trader)
 
 
-def _weight_run(kit: ModuleType, mode: str, hours: float, **env: object) -> dict:
+def _weight_run(mode: str, hours: float, **env: object) -> dict:
     """Weight and requests per market hour of a bot holding POSITIONS positions (stops far
     away), over `hours` market hours after the start-up (its first scan, the streams, the
     first candle close since)."""
-    with _trader(kit, **WEIGHT_ENV, **env, MARKET_DATA=mode) as trader:
+    with _trader(**WEIGHT_ENV, **env, MARKET_DATA=mode) as trader:
         _keep_rate_limits_in_market_time(trader)
         _start(trader)
         for symbol in trader.scan.universe[:POSITIONS]:
@@ -535,21 +534,21 @@ WEIGHT_RUNS = (("default", 8, {"SIM_SPEED": 2400}),
                ("TIMEFRAME", 2, {"SIM_SPEED": 600, "STRATEGY": "trend_momentum"}))
 
 
-def _weight_rows(kit: ModuleType) -> list[Row]:
+def _weight_rows() -> list[Row]:
     base = "same bot, MARKET_DATA=rest (polls every CHECK_INTERVAL 120 s)"
     name = f"REST per market hour, 50 pairs, {POSITIONS} positions held, streaming"
     rows, runs = [], []
     for kind, hours, env in WEIGHT_RUNS:
-        hours = hours / 2 if kit.QUICK else hours
-        stream, poll = (_weight_run(kit, mode, hours, **env) for mode in ("websocket", "rest"))
+        hours = hours / 2 if bench_kit.QUICK else hours
+        stream, poll = (_weight_run(mode, hours, **env) for mode in ("websocket", "rest"))
         label = f"{kind}: {poll['strategy']}"
-        kit.NOTES.append(_weight_note(label, stream, poll))
+        NOTES.append(_weight_note(label, stream, poll))
         runs.append(f"{hours:g} market hours at SIM_SPEED {env['SIM_SPEED']} ({label})")
-        rows += [kit.Row(f"{name}: weight ({label})", stream["weight"], "weight/h", base,
+        rows += [Row(f"{name}: weight ({label})", stream["weight"], "weight/h", base,
                          poll["weight"]),
-                 kit.Row(f"{name}: requests ({label})", stream["requests"], "req/h", base,
+                 Row(f"{name}: requests ({label})", stream["requests"], "req/h", base,
                          poll["requests"])]
-    kit.NOTES.append(
+    NOTES.append(
         f"streams, REST weight: the same Trader config both ways, {POSITIONS} positions held "
         "(stops far away) so that the polling bot asks for their bids every cycle, as it must to "
         f"guard them; {'; '.join(runs)}; the client's throttle and the simulator's weight budget "
@@ -655,18 +654,18 @@ def _idle_cpu(seconds: float = 1.0) -> float:
                            seconds)
 
 
-def _cpu_rows(kit: ModuleType) -> list[Row]:
+def _cpu_rows() -> list[Row]:
     from exchange import create_client
 
-    seconds = 5.0 if not kit.QUICK else 4.0
+    seconds = 5.0 if not bench_kit.QUICK else 4.0
     with _sim_process() as (url, _stream_url), tempfile.TemporaryDirectory() as tmp:
-        config = kit.bot_config(tmp, SIM_URL=url, TIMEFRAME=CPU_TIMEFRAME)
+        config = bot_config(tmp, SIM_URL=url, TIMEFRAME=CPU_TIMEFRAME)
         client = create_client(config)    # the simulator announces stream_url itself
         try:
             symbols = sorted(client.load_markets())[:50]
             idle = _idle_cpu()
             streamed, polled, rates = [], [], []
-            for _ in range(kit.repeats(2)):
+            for _ in range(repeats(2)):
                 cpu, rate = _stream_cpu(client, config, symbols, seconds)
                 streamed.append(cpu)
                 rates.append(rate)
@@ -678,7 +677,7 @@ def _cpu_rows(kit: ModuleType) -> list[Row]:
     bids = statistics.median(polled)
     base = bids + candles / tf_s
     rate = {k: statistics.median(r[k] for r in rates) for k in rates[0]}
-    kit.NOTES.append(
+    NOTES.append(
         f"streams, CPU: the simulator in its own process at speed 1 pushes every 0.1 s (Binance's "
         f"klines: every 2 s); ccxt.pro woke the watchers {rate['candles']:.0f} (candles) and "
         f"{rate['prices']:.0f} (bids) times/s, the feed carried {rate['feed']:.0f} messages/s "
@@ -687,6 +686,6 @@ def _cpu_rows(kit: ModuleType) -> list[Row]:
         f"{tf_s} s; this process idle: {idle * 1e3:.2f} ms/s")
     name = (f"CPU per wall second, 50 pairs streamed ({CPU_TIMEFRAME} candles + best bids): "
             "MarketStream + Feed + the mailbox loop")
-    return [kit.Row(name, statistics.median(streamed) * 1e3, "ms/s",
+    return [Row(name, statistics.median(streamed) * 1e3, "ms/s",
                     f"REST: fetch_bids_asks (50 pairs) each second + 50 klines per "
                     f"{CPU_TIMEFRAME} close", base * 1e3)]

@@ -38,8 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # Top-level *.py files that are not part of the installed product.
-NOT_PACKAGED = {"bench.py", "bench_streams.py", "soak.py", "test_optimizations.py", "setup.py",
-                "conftest.py"}
+NOT_PACKAGED = {"bench.py", "bench_kit.py", "bench_streams.py", "soak.py", "test_optimizations.py",
+                "setup.py", "conftest.py"}
 
 # What store.py (persistence) must not drag in: the numeric stack and the decision layer.
 STORE_MUST_NOT_LOAD = ("numpy", "ml_model", "strategy")
