@@ -196,9 +196,20 @@ class Trader:
         to size with, the totals are what equity counts."""
         if self.config.dry_run:
             return
-        balances = self.broker.balances()
-        self.ledger.cash = float((balances.get("free") or {}).get(self.config.quote_currency) or 0.0)
-        self._account = {k: float(v or 0.0) for k, v in (balances.get("total") or {}).items()}
+        self._apply_balances(self.broker.balances())
+
+    def _apply_balances(self, balances: dict, changed_only: bool = False) -> None:
+        """The free quote is the cash to size with, the totals are what equity counts;
+        `changed_only`: the balances name only the assets that changed (the account stream)."""
+        totals = {k: float(v or 0.0) for k, v in (balances.get("total") or {}).items()}
+        free = (balances.get("free") or {}).get(self.config.quote_currency)
+        if changed_only:
+            self._account.update(totals)
+            if free is None:
+                return
+        else:
+            self._account = totals
+        self.ledger.cash = float(free or 0.0)
 
     def _start_model(self) -> None:
         """The model trains in the background from the scanner's candles; until it is ready
@@ -279,12 +290,14 @@ class Trader:
 
     # -- commands (the API) ---------------------------------------------------------------
     def _run_commands(self) -> None:
-        for command in self.commands.take():
+        commands = self.commands.take()
+        for command in commands:
             try:
                 command.answer.set_result(self._carry_out(command.kind, command.symbol))
             except Exception as exc:       # the caller gets it; the loop goes on
                 command.answer.set_exception(exc)
-        self.publish_facts()
+        if commands:
+            self.publish_facts()
 
     def _carry_out(self, kind: str, symbol: str | None) -> dict:
         if kind == "pause":
@@ -678,10 +691,7 @@ class Trader:
         if got.candles:
             self.scanner.add_streamed(got.candles)
         if got.balance is not None and self._account is not None:
-            self._account.update({k: float(v or 0.0) for k, v in got.balance["total"].items()})
-            free = got.balance["free"].get(self.config.quote_currency)
-            if free is not None:
-                self.ledger.cash = float(free)
+            self._apply_balances(got.balance, changed_only=True)
         if self.stops is not None and ("order" in got.lost or any(
                 o.get("symbol") in self.positions and (o.get("filled") or o.get("status") != "open")
                 for o in got.orders)):    # a held pair's order traded or ended: a stop sold?
@@ -695,12 +705,8 @@ class Trader:
         """An exit check between cycles, made when a price moves a stop or crosses an exit,
         or the account stream reports an order; recorded as a cycle of its own (the parity
         check replays it like any other)."""
-        if not reconcile:
-            busy = self.orders.busy()
-            bars = {s: Bar.at(p) for s, p in prices.items() if s not in busy}
-            update = check_positions(self.positions, bars, int(self.clock() * 1000), self.params)
-            if not update.exits and not update.moved:
-                return
+        if not reconcile and not self._would_act(prices):
+            return
         self.cycle += 1
         record, decided = self._record_state(), []
         try:
@@ -714,6 +720,20 @@ class Trader:
         finally:
             self.store.record_cycle(self.cycle, None, json.dumps(record), decided)
             self.store.set_meta("cycle", str(self.cycle))
+            self.publish_facts()
+
+    def _would_act(self, prices: dict[str, float]) -> bool:
+        """Whether these prices exit or move a stop of a pair with no order in doubt. Most
+        price updates do neither, so the store is asked for the busy pairs only when the
+        prices alone would act."""
+        now_ms = int(self.clock() * 1000)
+        update = check_positions(self.positions, {s: Bar.at(p) for s, p in prices.items()},
+                                 now_ms, self.params)
+        acting = {i.symbol for i in update.exits} | set(update.moved)
+        if not acting:
+            return False
+        busy = self.orders.busy()
+        return bool(acting - busy)
 
     def _learn(self, trade) -> None:
         if self.training_data is not None and trade.features is not None:
