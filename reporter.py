@@ -6,10 +6,13 @@ entries and exits also go out as notifications.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable
 
 from domain import Fill, Position, Trade
+
+log = logging.getLogger(__name__)
 
 
 class Reporter:
@@ -53,3 +56,24 @@ class Reporter:
 
     def text(self, text: str) -> None:
         self.echo(text)
+
+
+class SkipLog:
+    """Each skipped entry is logged with its reason, once until the reason changes; a
+    reason that stops every entry (a lock of all pairs, the edge gate) is logged once."""
+
+    def __init__(self) -> None:
+        self._skips: dict[str, str] = {}
+        self._halt: str | None = None
+
+    def note(self, skipped, halted: str | None = None) -> None:
+        current = dict(skipped)
+        if halted is not None:
+            if self._halt != halted:
+                log.info("no entries: %s", halted)
+            current = {s: r for s, r in current.items() if r != halted}
+        self._halt = halted
+        for symbol, reason in current.items():
+            if self._skips.get(symbol) != reason:
+                log.info("skip %s: %s", symbol, reason)
+        self._skips = current

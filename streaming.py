@@ -85,7 +85,18 @@ class Streaming:
                 out.balance = m.payload
             elif m.topic == "status":
                 out.status = m.payload
+                self._log_status(m.payload)
         return out
+
+    @staticmethod
+    def _log_status(status: dict) -> None:
+        """Said once per change: the streams publish a status only when they go down or up."""
+        if status["up"]:
+            log.info("streams up: exits are checked on every price update, candles come from "
+                     "the stream")
+        else:
+            log.warning("streams down (%s): polling REST every CHECK_INTERVAL until they "
+                        "recover", status["error"])
 
     def fresh_prices(self, symbols) -> dict[str, float] | None:
         """The streamed bids of all these pairs if each is recent and the streams are up,

@@ -32,7 +32,7 @@ from ml_model import MLModel, PredictionCache, trusted
 from model_training import Retrainer, TrainingData
 from orders import LIMIT_FILL, OrderExecutor
 import performance_monitor
-from reporter import Reporter
+from reporter import Reporter, SkipLog
 from risk_manager import RiskManager
 from stops import EXCHANGE_STOP, ExchangeStops, left_to_exchange
 from store import Store, StoreError
@@ -116,8 +116,7 @@ class Trader:
         self.cycle = 0
         self.start_equity = config.starting_balance
         self.last_prices: dict[str, float] = {}
-        self._last_skips: dict[str, str] = {}
-        self._last_halt: str | None = None
+        self.skip_log = SkipLog()
         self._recorded_ts: dict[str, int] = {}
         self.scan: ScanResult | None = None
         self.decisions: Decisions | None = None
@@ -397,7 +396,9 @@ class Trader:
                                     "again as soon as it answers")
             return
         self.store.set_meta("cycle", str(self.cycle))
-        self._daily_summary()
+        if self.notifier is not None:
+            self.notifier.daily_summary_once(self.store, int(self.clock() * 1000), self.equity(),
+                                             self.config.quote_currency, len(self.positions))
         self._status_line(time.perf_counter() - started)
         if self.config.enable_performance_monitoring and self.cycle % self.config.performance_report_interval == 0:
             self.reporter.text(self.monitor.report())
@@ -501,7 +502,7 @@ class Trader:
         record.update(symbols=list(view.symbols), cash=cash, equity=equity,
                       used_model=decisions.used_model, predictions=predictions, verdicts=verdicts,
                       payoff=[model.avg_win, model.avg_loss] if model is not None else None)
-        self._log_skips(decisions.skipped, halted)
+        self.skip_log.note(decisions.skipped, halted)
         for intent in decisions.entries:
             if self.stop.is_set():
                 break
@@ -525,11 +526,6 @@ class Trader:
         if kill is not None and not self._kill_notified and self.notifier is not None:
             self.notifier.kill_switch(kill)
         self._kill_notified = kill is not None
-
-    def _daily_summary(self) -> None:
-        if self.notifier is not None:
-            self.notifier.daily_summary_once(self.store, int(self.clock() * 1000), self.equity(),
-                                             self.config.quote_currency, len(self.positions))
 
     def _protections(self, now_ms: int, equity: float) -> tuple[str | None, set[str]]:
         """Every protection's locks at this decision time, rebuilt from the stored trades
@@ -681,13 +677,6 @@ class Trader:
     def _on_arrivals(self, got: Arrivals) -> None:
         """Closed candles into the store, exits on every price update, fills and balances
         from the account stream; the loop stays the only writer of positions and money."""
-        if got.status is not None:
-            if got.status["up"]:
-                log.info("streams up: exits are checked on every price update, candles come "
-                         "from the stream")
-            else:
-                log.warning("streams down (%s): polling REST every CHECK_INTERVAL until they "
-                            "recover", got.status["error"])
         if got.candles:
             self.scanner.add_streamed(got.candles)
         if got.balance is not None and self._account is not None:
@@ -757,20 +746,6 @@ class Trader:
         return self._account.get(self.config.quote_currency, 0.0) + sum(
             self._account.get(s.split("/")[0], 0.0) * prices.get(s, known.get(s, 0.0))
             for s in symbols)
-
-    def _log_skips(self, skipped, halted: str | None = None) -> None:
-        """Each skipped entry is logged with its reason, once until the reason changes; a
-        reason that stops every entry (a lock of all pairs, the edge gate) is logged once."""
-        current = dict(skipped)
-        if halted is not None:
-            if self._last_halt != halted:
-                log.info("no entries: %s", halted)
-            current = {s: r for s, r in current.items() if r != halted}
-        self._last_halt = halted
-        for symbol, reason in current.items():
-            if self._last_skips.get(symbol) != reason:
-                log.info("skip %s: %s", symbol, reason)
-        self._last_skips = current
 
     def _status_line(self, seconds: float) -> None:
         scan, decisions = self.scan, self.decisions

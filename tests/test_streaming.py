@@ -74,7 +74,7 @@ class TestStreamedCandles(StreamingCase):
         """Break the streams one way; they come back and the store has no hole."""
         before = trader.streaming.stream.reconnects
         server = trader.client.sim_server
-        with self.assertLogs("trader", "WARNING") as logs:
+        with self.assertLogs("streaming", "WARNING") as logs:
             fault(server)
             self.assertTrue(wait_for(lambda: trader.streaming.stream.reconnects > before, 5))
             self.loop_for(trader, 1.2)
