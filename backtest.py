@@ -81,7 +81,8 @@ from ml_model import (DEFAULT_MODEL_KIND, MIN_TRAIN_SAMPLES, expected_return, po
 from model_training import NOT_READY_RETRY, TrainingData
 from risk_manager import RiskManager
 from sim_market import synthetic_order_book
-from exits import check_positions
+from exits import Path, check_positions
+from exits import path as exits_path
 import strategies
 from strategies import Strategy, TrendMomentum, frame, signals
 from edge import EdgeSettings, EdgeVerdict, judge, recent_returns
@@ -105,11 +106,13 @@ class BacktestSettings:
     starting_balance: float = 10_000.0
     fee_rate: float = TAKER_FEE
     slippage: bool = True                 # walk the synthetic book; False: fill at the price
-    retrain_interval_ms: int = DAY_MS     # walk-forward refit period (market time)
+    retrain_interval_ms: int = DAY_MS     # walk-forward refits at most this often (market time)
+    retrain_min_new_samples: int = 500    # ... and only once this many new samples are known
     model_kind: str | None = None         # None: ml_model.DEFAULT_MODEL_KIND, as live
     start_ms: int | None = None           # trade candles opening at/after this (earlier: warm-up)
     end_ms: int | None = None             # ignore candles opening at/after this
-    skip_idle_steps: bool = True          # skip decide_entries where it provably has no candidate
+    skip_idle_steps: bool = True          # fast-forward over steps where nothing can happen
+                                          # (False: the per-step reference replay)
     fit_workers: int = 0                  # threads fitting models ahead (0: min(4, CPUs))
     entry_order: str = "market"           # "market" or "limit" (post-only at the best bid)
     limit_timeout_ms: int = DEFAULT_LIMIT_TIMEOUT_S * 1000   # a limit entry rests this long
@@ -141,6 +144,8 @@ class BacktestSettings:
                                                      DEFAULT_LIMIT_TIMEOUT_S)) * 1000)),
             limit_reprices=int(getattr(config, "limit_entry_reprices", DEFAULT_LIMIT_REPRICES)),
             min_auc=float(getattr(config, "ml_min_auc", 0.55)),
+            retrain_interval_ms=int(float(getattr(config, "retrain_interval", DAY_MS / 1000)) * 1000),
+            retrain_min_new_samples=int(getattr(config, "retrain_min_new_samples", 500)),
             max_slippage=None if slippage is None else float(slippage))
         return cls(**(base | overrides))
 
@@ -354,26 +359,34 @@ class _WalkForward:
         return Samples(*(col[order] for col in merged)), merged.label_end_ms[order]
 
     def _schedule(self, g0: int) -> Iterator[_FitJob]:
-        """The refits the live bot would make: at the first step, then every retrain interval
-        (every NOT_READY_RETRY while there is not enough data), on the bounded TrainingData
-        holding every sample known by then."""
-        d = self.data
+        """The refits: at the first step with enough data (tried every NOT_READY_RETRY until
+        then), then every retrain interval once `retrain_min_new_samples` new samples have
+        become known since the last fit, on the bounded TrainingData holding every sample
+        known by then. Counting samples keeps the number of fits proportional to what
+        there is to learn, not to the days replayed (a refit on nearly the same samples
+        gives nearly the same model)."""
+        d, settings = self.data, self.settings
         closes = d.grid + d.tf_ms
-        training, cursor, ready, job = TrainingData(), 0, False, None
+        training, cursor, job, fitted_at = TrainingData(), 0, None, 0
         g = g0
         while g < len(closes):
             now = int(closes[g])
             end = int(np.searchsorted(self.known_ms, now, side="right"))
-            if end > cursor:
-                training.add_samples(Samples(*(c[cursor:end] for c in self.samples)))
+            if end > cursor:   # one sample per signal and pair: no key to deduplicate
+                smp = self.samples
+                training.add(*(a[cursor:end] for a in (smp.X, smp.y, smp.ret, smp.time_ms,
+                                                        smp.label_end_ms)))
                 cursor = end
-            snap = training.snapshot() if len(training) >= MIN_TRAIN_SAMPLES else None
+            fresh = training.added_total - fitted_at
+            snap = (training.snapshot() if len(training) >= MIN_TRAIN_SAMPLES and (
+                job is None or fresh >= settings.retrain_min_new_samples) else None)
             if snap is not None and 0 < snap.y.sum() < len(snap.y):
                 if job is not None:
                     yield job._replace(g_end=g)
-                job, ready = _FitJob(g, len(closes), snap.X, snap.y, snap.ret, snap.time_ms,
-                                     snap.end_ms), True
-            wait = self.settings.retrain_interval_ms if ready else max(
+                job = _FitJob(g, len(closes), snap.X, snap.y, snap.ret, snap.time_ms,
+                              snap.end_ms)
+                fitted_at = training.added_total
+            wait = settings.retrain_interval_ms if job is not None else max(
                 int(NOT_READY_RETRY * 1000), d.tf_ms)
             g = int(np.searchsorted(closes, now + wait, side="left"))
         if job is not None:
@@ -522,6 +535,11 @@ class _Replay:
         self.resting: dict[str, _RestingEntry] = {}               # limit entries on the book
         self.fill_bars: dict[str, Bar] = {}   # this step's bars after a limit fill, for exits
         self.last_step = np.searchsorted(data.grid, data.ts[data.last])   # (P,) a pair's last step
+        self.row_step = np.searchsorted(data.grid, data.ts)               # (N,) each row's step
+        self.follows_high = params.trailing_stop > 0 or params.breakeven_trigger > 0
+        self.courses: dict[str, _Course] = {}     # held positions' paths (fast-forward)
+        self.refits_seen = 0
+        self.candidates = self._rule_candidates()  # (P, G) a pair may be entered at a step
         self.trades: list[Trade] = []
         self.events: list[tuple] = []
         self.last_close = np.full(len(data.symbols), np.nan)
@@ -803,15 +821,27 @@ class _Replay:
 
     def run(self, g0: int, progress: Callable[[int], None] | None) -> bool:
         """Every step from g0 (fills `times`, `curve`, `exposed`); True if interrupted. Open
-        positions are closed at the end (`end_of_backtest`), also after Ctrl-C."""
+        positions are closed at the end (`end_of_backtest`), also after Ctrl-C.
+
+        With `skip_idle_steps` the steps where provably nothing happens are fast-forwarded
+        (`_skip_to`); the others run `step` as the per-step reference does."""
         steps = len(self.d.grid)
-        reported = g0
+        fast = self.settings.skip_idle_steps
+        reported = g = g0
         try:
-            for g in range(g0, steps):
-                self.step(g)
-                if progress is not None and g + 1 - reported >= PROGRESS_EVERY:
-                    progress(g + 1 - reported)
-                    reported = g + 1
+            while g < steps:
+                event = self._next_event(g) if fast else g
+                if progress is not None:   # report (and hear Ctrl-C) as often as step by step
+                    event = min(event, max(g, reported + PROGRESS_EVERY - 1))
+                if event > g:
+                    self._skip_to(g, event)
+                self.step(event)
+                if fast:
+                    self._after_step(event)
+                g = event + 1
+                if progress is not None and g - reported >= PROGRESS_EVERY:
+                    progress(g - reported)
+                    reported = g
             if progress is not None and reported < steps:
                 progress(steps - reported)
             interrupted = False
@@ -824,6 +854,160 @@ class _Replay:
         self.pending = []
         self.resting = {}
         return interrupted
+
+    # -- fast-forward: what `step` would do at the steps where nothing happens
+    #
+    # Between events the books stand still: no order is pending or resting, no held
+    # position exits (its path is known: `exits.path`), no held pair ends, no model is
+    # due and no pair that could be entered has a candidate. Such a step only moves the
+    # held positions' stops along their paths, the last closes and the equity curve, and
+    # observes the equity peak (all that `decide` does at a step without a candidate).
+
+    def _rule_candidates(self, g: int = 0, end: int | None = None) -> np.ndarray:
+        """(P, end - g): pair p passes the strategy at step g (the model not asked)."""
+        d = self.d
+        at = d.at[:, g:end]
+        out = np.zeros(at.shape, dtype=bool)
+        rows = at >= 0
+        out[rows] = d.signal_ok[at[rows]] & (d.local[at[rows]] >= self.min_local)
+        return out
+
+    def _model_candidates(self, g: int) -> None:
+        """After the model refit at step g: until the next refit, a pair is a candidate only
+        where the model's batched prediction passes (or is missing: then it is asked)."""
+        model, d = self.model, self.d
+        end = model._queue[0][0] if model._queue else len(d.grid)
+        window = self._rule_candidates(g, end)
+        if model.estimator is not None:
+            rows = d.at[:, g:end][window]
+            prob = model.prob[rows]
+            with np.errstate(invalid="ignore"):
+                ok = (((prob >= self.params.min_confidence)
+                       & (model.expected_return(prob) > self.params.min_expected_return))
+                      | np.isnan(prob))
+            window[window] = ok
+        self.candidates[:, g:end] = window
+
+    def _next_event(self, g: int) -> int:
+        """The first step from g at which something may happen."""
+        if self.pending or self.resting or self.fill_bars:
+            return g
+        d = self.d
+        event = len(d.grid) - 1
+        if self.model is not None and self.model._queue:
+            event = min(event, self.model._queue[0][0])
+        for s, course in self.courses.items():
+            p = self.index[s]
+            event = min(event, int(self.last_step[p]))
+            if course.path.exit < len(course.path.stop) - 1:
+                event = min(event, int(self.row_step[course.start + course.path.exit]))
+        if len(self.ledger.positions) < self.risk.max_open_positions:
+            event = self._next_candidate(g, event)
+        return max(event, g)
+
+    def _next_candidate(self, g: int, limit: int) -> int:
+        """The first step in [g, limit) where a pair not held is a candidate, else limit."""
+        held = self.ledger.positions
+        free = [p for p, s in enumerate(self.d.symbols) if s not in held]
+        span = 256
+        while g < limit:
+            end = min(limit, g + span)
+            hit = np.flatnonzero(self.candidates[free, g:end].any(axis=0))
+            if hit.size:
+                return g + int(hit[0])
+            g, span = end, span * 4
+        return limit
+
+    def _next_row(self, p: int, g: int) -> int:
+        """Pair p's first row at step g or later (one past its last row if none)."""
+        first, last = int(self.d.first[p]), int(self.d.last[p])
+        return first + int(np.searchsorted(self.row_step[first:last + 1], g, side="left"))
+
+    def _skip_to(self, g: int, event: int) -> None:
+        """Steps g .. event - 1, where nothing happens (see above)."""
+        d = self.d
+        steps = np.arange(g, event)
+        held = self.ledger.positions
+        equity = np.full(len(steps), self.ledger.cash)
+        if held:
+            value = np.zeros(len(steps))
+            for s, position in held.items():
+                value = value + position.amount * self._closes(self.index[s], steps)
+            dust = np.zeros(len(steps))
+            for s, amount in self.ledger.dust.items():
+                dust = dust + amount * (self._closes(self.index[s], steps) if s in held else 0.0)
+            equity = equity + value + dust
+        self.times.extend(d.grid[g:event].tolist())
+        self.curve.extend(equity.tolist())
+        self.exposed.extend([bool(held)] * len(steps))
+        self.risk.observe_equity(float(equity.max()))
+        for p in range(len(d.symbols)):
+            r = self._next_row(p, event) - 1
+            if r >= d.first[p]:
+                self.last_close[p] = d.c[r]
+        self.g = event - 1
+        if self.follows_high:
+            for s, course in self.courses.items():
+                k = self._next_row(self.index[s], event) - course.start
+                stop, high = float(course.path.stop[k]), float(course.path.high[k])
+                position = held[s]
+                if (stop, high) != (position.stop_loss, position.high_water):
+                    self.ledger.move_stop(s, stop, high)
+
+    def _closes(self, p: int, steps: np.ndarray) -> np.ndarray:
+        """Pair p's last close at each step (it has had a candle before them)."""
+        first, last = int(self.d.first[p]), int(self.d.last[p])
+        rows = first + np.searchsorted(self.row_step[first:last + 1], steps, side="right") - 1
+        return self.d.c[rows]
+
+    def _after_step(self, g: int) -> None:
+        """Keep a path for every held position (recomputed when the books left it: a new
+        position, a refused or partial exit) and the model's candidates after a refit."""
+        if self.model is not None and self.model.trainings > self.refits_seen:
+            self.refits_seen = self.model.trainings
+            self._model_candidates(g)
+        held = self.ledger.positions
+        for s in [s for s in self.courses if s not in held]:
+            del self.courses[s]
+        for s, position in held.items():
+            p = self.index[s]
+            start = self._next_row(p, g + 1)
+            course = self.courses.get(s)
+            if course is None or not self._on_course(course, position, start):
+                self.courses[s] = self._course(p, position, start)
+
+    def _on_course(self, course: "_Course", position, start: int) -> bool:
+        k = start - course.start
+        if course.entry_ms != position.entry_time_ms or not 0 <= k <= course.path.exit:
+            return False
+        if course.path.stop[k] != position.stop_loss:
+            return False
+        return not self.follows_high or course.path.high[k] == max(position.high_water,
+                                                                   position.entry_price)
+
+    def _course(self, p: int, position, start: int) -> "_Course":
+        """The position's path from row `start` until it exits or its pair ends."""
+        d = self.d
+        end_of_pair = int(d.last[p]) + 1
+        span = 256
+        while True:
+            end = min(start + span, end_of_pair)
+            rows = slice(start, end)
+            path = exits_path(self.params, position.entry_price, position.entry_time_ms,
+                              position.stop_loss, position.take_profit,
+                              max(position.high_water, position.entry_price),
+                              d.o[rows], d.h[rows], d.l[rows], d.c[rows], d.ts[rows],
+                              d.exit_signal[rows])
+            if path.exit < end - start or end == end_of_pair:
+                return _Course(start, position.entry_time_ms, path)
+            span *= 4
+
+
+class _Course(NamedTuple):
+    """A held position's path (`exits.path`) over its pair's rows from `start` on."""
+    start: int
+    entry_ms: int
+    path: Path
 
 
 # --------------------------------------------------------------------------- entry point

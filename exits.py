@@ -98,6 +98,42 @@ def step(rules: StrategyParams, held: Held, o, h, l, c, bar_open_ms, close_ms,
     return Step(reason, price, np.where(open_, new_stop, stop), high)
 
 
+class Path(NamedTuple):
+    """One position judged bar after bar by `step` over a run of its pair's candles."""
+    exit: int                # index of the first bar it exits in (len(bars) if none)
+    stop: np.ndarray         # (len + 1,) the stop before each bar (and after the last)
+    high: np.ndarray         # (len + 1,) the high-water mark before each bar (and after)
+
+
+def path(rules: StrategyParams, entry_price: float, entry_ms: int, stop: float, take: float,
+         high: float, o: np.ndarray, h: np.ndarray, l: np.ndarray, c: np.ndarray,
+         bar_open_ms: np.ndarray, exit_signal: np.ndarray | None = None) -> Path:
+    """What `step` would say of one position over consecutive bars, computed for all bars at
+    once: the high-water mark is a running maximum and the stop a running maximum of the
+    trailing and break-even levels, so every bar's levels are known without a loop. The
+    values are the very floats `step` computes (the backtest's fast-forward relies on it;
+    a test compares the two). `high` is the mark before the first bar (at least the entry)."""
+    tf = rules.timeframe_ms
+    after = np.maximum.accumulate(np.concatenate([[high], np.asarray(h, dtype=np.float64)]))
+    raised = np.full(len(h), -np.inf)
+    if rules.trailing_stop > 0:
+        on = after[1:] >= entry_price * (1.0 + rules.trailing_offset)
+        raised = np.where(on, np.maximum(raised, after[1:] * (1.0 - rules.trailing_stop)), raised)
+    if rules.breakeven_trigger > 0:
+        on = after[1:] >= entry_price * (1.0 + rules.breakeven_trigger)
+        raised = np.where(on, np.maximum(raised, entry_price * (1.0 + rules.breakeven_offset)),
+                          raised)
+    stops = np.maximum.accumulate(np.concatenate([[stop], raised]))
+    bar_open_ms = np.asarray(bar_open_ms, dtype=np.int64)
+    roi = entry_price * (1.0 + roi_level(rules, bar_open_ms - entry_ms))
+    exits = (np.asarray(l) <= stops[:-1]) | (np.asarray(h) >= np.minimum(take, roi))
+    if exit_signal is not None and rules.use_exit_signal:
+        exits |= np.asarray(exit_signal, dtype=bool)
+    exits |= bar_open_ms + tf - entry_ms >= rules.max_hold_candles * tf
+    hit = np.flatnonzero(exits)
+    return Path(int(hit[0]) if hit.size else len(h), stops, after)
+
+
 class PositionUpdate(NamedTuple):
     exits: list[ExitIntent]
     moved: dict[str, tuple[float, float]]   # symbol -> (new stop, new high-water mark)

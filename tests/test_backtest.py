@@ -468,7 +468,8 @@ class TestNoLookAhead(unittest.TestCase):
 
     def replay(self, candles, use_model, cooldown=1, skip=True, **settings):
         s = bt.BacktestSettings(starting_balance=10_000.0, retrain_interval_ms=12 * 3_600_000,
-                                skip_idle_steps=skip, min_auc=0.0, **settings)
+                                retrain_min_new_samples=1, skip_idle_steps=skip, min_auc=0.0,
+                                **settings)
         r = RiskManager(0.01, 3, 0.3, 2, fee_rate=FEE)
         return bt.run_backtest(candles, use_model=use_model,
                                params=StrategyParams(timeframe_ms=TF, min_confidence=0.45,
@@ -606,6 +607,7 @@ class TestBooks(unittest.TestCase):
 
         cls.candles = simulated_ohlcv(4, 5, "5m", 1500)
         s = bt.BacktestSettings(starting_balance=10_000.0, retrain_interval_ms=12 * 3_600_000,
+                                retrain_min_new_samples=1,   # refit every 12 h, as it did
                                 min_auc=0.0)   # every fit filters, trusted or not
         cls.results = [bt.run_backtest(cls.candles, use_model=m, settings=s,
                                        params=StrategyParams(timeframe_ms=TF, min_confidence=0.45),
@@ -738,3 +740,44 @@ class TestCommand(RootLogging, unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestFastForward(unittest.TestCase):
+    """The fast-forward replay (the default) against the per-step reference
+    (skip_idle_steps=False) on a few thousand candles: every event, trade, equity point and
+    exposure flag identical, with and without the model, through trailing and break-even
+    stops, the ROI table, limit entries and the slippage guard."""
+
+    CASES = [
+        (True, {}, {}),
+        (False, dict(trailing_stop=0.01, trailing_offset=0.005, roi=((0, 0.03), (30, 0.01))), {}),
+        (True, dict(breakeven_trigger=0.01), dict(entry_order="limit")),
+        (True, dict(trailing_stop=0.02), dict(max_slippage=0.0005)),
+    ]
+
+    @classmethod
+    def setUpClass(cls):
+        from sim_market import simulated_ohlcv
+
+        cls.candles = simulated_ohlcv(3, 11, "5m", 2500)
+
+    def replay(self, use_model, params, settings, skip):
+        s = bt.BacktestSettings(starting_balance=10_000.0, retrain_interval_ms=12 * 3_600_000,
+                                retrain_min_new_samples=100, skip_idle_steps=skip, min_auc=0.0,
+                                **settings)
+        return bt.run_backtest(self.candles, use_model=use_model, settings=s,
+                               params=StrategyParams(timeframe_ms=TF, min_confidence=0.45, **params),
+                               risk=RiskManager(0.01, 3, 0.3, 2, fee_rate=FEE))
+
+    def test_fast_forward_equals_the_per_step_replay(self):
+        for use_model, params, settings in self.CASES:
+            with self.subTest(model=use_model, **params, **settings):
+                fast, reference = (self.replay(use_model, params, settings, skip)
+                                   for skip in (True, False))
+                self.assertGreater(len(reference.trades), 10)
+                self.assertEqual(fast.events, reference.events)
+                self.assertEqual(fast.trades, reference.trades)
+                np.testing.assert_array_equal(fast.times_ms, reference.times_ms)
+                np.testing.assert_array_equal(fast.equity, reference.equity)
+                np.testing.assert_array_equal(fast.exposed, reference.exposed)
+                self.assertEqual(fast.trainings, reference.trainings)

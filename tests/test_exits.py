@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 
 from domain import Bar, ExitIntent, Position, StrategyParams, parse_roi
+import exits
 from exits import (NONE, REASONS, Held, check_positions, outcome_rows, roi_level,
                    signal_outcomes, step)
 
@@ -387,3 +388,38 @@ class SignalOutcomesAgreeWithTheLiveEngine(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestPath(unittest.TestCase):
+    """`exits.path` (all bars at once) says what `exits.step` says bar after bar."""
+
+    def test_path_equals_step_by_step(self):
+        rng = np.random.default_rng(3)
+        rules_list = [StrategyParams(timeframe_ms=300_000, max_hold_candles=400),
+                      StrategyParams(timeframe_ms=300_000, trailing_stop=0.01, trailing_offset=0.004,
+                                     max_hold_candles=400),
+                      StrategyParams(timeframe_ms=300_000, breakeven_trigger=0.006,
+                                     roi=((0, 0.05), (60, 0.01)), max_hold_candles=30)]
+        for rules in rules_list:
+            for trial in range(40):
+                n = 120
+                c = 100 * np.exp(np.cumsum(rng.normal(0, 0.003, n)))
+                o = np.concatenate([[100.0], c[:-1]])
+                h = np.maximum(o, c) * (1 + rng.uniform(0, 0.003, n))
+                l = np.minimum(o, c) * (1 - rng.uniform(0, 0.003, n))
+                ts = 1_000_000 + 300_000 * np.arange(n)
+                signal = rng.random(n) < 0.01
+                entry, stop, take = 100.0, 100.0 * (1 - rng.uniform(0.005, 0.03)), 100.0 * 1.04
+                p = exits.path(rules, entry, int(ts[0]), stop, take, entry, o, h, l, c, ts, signal)
+                held = exits.Held(*(np.array([x]) for x in (entry, ts[0], stop, take, entry)))
+                for k in range(n):
+                    self.assertEqual(held.stop[0], p.stop[k])
+                    self.assertEqual(held.high[0], p.high[k])
+                    out = exits.step(rules, held, [o[k]], [h[k]], [l[k]], [c[k]], ts[k],
+                                     ts[k] + 300_000, signal[k:k + 1])
+                    if out.reason[0] != exits.NONE:
+                        self.assertEqual(p.exit, k)
+                        break
+                    held = held._replace(stop=out.stop, high=out.high)
+                else:
+                    self.assertEqual(p.exit, n)
