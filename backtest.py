@@ -41,14 +41,24 @@ protections, edge gate, `RiskManager`, `ledger.Ledger` and (for fills)
   candles) after it was placed it is cancelled and repriced at that close with the same
   amount, up to `limit_reprices` times, then given up (`entry_expired`), as it is when its
   pair's candles end.
-- Model (use_model). Walk-forward: every `retrain_interval_ms` of market time the model is
-  refit on the samples whose labels were known then (the label window's last candle
+- Model (use_model). Walk-forward: every `retrain_interval_ms` of market time (RETRAIN_INTERVAL)
+  once `retrain_min_new_samples` (RETRAIN_MIN_NEW_SAMPLES) new labelled samples have become
+  known since the last fit, the model is refit on the samples whose labels were known then (the label window's last candle
   closed at or before now, as the live bot's candle history would have them); before the
   first model can be trained (or while the latest is not trusted: ML_MIN_AUC) the
   strategy decides alone. Probabilities for the coming
   period are predicted in one batched call; the pipeline's `predict` looks them up by the
   exact feature row (falling back to the model on a miss), so it receives exactly what
   the model says. The live bot's rounded-key prediction cache is not used.
+
+- Speed. Everything that does not depend on the books is computed once over the whole
+  arrays (indicators, features, signals, labels, the refit schedule; fits run ahead on a
+  thread pool). The loop then fast-forwards over the steps where provably nothing happens
+  (`_Replay._skip_to`): no order pending or resting, no held position exiting (each one's
+  path of stops and its exit bar come from `exits.path`, all bars at once), no held pair
+  ending, no refit due and no pair that could be entered with a signal (or a model
+  prediction) passing. It runs `step`, as the per-step reference (`skip_idle_steps=False`)
+  does at every step, only at the others; the results are identical (tests compare them).
 
 Ctrl-C (KeyboardInterrupt) stops the replay and returns the partial result. The report
 (metrics, terminal text, report.json, the chart) is `backtest_report`.
@@ -227,29 +237,33 @@ def _prepare(candles: Mapping[str, np.ndarray], strategy: Strategy, params: Stra
     at = np.full((len(symbols), len(grid)), -1, dtype=np.int64)
     for p, a in enumerate(arrays):
         at[p, np.searchsorted(grid, a[:, 0].astype(np.int64))] = first[p] + np.arange(len(a))
-    ind: dict[str, list] = {}
-    feats, vols, qvs, markets = [], [], [], []
+    n = int(lengths.sum())
+    ind: dict[str, np.ndarray] = {}       # filled pair by pair: no per-pair copies held
+    feat = vol = qv = None
+    markets = []
     market = strategies.market_index(dict(zip(symbols, arrays))) if strategy.market_period else None
-    for s, a in zip(symbols, arrays):
+    for p, (s, a) in enumerate(zip(symbols, arrays)):
+        rows = slice(int(first[p]), int(last[p]) + 1)
         pi = frame(a, strategy, market)
         for k, v in pi.items():
-            ind.setdefault(k, []).append(v)
-        feats.append(prepare_features(pi, close_windows(a[:, 4])))
-        vol, qv = book_inputs(a, tf)
-        vols.append(vol)
-        qvs.append(qv)
+            if k not in ind:
+                ind[k] = np.empty(n, dtype=np.asarray(v).dtype)
+            ind[k][rows] = v
+        f = prepare_features(pi, close_windows(a[:, 4]))
+        if feat is None:
+            feat, vol, qv = np.empty((n, f.shape[1]), f.dtype), np.empty(n), np.empty(n)
+        feat[rows] = f
+        vol[rows], qv[rows] = book_inputs(a, tf)
+        del pi, f
         markets.append((rules or {}).get(s) or
                        MarketRules.for_price(s, float(a[0, 4]), fee=settings.fee_rate))
-    ind_all = {k: np.concatenate(v) for k, v in ind.items()}
-    feat = np.concatenate(feats)
-    usable = np.isfinite(feat).all(axis=1) & np.isfinite(ind_all["atr"])
+    usable = np.isfinite(feat).all(axis=1) & np.isfinite(ind["atr"])
     # A strategy is elementwise, so it scores every row at once (used to skip steps).
-    score, exit_signal = signals(strategy, ind_all)
-    local = np.concatenate([np.arange(n) for n in lengths])
+    score, exit_signal = signals(strategy, ind)
+    local = np.concatenate([np.arange(length) for length in lengths])
     return _Data(symbols, tf, grid, at, first, last, local, allc[:, 0].astype(np.int64),
-                 allc[:, 1], allc[:, 2], allc[:, 3], allc[:, 4], allc[:, 5], ind_all, feat, usable,
-                 usable & np.isfinite(score), exit_signal, np.concatenate(vols),
-                 np.concatenate(qvs), markets)
+                 allc[:, 1], allc[:, 2], allc[:, 3], allc[:, 4], allc[:, 5], ind, feat, usable,
+                 usable & np.isfinite(score), exit_signal, vol, qv, markets)
 
 
 def book_inputs(candles: np.ndarray, tf_ms: int) -> tuple[np.ndarray, np.ndarray]:
@@ -677,7 +691,7 @@ class _Replay:
         positions = self.ledger.positions
         bars = {}
         signals = {}
-        for s in positions:
+        for s in [s for s in positions if not self._follow_course(s, col)]:
             r = int(col[self.index[s]])
             if r >= 0:
                 bars[s] = self.fill_bars.get(s) or Bar(float(d.o[r]), float(d.h[r]),
@@ -698,6 +712,23 @@ class _Replay:
                 self.events.append(("exit_rejected", close_ms, intent.symbol, str(exc)))
                 continue
             self._sold(fill, intent.reason)
+
+    def _follow_course(self, symbol: str, col: np.ndarray) -> bool:
+        """Fast-forward: move a held position along its known path when this step's bar is
+        not its exit bar (what `check_positions` would do); False when it must be judged."""
+        course = self.courses.get(symbol)
+        if course is None or symbol in self.fill_bars:
+            return False
+        r = int(col[self.index[symbol]])
+        k = r - course.start
+        if r < 0 or not 0 <= k < course.path.exit:
+            return r < 0
+        if self.follows_high:
+            stop, high = float(course.path.stop[k + 1]), float(course.path.high[k + 1])
+            position = self.ledger.positions[symbol]
+            if (stop, high) != (position.stop_loss, position.high_water):
+                self.ledger.move_stop(symbol, stop, high)
+        return True
 
     def close_all(self, reason: str, close_ms: int, only: Sequence[str] | None = None) -> None:
         """Close positions at the last known close (end of data / of the backtest), whatever
@@ -732,7 +763,7 @@ class _Replay:
             return
         view = MarketView(tuple(d.symbols[p] for p in pairs.tolist()),
                           {k: v[rows] for k, v in d.ind.items()},
-                          d.c[rows[:, None] + self.k_off], close_ms)
+                          d.c[rows[:, None] + self.k_off], close_ms, d.feat[rows])
         if halted is None:
             verdict = self.edge_verdict(close_ms)
             if not verdict.open:

@@ -32,46 +32,8 @@ from urllib.parse import urlsplit
 import numpy as np
 
 import bench_kit
-from bench_kit import (NOTES, ROOT, Row, bot_config, median_time, median_times,
-                       print_table, repeats, simulated_exchange, time_row)
-
-def vm_hwm_mib(pid: int | str = "self") -> float | None:
-    """Peak RSS (VmHWM) of a live process, in MiB.
-
-    Not ru_maxrss: on Linux a child's ru_maxrss starts at its parent's RSS at exec time,
-    so a child of this (large) process would report at least our own size.
-    """
-    with contextlib.suppress(OSError):
-        status = Path(f"/proc/{pid}/status").read_text()
-        if m := re.search(r"^VmHWM:\s+(\d+) kB", status, re.M):
-            return int(m.group(1)) / 1024
-    return None
-
-
-# Appended to `python -c` code so the child reports its own peak as its last stdout line.
-PRINT_PEAK = ("\nimport re as _re\nprint(int(_re.search(r'VmHWM:\\s+(\\d+)', "
-              "open('/proc/self/status').read()).group(1)) / 1024)")
-
-
-def run_child(cmd: Sequence[str], env: dict | None = None, timeout: float = 1800.0
-              ) -> tuple[str, float | None, float]:
-    """Run a command in ROOT; (stdout, peak RSS MiB polled from /proc every 0.1 s, wall s)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
-        peak = None
-        while proc.poll() is None:
-            peak = vm_hwm_mib(proc.pid) or peak      # VmHWM only grows: the last read is the peak
-            if time.perf_counter() - start > timeout:
-                proc.kill()
-            time.sleep(0.1)
-        wall = time.perf_counter() - start
-        out.seek(0)
-        err.seek(0)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {err.read()[-2000:]}")
-        return out.read(), peak, wall
-
+from bench_kit import (NOTES, PRINT_PEAK, ROOT, Row, bot_config, median_time, median_times,
+                       print_table, repeats, run_child, simulated_exchange, time_row)
 
 def random_candles(pairs: int, n: int, seed: int = 0) -> tuple[np.ndarray, ...]:
     """Random-walk (open, high, low, close, volume), each (pairs, n)."""
@@ -719,133 +681,11 @@ def bench_llm() -> list[Row]:
 
 # ------------------------------------------------------------------------------ backtest
 
-BT_PAIRS, BT_CANDLES = 10, 5760
-SHARED_OHLCV = ROOT.parent / "shared" / "ohlcv"   # the layout: the repository and shared/ side by side
-FREQTRADE_SECONDS, FREQTRADE_MIB = 4.2, 436.0     # quoted in issue 5 (freqtrade 2026.9)
-QUOTED = "freqtrade 2026.9, no ML (QUOTED from issue 5, not measured here)"
-
-# Runs in a fresh interpreter: loads the data set, times run_backtest, prints JSON. With
-# REPEATS 0 it only imports what the run would and loads the data (the memory baseline).
-_BT_CASE = r"""
-import json, re, statistics, sys, time
-from pathlib import Path
-import numpy as np
-import backtest as bt
-from domain import StrategyParams
-from risk_manager import RiskManager
-from strategies import TrendMomentum
-
-PAIRS, CANDLES, REPEATS = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[4])
-USE_MODEL = sys.argv[3] == "1"
-SHARED = Path(sys.argv[5])          # bench.SHARED_OHLCV: ../shared/ohlcv beside the repository
-
-def data():
-    from candle_files import find_candle_files, read_candles
-    if SHARED.is_dir():
-        files = [p for s, p in sorted(find_candle_files(SHARED, "5m").items()) if s.endswith("/BTC")]
-        real = [a for a in (read_candles(p, "5m") for p in files) if len(a) >= CANDLES - 100]
-        if real:
-            out = {}
-            for k in range(PAIRS):      # repeat the files, each copy's prices scaled
-                a = real[k % len(real)][-CANDLES:].copy()
-                a[:, 1:5] *= 1.0 + 0.01 * k
-                out[f"P{k:02d}/BTC"] = a
-            return out, "real files in shared/ohlcv, repeated", 1.0
-    from sim_market import simulated_ohlcv
-    return simulated_ohlcv(PAIRS, 1, "5m", CANDLES), "simulated_ohlcv", 10_000.0
-
-candles, source, balance = data()
-if REPEATS == 0 and USE_MODEL:
-    import ml_model
-    ml_model.make_estimator()            # the model's libraries, imported
-def peak_mib():
-    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 1024
-
-times, r = [], None
-for _ in range(REPEATS):
-    s = bt.BacktestSettings(starting_balance=balance)
-    risk = RiskManager(0.01, 5, 0.2, 2, fee_rate=0.001)
-    t = time.perf_counter()
-    # TrendMomentum on the 5m candles, named explicitly (not the bot's default strategy), so
-    # the figures stay comparable with the README's, which were measured on it.
-    r = bt.run_backtest(candles, use_model=USE_MODEL, strategy=TrendMomentum(),
-                        params=StrategyParams(timeframe_ms=300_000), risk=risk, settings=s)
-    times.append(time.perf_counter() - t)
-print(json.dumps({"seconds": statistics.median(times) if times else None,
-                  "trades": len(r.trades) if r else 0, "trainings": r.trainings if r else 0,
-                  "trusted_fits": r.trusted_fits if r else 0,
-                  "candles": int(sum(len(a) for a in candles.values())), "source": source,
-                  "peak_mib": peak_mib()}))
-"""
-
-# The naive replay's extra cost: indicators recomputed over the history at every step,
-# measured at 17 history lengths and interpolated over all steps.
-_BT_NAIVE = r"""
-import json, sys, time
-import numpy as np
-from indicators import compute_all
-from sim_market import simulated_ohlcv
-
-PAIRS, CANDLES = int(sys.argv[1]), int(sys.argv[2])
-arr = np.stack(list(simulated_ohlcv(PAIRS, 1, "5m", CANDLES).values()))
-compute_all(*(arr[:, :60, k] for k in range(1, 6)))          # imports, first-call costs
-points = np.linspace(60, CANDLES, 17).astype(int)
-cost = []
-for t in points:
-    cols = [np.ascontiguousarray(arr[:, :t, k]) for k in range(1, 6)]
-    reps = []
-    for _ in range(3):
-        s = time.perf_counter()
-        compute_all(*cols)
-        reps.append(time.perf_counter() - s)
-    cost.append(min(reps))
-print(json.dumps({"seconds": float(np.interp(np.arange(1, CANDLES + 1), points, cost).sum())}))
-"""
-
-
-def _bt_run(code: str, *args: object) -> dict:
-    out, _, _ = run_child([sys.executable, "-c", code, *map(str, args)], timeout=600)
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def bench_backtest() -> list[Row]:
-    """Candles/s and peak memory for 10 pairs x 5,760 5m candles, with and without the model."""
-    rule = _bt_run(_BT_CASE, BT_PAIRS, BT_CANDLES, 0, repeats(3), SHARED_OHLCV)
-    model = _bt_run(_BT_CASE, BT_PAIRS, BT_CANDLES, 1, repeats(3), SHARED_OHLCV)
-    loaded = _bt_run(_BT_CASE, BT_PAIRS, BT_CANDLES, 0, 0, SHARED_OHLCV)
-    loaded_ml = _bt_run(_BT_CASE, BT_PAIRS, BT_CANDLES, 1, 0, SHARED_OHLCV)
-    naive = _bt_run(_BT_NAIVE, BT_PAIRS, BT_CANDLES)
-    n = rule["candles"]
-    rule_rate, model_rate = n / rule["seconds"], n / model["seconds"]
-    quoted_rate = BT_PAIRS * BT_CANDLES / FREQTRADE_SECONDS
-    tag = f"{BT_PAIRS}x{BT_CANDLES} 5m"
-    if rule["source"] == "simulated_ohlcv":
-        why = ("is absent" if not SHARED_OHLCV.is_dir() else
-               f"holds no 5m */BTC file of at least {BT_CANDLES - 100} candles")
-        NOTES.append(f"backtest: {SHARED_OHLCV} (shared/ohlcv beside the repository) {why}; "
-                     f"fell back to simulated_ohlcv ({BT_PAIRS} pairs), so the backtest figures "
-                     "are not comparable with a run on the real files.")
-    NOTES.append(f"backtest data: {rule['source']}; strategy trend_momentum (defaults); the "
-                 f"model run made {model['trainings']} walk-forward fits per replay, "
-                 f"{model['trusted_fits']} of them trusted to filter (ML_MIN_AUC, filter gain).")
-    rule_name, model_name = f"backtest no model, {tag}", f"backtest walk-forward model, {tag}"
-    return [
-        Row(f"{rule_name}: candles/s", rule_rate, "candles/s",
-            "naive replay: compute_all over the history every step (estimated from 17 measured "
-            "lengths)", n / (rule["seconds"] + naive["seconds"]), higher_is_better=True),
-        Row(f"{rule_name}: candles/s", rule_rate, "candles/s", QUOTED, quoted_rate,
-            higher_is_better=True),
-        Row(f"{rule_name}: peak RSS", rule["peak_mib"], "MiB",
-            "same process: imports + data loaded, no replay", loaded["peak_mib"]),
-        Row(f"{rule_name}: peak RSS", rule["peak_mib"], "MiB", QUOTED, FREQTRADE_MIB),
-        Row(f"{model_name}: candles/s", model_rate, "candles/s", "same replay without the model",
-            rule_rate, higher_is_better=True),
-        Row(f"{model_name}: candles/s", model_rate, "candles/s", QUOTED, quoted_rate,
-            higher_is_better=True),
-        Row(f"{model_name}: peak RSS", model["peak_mib"], "MiB",
-            "same process: imports incl. sklearn + data, no replay", loaded_ml["peak_mib"]),
-        Row(f"{model_name}: peak RSS", model["peak_mib"], "MiB", QUOTED, FREQTRADE_MIB),
-    ]
+    """The backtester (bench_backtest.py): candles/s and peak memory, fast vs per-step."""
+    import bench_backtest as backtests
+
+    return backtests.bench_backtest()
 
 
 # ------------------------------------------------------------------------------ memory of a long run

@@ -6,6 +6,9 @@ bench.py and its section modules (bench_streams.py) import this; it imports neit
 from __future__ import annotations
 
 import contextlib
+import re
+import subprocess
+import tempfile
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -121,3 +124,41 @@ def bot_config(data_dir: str, **env: object):
 
     base = {"SIM_PAIRS": "50", "MAX_PAIRS": "50", "SCAN_TIMEOUT": "30", "DATA_DIR": data_dir}
     return load_config(None, environ=base | {k: str(v) for k, v in env.items()})
+
+
+def vm_hwm_mib(pid: int | str = "self") -> float | None:
+    """Peak RSS (VmHWM) of a live process, in MiB.
+
+    Not ru_maxrss: on Linux a child's ru_maxrss starts at its parent's RSS at exec time,
+    so a child of this (large) process would report at least our own size.
+    """
+    with contextlib.suppress(OSError):
+        status = Path(f"/proc/{pid}/status").read_text()
+        if m := re.search(r"^VmHWM:\s+(\d+) kB", status, re.M):
+            return int(m.group(1)) / 1024
+    return None
+
+
+# Appended to `python -c` code so the child reports its own peak as its last stdout line.
+PRINT_PEAK = ("\nimport re as _re\nprint(int(_re.search(r'VmHWM:\\s+(\\d+)', "
+              "open('/proc/self/status').read()).group(1)) / 1024)")
+
+
+def run_child(cmd: Sequence[str], env: dict | None = None, timeout: float = 1800.0
+              ) -> tuple[str, float | None, float]:
+    """Run a command in ROOT; (stdout, peak RSS MiB polled from /proc every 0.1 s, wall s)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+        peak = None
+        while proc.poll() is None:
+            peak = vm_hwm_mib(proc.pid) or peak      # VmHWM only grows: the last read is the peak
+            if time.perf_counter() - start > timeout:
+                proc.kill()
+            time.sleep(0.1)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {err.read()[-2000:]}")
+        return out.read(), peak, wall

@@ -111,6 +111,7 @@ class MarketView:
     latest: Mapping[str, "np.ndarray"]
     recent_close: "np.ndarray"
     now_ms: int
+    features: "np.ndarray | None" = None   # the model's feature rows, when already computed
 
     @property
     def close(self) -> "np.ndarray":

@@ -481,6 +481,14 @@ def _digest(text: str, size: int = 4) -> str:
     return hashlib.blake2b(text.encode(), digest_size=size).hexdigest()
 
 
+@functools.lru_cache(maxsize=64)
+def _kept_chars(charset: str) -> str:
+    """The characters of an id the bot builds that the exchange's charset allows."""
+    allowed = re.compile(rf"[{charset}]")
+    return "".join(c for c in ".ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+                   if allowed.match(c))
+
+
 def client_order_id(exchange: Any, prefix: str, symbol: str, sequence: int) -> str:
     """A deterministic client order id valid on `exchange`.
 
@@ -504,9 +512,7 @@ def client_order_id(exchange: Any, prefix: str, symbol: str, sequence: int) -> s
             raise ValueError(f"{support.name}: sequence {sequence} does not fit a "
                              f"{support.max_length}-digit client order id")
         return cid
-    allowed = re.compile(rf"[{support.charset}]")
-    keep = "".join(c for c in ".ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
-                   if allowed.match(c))
+    keep = _kept_chars(support.charset)
     clean = lambda s: "".join(c for c in s if c in keep)  # noqa: E731
     sep = "-" if "-" in keep else ("_" if "_" in keep else "")
     head, sym = clean(prefix)[:12], clean(symbol.replace("/", ""))

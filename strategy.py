@@ -74,7 +74,8 @@ def find_candidates(view: MarketView, strategy: Strategy, params: StrategyParams
     return exceeds `min_expected_return` (0: it must pay after costs) and whose probability
     reaches `min_confidence`, ranked by expected net return."""
     score = np.asarray(strategy.entry_score(view.latest), dtype=np.float64)
-    features = prepare_features(view.latest, view.recent_close)
+    features = (view.features if view.features is not None
+                else prepare_features(view.latest, view.recent_close))
     usable = np.isfinite(score) & np.isfinite(features).all(axis=1) & np.isfinite(view.latest["atr"])
     usable &= np.array([s not in excluded for s in view.symbols], dtype=bool)
     probability = np.full(len(view.symbols), np.nan)

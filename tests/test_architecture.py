@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # Top-level *.py files that are not part of the installed product.
-NOT_PACKAGED = {"bench.py", "bench_kit.py", "bench_streams.py", "soak.py", "test_optimizations.py",
+NOT_PACKAGED = {"bench.py", "bench_kit.py", "bench_streams.py", "bench_backtest.py", "bench_hyperopt.py", "soak.py", "test_optimizations.py",
                 "setup.py", "conftest.py"}
 
 # What store.py (persistence) must not drag in: the numeric stack and the decision layer.
