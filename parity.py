@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from backtest import book_inputs, book_quote
+from replay import book_inputs, book_quote
 from brokers import BacktestBroker, book_fill
 from domain import Bar, Fill, MarketView, Position, StrategyParams
 from features import HISTORY_NEEDED, close_windows, feature_key, prepare_features

@@ -10,6 +10,7 @@ import numpy as np
 from click.testing import CliRunner
 
 import backtest as bt
+import replay
 from strategies import TrendMomentum
 import backtest_report as report
 import bot
@@ -346,9 +347,9 @@ class TestLimitEntries(unittest.TestCase):
             limit_entry_reprices=4, max_slippage=0.02), start_ms=7, limit_reprices=1)
         self.assertEqual((new.entry_order, new.max_slippage, new.limit_timeout_ms,
                           new.limit_reprices, new.start_ms), ("limit", 0.02, 90_500, 1, 7))
-        self.assertEqual(bt.timeout_candles(90_500, TF), 1)
-        self.assertEqual(bt.timeout_candles(TF, TF), 1)
-        self.assertEqual(bt.timeout_candles(TF + 1, TF), 2)
+        self.assertEqual(replay.timeout_candles(90_500, TF), 1)
+        self.assertEqual(replay.timeout_candles(TF, TF), 1)
+        self.assertEqual(replay.timeout_candles(TF + 1, TF), 2)
         with self.assertRaises(ValueError):
             bt.BacktestSettings(entry_order="stop")
 
@@ -363,7 +364,7 @@ class TestSlippageGuard(unittest.TestCase):
         self.assertEqual(unguarded.trades[0].amount, 20.0)
         guarded = run(candles, slippage=True, max_slippage=0.0005)
         data = bt._prepare(candles, TrendMomentum(), params(), bt.BacktestSettings(), cents(candles))
-        asks = bt.book_quote(177.0, at(151), float(data.book_vol[150]), float(data.book_qv[150]),
+        asks = replay.book_quote(177.0, at(151), float(data.book_vol[150]), float(data.book_qv[150]),
                              data.rules[0]).levels("buy")
         (best, qty), (second, _) = asks[0], asks[1]
         self.assertEqual((best, qty), (177.04, 12.88))          # the book this test is about
@@ -643,9 +644,10 @@ class TestBooks(unittest.TestCase):
     # purpose: the model became a meta-labelling filter of the strategy's signals (the
     # no-model digest, through the new strategy and exit engine, did not change); and again
     # when the backtest began to train through ml_model.train_model as the live bot does
-    # (same trades and equity; the probabilities' last bits moved).
+    # (same trades and equity; the probabilities' last bits moved); and again when the
+    # logistic model's solver became Newton-Cholesky (same trades and equity).
     MARKET_DIGESTS = ("9a7d8459f1b2390865e1ea64b02d731239e39da4fcd0898065c0c567a55545b1",
-                      "22fbec438ca9455a041a7f9fb462347d8d55bf80ff864c744622edd9434d8ac8")
+                      "3853c9f2592c9a868dad914c3a0b618ffa9c65edf10418120ae1f6469d5d1d2a")
 
     @staticmethod
     def digest(result) -> str:
@@ -678,11 +680,11 @@ class TestBooks(unittest.TestCase):
 class TestBookQuote(unittest.TestCase):
     def test_orders_walk_the_synthetic_book_around_the_price(self):
         a = build(100, None)
-        vol, qv = bt.book_inputs(a, TF)
+        vol, qv = replay.book_inputs(a, TF)
         self.assertEqual((vol.shape, qv.shape), ((N,), (N,)))
         self.assertTrue((vol > 0).all() and (qv > 0).all())
         rules = MarketRules.for_price("AAA/USDT", 250.0, fee=FEE)
-        quote = bt.book_quote(250.0, T0, float(vol[-1]), float(qv[-1]), rules)
+        quote = replay.book_quote(250.0, T0, float(vol[-1]), float(qv[-1]), rules)
         self.assertEqual((quote.price, quote.timestamp_ms), (250.0, T0))
         self.assertGreater(quote.levels("buy")[0][0], 250.0)
         self.assertLess(quote.levels("sell")[0][0], 250.0)
@@ -691,7 +693,7 @@ class TestBookQuote(unittest.TestCase):
         buy = broker.market_order("AAA/USDT", "buy", 10.0, "t-1")
         self.assertGreater(buy.price, 250.0)
         self.assertAlmostEqual(buy.fee, buy.cost * FEE)
-        broker.quotes["AAA/USDT"] = bt.book_quote(250.0, T0, 1.0, 1.0, rules, slippage=False)
+        broker.quotes["AAA/USDT"] = replay.book_quote(250.0, T0, 1.0, 1.0, rules, slippage=False)
         flat = broker.market_order("AAA/USDT", "buy", 1e4, "t-2")
         self.assertAlmostEqual(flat.price, 250.0, places=9)     # no slippage, whatever the size
 

@@ -11,6 +11,7 @@ from unittest import mock
 import numpy as np
 
 import backtest as bt
+import replay
 from domain import StrategyParams
 from ledger import Ledger
 from parity import check_parity
@@ -227,7 +228,7 @@ class TestExitsExactly(BacktestCase):
                 moved.append((symbol, stop_loss, high_water))
                 return super().move_stop(symbol, stop_loss, high_water)
 
-        with mock.patch.object(bt, "Ledger", Recording):
+        with mock.patch.object(replay, "Ledger", Recording):
             r = self.replay({"AAA/USDT": a}, {100.0: (S,)}, trailing_stop=0.01,
                             trailing_offset=0.008, take_profit_atr=0.0)
         t = self.only_trade(r)
