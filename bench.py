@@ -766,10 +766,18 @@ def bench_streams() -> list[Row]:
 
 # ------------------------------------------------------------------------------ main
 
+def bench_hyperopt() -> list[Row]:
+    """Hyperopt trials per minute (bench_hyperopt.py): 1 and 2 local workers, a LocalCluster."""
+    import bench_hyperopt as hyperopt
+
+    return hyperopt.bench_hyperopt()
+
+
 SECTIONS: dict[str, Callable[[], list[Row]]] = {
     "startup": bench_startup, "sim": bench_sim, "indicators": bench_indicators,
     "groups": bench_groups, "cycle": bench_cycle, "scan": bench_scan, "monitor": bench_monitor,
     "ml": bench_ml, "llm": bench_llm, "backtest": bench_backtest, "streams": bench_streams,
+    "hyperopt": bench_hyperopt,
     "memory": bench_memory,
 }
 

@@ -451,6 +451,144 @@ def backtest_command(ctx: click.Context, data_dir: Path, timeframe: str, pairs: 
     click.echo(f"\nreport: {json_path}\nchart:  {png_path}")
 
 
+def _spaces_option(ctx, param, value: str) -> tuple[str, ...]:
+    """--spaces: comma-separated groups of settings to optimise, each once."""
+    from hyperopt import SPACES
+
+    spaces = [s.strip() for s in value.split(",")]
+    bad = [s for s in spaces if s not in SPACES]
+    if bad or len(set(spaces)) != len(spaces):
+        raise click.BadParameter(f"{value[:60]!r} (allowed: comma-separated, each once, from "
+                                 f"{', '.join(SPACES)})")
+    return tuple(spaces)
+
+
+def _scheduler_option(ctx, param, value: str | None) -> str | None:
+    """--scheduler: a Dask scheduler address such as tcp://HOST:8786."""
+    if value is None or not value.strip():
+        return None
+    if not re.fullmatch(r"(tcp|tls|ucx|ws|wss)://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}", value.strip(),
+                        re.ASCII):
+        raise click.BadParameter(f"{value[:60]!r} is not a scheduler address (allowed: "
+                                 f"tcp://HOST:PORT, e.g. tcp://10.0.0.5:8786)")
+    return value.strip()
+
+
+@cli.command("hyperopt")
+@click.option("--data-dir", default="user_data/data", show_default=True,
+              type=click.Path(path_type=Path), help="Folder with the candle files.")
+@click.option("--timeframe", default="5m", show_default=True, callback=_timeframe_option)
+@click.option("--pairs", callback=_pairs_option,
+              help="Comma-separated pairs (default: every file of the timeframe).")
+@click.option("--start", callback=_day_option,
+              help="First day of the optimised period, YYYY-MM-DD UTC (earlier candles warm up).")
+@click.option("--end", callback=_day_option, help="End of the period, YYYY-MM-DD UTC (exclusive).")
+@click.option("--simulated", is_flag=True, help="Use the simulated market's candles instead.")
+@click.option("--sim-pairs", default=10, show_default=True, type=Number(1, 200, whole=True),
+              help="With --simulated: how many pairs.")
+@click.option("--sim-days", default=60.0, show_default=True, type=Number(1, SIM_MAX_DAYS),
+              help="With --simulated: how many days.")
+@click.option("--no-model", is_flag=True, help="The strategy alone: no walk-forward model.")
+@click.option("--starting-balance", type=Number(0, 1e12, open_lo=True),
+              help="Quote balance each fold starts with (default: STARTING_BALANCE).")
+@click.option("--strategy", "strategy_spec", help="A strategy instead of STRATEGY (a built-in "
+              "name or path/to/file.py:ClassName).")
+@click.option("--strategy-params", help="Fixed parameters instead of STRATEGY_PARAMS (the base "
+              "the optimised ones replace).")
+@click.option("--trials", default=100, show_default=True, type=Number(1, 100_000, whole=True),
+              help="Completed trials the study should hold (a resumed study counts its own).")
+@click.option("--folds", "n_folds", default=5, show_default=True, type=Number(2, 50, whole=True),
+              help="Consecutive walk-forward folds; the last is the holdout.")
+@click.option("--embargo", type=Number(0, 100_000, whole=True),
+              help="Candles skipped after each fold boundary (default: MAX_HOLD_CANDLES, at "
+                   "most a tenth of a fold).")
+@click.option("--spaces", default="strategy,exits", show_default=True, callback=_spaces_option,
+              help="What to optimise: strategy, exits, model, protections.")
+@click.option("--objective", default="sharpe", show_default=True,
+              type=click.Choice(["sharpe", "return", "calmar"]), help="The score of a fold.")
+@click.option("--sampler", default="tpe", show_default=True,
+              type=click.Choice(["tpe", "random", "grid"]))
+@click.option("--grid-points", default=3, show_default=True, type=Number(2, 20, whole=True),
+              help="With --sampler grid: values per parameter.")
+@click.option("--seed", default=0, show_default=True, type=Number(0, 2**32 - 1, whole=True))
+@click.option("--jobs", type=Number(1, 4096, whole=True),
+              help="Trials evaluated at once (default: the CPUs, or the cluster's threads).")
+@click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", callback=_scheduler_option,
+              help="A Dask scheduler, e.g. tcp://HOST:8786 (or DASK_SCHEDULER_ADDRESS); "
+                   "default: local processes.")
+@click.option("--study-file", type=click.Path(path_type=Path),
+              help="The SQLite study file (default: user_data/hyperopt/STRATEGY.sqlite).")
+@click.option("--study-name", help="The study's name (default: derived from the setup).")
+@click.option("--report-dir", default="user_data/hyperopt", show_default=True,
+              type=click.Path(path_type=Path), help="The report goes in REPORT_DIR/STUDY_NAME/.")
+@click.pass_context
+def hyperopt_command(ctx: click.Context, data_dir: Path, timeframe: str, pairs: list[str],
+                     start: str | None, end: str | None, simulated: bool, sim_pairs: int,
+                     sim_days: float, no_model: bool, starting_balance: float | None,
+                     strategy_spec: str | None, strategy_params: str | None, trials: int,
+                     n_folds: int, embargo: int | None, spaces: tuple[str, ...], objective: str,
+                     sampler: str, grid_points: int, seed: int, jobs: int | None,
+                     scheduler: str | None, study_file: Path | None, study_name: str | None,
+                     report_dir: Path) -> None:
+    """Optimise a strategy's parameters walk-forward; report out-of-sample figures only."""
+    config = load_or_fail(ctx.obj["env_file"], create_data_dir=False)
+    strategy = _strategy_or_fail(config, strategy_spec, strategy_params)
+    study_file = study_file or Path("user_data/hyperopt") / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', strategy.name)}.sqlite"
+    if study_file.is_dir():
+        fail(f"--study-file '{study_file}' is a directory (allowed: an SQLite file to create or resume)")
+    _directory_or_fail(study_file.parent, "--study-file", create=False)
+    _directory_or_fail(report_dir, "--report-dir", create=False)
+    if study_name is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", study_name, re.ASCII):
+        fail(f"--study-name {study_name[:40]!r} (allowed: 1-100 letters, digits, _ . : -)")
+    if simulated:
+        _check_sim_size(timeframe, sim_pairs, sim_days)
+    import backtest_job
+    import hyperopt
+    import hyperopt_report
+    from candle_files import CandleFileError, setup_cli_logging
+
+    setup_cli_logging(config.log_level)
+    try:
+        job = backtest_job.backtest_job(
+            config, data_dir=data_dir, timeframe=timeframe, pairs=pairs, start=start, end=end,
+            simulated=simulated, sim_pairs=sim_pairs, sim_days=sim_days, use_model=not no_model,
+            starting_balance=starting_balance, strategy=strategy)
+        setup = hyperopt.make_setup(job, config, strategy_spec=strategy_spec or config.strategy,
+                                    timeframe=timeframe, n_folds=n_folds, embargo=embargo,
+                                    spaces=spaces, objective=objective)
+        with hyperopt.Pool(jobs, scheduler) as pool:
+            study = hyperopt.open_study(setup, study_file, study_name, sampler, seed, grid_points)
+            click.echo(f"study {study.study_name} in {study_file}: {hyperopt.completed(study)} "
+                       f"trial(s) done; {len(setup.folds)} folds, embargo {setup.embargo} "
+                       f"candles, {pool.jobs} at a time; optimising "
+                       f"{', '.join(d.name for d in setup.dimensions)}", err=True)
+            with _progress(trials, "trials") as bar:
+                def progress(n: int, best: float | None) -> None:
+                    bar.update(max(0, n - getattr(bar, "pos", n)))
+                    if best is not None:
+                        bar.label = f"trials (walk-forward OOS {objective} {best:+.3f})"
+
+                outcome = hyperopt.run(job.candles, setup, study, pool, trials=trials,
+                                       progress=progress)
+        analysis = hyperopt_report.analyse(study)
+    except (ValueError, CandleFileError, ConfigError) as exc:
+        fail(str(exc))
+    if outcome.target < trials:
+        click.echo(f"the grid has {outcome.target} points: stopped there", err=True)
+    if outcome.interrupted:
+        click.echo("interrupted: the running trials are marked failed and will be asked again; "
+                   "run the same command to resume", err=True)
+    click.echo(hyperopt_report.format_report(analysis))
+    out_dir = report_dir / study.study_name
+    try:
+        paths = hyperopt_report.write_report(analysis, out_dir)
+    except OSError as exc:
+        fail(f"--report-dir {report_dir}: cannot write the report ({exc.strerror or exc})")
+    click.echo(f"\nreport: {paths['report.json']}\nchart:  {paths['history.png']}\n"
+               f"chosen parameters: {paths['best_params.json']} (STRATEGY_PARAMS={paths['best_params.json']}); "
+               f".env lines: {paths['best.env']}")
+
+
 @cli.command("download-data")
 @click.option("--exchange", default="binance", show_default=True,
               help="A ccxt exchange id, or 'simulated' for the built-in simulated market.")

@@ -224,8 +224,10 @@ class Replay:
             except OrderRejected as exc:
                 self.events.append(("entry_rejected", t, intent.symbol, str(exc)))
                 continue
-            self.ledger.open(fill, intent, self.risk.group_of(intent.symbol))
+            position = self.ledger.open(fill, intent, self.risk.group_of(intent.symbol))
             self.events.append(("fill_buy", t, intent.symbol, fill.amount, fill.price, fill.fee))
+            if self.settings.skip_idle_steps:     # its path from the fill candle on
+                self.courses[intent.symbol] = self._course(p, position, r)
 
     # -- limit entries (entry_order='limit')
     def reserved(self) -> float:
