@@ -85,6 +85,11 @@ from walk_forward import WalkForward
 
 log = logging.getLogger(__name__)
 
+# The indicator columns the replay's decision step reads: the ATR (stops) and the model's
+# prediction-cache keys (strategy.model_keys). The strategy's score and exit signal are
+# computed once over all candles, so its own columns are not kept.
+KEPT_COLUMNS = ("atr", "rsi", "macd_hist", "momentum", "volume_ratio")
+
 ENTRY_ORDERS = ("market", "limit")
 DEFAULT_LIMIT_TIMEOUT_S = 300           # when the config has no LIMIT_ENTRY_TIMEOUT (seconds)
 DEFAULT_LIMIT_REPRICES = 2              # when the config has no LIMIT_ENTRY_REPRICES
@@ -196,7 +201,7 @@ class _Data:
     l: np.ndarray
     c: np.ndarray
     v: np.ndarray
-    ind: dict                         # column name -> (N,): what the strategy reads
+    ind: dict                         # KEPT_COLUMNS name -> (N,)
     feat: np.ndarray                 # (N, F) float32 model features
     usable: np.ndarray               # (N,) the pipeline could score this row
     signal_ok: np.ndarray            # (N,) usable, and the strategy would enter here
@@ -204,6 +209,7 @@ class _Data:
     book_vol: np.ndarray             # (N,) 1-minute volatility through this candle
     book_qv: np.ndarray              # (N,) 24 h quote volume through this candle
     rules: list[MarketRules]         # (P,) each pair's market
+    score: np.ndarray                # (N,) the strategy's entry score (NaN: no entry)
 
 
 def _prepare(candles: Mapping[str, np.ndarray], strategy: Strategy, params: StrategyParams,
@@ -220,32 +226,34 @@ def _prepare(candles: Mapping[str, np.ndarray], strategy: Strategy, params: Stra
     for p, a in enumerate(arrays):
         at[p, np.searchsorted(grid, a[:, 0].astype(np.int64))] = first[p] + np.arange(len(a))
     n = int(lengths.sum())
-    ind: dict[str, np.ndarray] = {}       # filled pair by pair: no per-pair copies held
+    # Filled pair by pair, and of the strategy's columns only what the decision step reads
+    # again (the ATR and the prediction cache's keys): scores and signals are computed here.
+    ind = {k: np.empty(n) for k in KEPT_COLUMNS}
+    score, exit_signal = np.empty(n), np.empty(n, dtype=bool)
     feat = vol = qv = None
     markets = []
     market = strategies.market_index(dict(zip(symbols, arrays))) if strategy.market_period else None
     for p, (s, a) in enumerate(zip(symbols, arrays)):
         rows = slice(int(first[p]), int(last[p]) + 1)
         pi = frame(a, strategy, market)
-        for k, v in pi.items():
-            if k not in ind:
-                ind[k] = np.empty(n, dtype=np.asarray(v).dtype)
-            ind[k][rows] = v
+        for k in KEPT_COLUMNS:
+            ind[k][rows] = pi[k]
+        # a strategy is elementwise: scored over every candle at once (used to skip steps)
+        score[rows], exit_signal[rows] = signals(strategy, pi)
         f = prepare_features(pi, close_windows(a[:, 4]))
         if feat is None:
-            feat, vol, qv = np.empty((n, f.shape[1]), f.dtype), np.empty(n), np.empty(n)
+            feat = np.empty((n, f.shape[1]), f.dtype)
+            vol, qv = np.empty(n), np.empty(n)
         feat[rows] = f
         vol[rows], qv[rows] = book_inputs(a, tf)
         del pi, f
         markets.append((rules or {}).get(s) or
                        MarketRules.for_price(s, float(a[0, 4]), fee=settings.fee_rate))
     usable = np.isfinite(feat).all(axis=1) & np.isfinite(ind["atr"])
-    # A strategy is elementwise, so it scores every row at once (used to skip steps).
-    score, exit_signal = signals(strategy, ind)
     local = np.concatenate([np.arange(length) for length in lengths])
     return _Data(symbols, tf, grid, at, first, last, local, allc[:, 0].astype(np.int64),
                  allc[:, 1], allc[:, 2], allc[:, 3], allc[:, 4], allc[:, 5], ind, feat, usable,
-                 usable & np.isfinite(score), exit_signal, vol, qv, markets)
+                 usable & np.isfinite(score), exit_signal, vol, qv, markets, score)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -288,7 +296,7 @@ def run_backtest(candles: Mapping[str, np.ndarray], config: Any = None, use_mode
     g0 = 0 if settings.start_ms is None else int(np.searchsorted(data.grid, settings.start_ms))
     if g0 >= len(data.grid):
         raise ValueError("no candles at or after the start date")
-    model = WalkForward(data, strategy, params, settings, g0) if use_model else None
+    model = WalkForward(data, params, settings, g0) if use_model else None
     replay = Replay(data, strategy, params, risk, settings, model, protections, edge)
     try:
         interrupted = replay.run(g0, progress)
@@ -299,10 +307,10 @@ def run_backtest(candles: Mapping[str, np.ndarray], config: Any = None, use_mode
     return BacktestResult(
         symbols=data.symbols, quote=quote_of(data.symbols[0]), timeframe_ms=data.tf_ms,
         starting_balance=settings.starting_balance,
-        times_ms=np.asarray(replay.times, dtype=np.int64),
-        equity=np.asarray(replay.curve, dtype=np.float64),
+        times_ms=replay.times.astype(np.int64),
+        equity=replay.curve.copy(),
         buy_hold=_buy_and_hold(data, g0, steps, settings),
-        exposed=np.asarray(replay.exposed, dtype=bool), trades=replay.trades,
+        exposed=replay.exposed.copy(), trades=replay.trades,
         events=replay.events, pair_info=_pair_info(data, g0, steps, settings), used_model=use_model,
         trainings=model.trainings if model else 0, model_misses=model.misses if model else 0,
         interrupted=interrupted, gated_steps=replay.gated_steps, slippage=replay.slippage,

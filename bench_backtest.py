@@ -46,10 +46,12 @@ CASES = (
 # fast (0/1), repeats, shared dir. Prints one JSON line.
 _CHILD = r"""
 import json, re, statistics, sys, time
+from bot import limit_malloc_arenas
+limit_malloc_arenas()                   # as bot.py backtest does
 from pathlib import Path
 import numpy as np
 import backtest as bt
-from candle_files import load_candles
+from candle_files import find_candle_files, load_candles
 from domain import StrategyParams, parse_roi
 from risk_manager import RiskManager
 from sim_market import simulated_ohlcv
@@ -72,10 +74,10 @@ def continued(a, n):
 
 def data():
     if (shared / folder).is_dir():
-        files = load_candles(shared / folder, tf, None)
-        chosen = sorted(files, key=lambda s: -len(files[s]))[:pairs]
+        chosen = sorted(find_candle_files(shared / folder, tf))[:pairs]
         if len(chosen) == pairs:
-            return {s: continued(files[s][-n:], n) for s in chosen}, "shared/ohlcv/" + folder
+            files = load_candles(shared / folder, tf, chosen)
+            return {s: continued(files.pop(s)[-n:], n) for s in chosen}, "shared/ohlcv/" + folder
     return simulated_ohlcv(pairs, 1, tf, n), "simulated_ohlcv"
 
 times, r = [], None

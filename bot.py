@@ -432,6 +432,7 @@ def backtest_command(ctx: click.Context, data_dir: Path, timeframe: str, pairs: 
     from candle_files import CandleFileError, setup_cli_logging
 
     setup_cli_logging(config.log_level)
+    limit_malloc_arenas()                      # before the model's fit threads start
     try:
         job = backtest_job.backtest_job(
             config, data_dir=data_dir, timeframe=timeframe, pairs=pairs,

@@ -16,15 +16,17 @@ import itertools
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from domain import ExchangeError, Fill, OrderNotFound, OrderRejected, OrderStatus
 import order_ids
-from exchange import ExchangeClient
 from ledger import Ledger
 from market_rules import MarketRules
+
+if TYPE_CHECKING:    # the backtest's broker needs no exchange stack (ccxt, aiohttp)
+    from exchange import ExchangeClient
 
 log = logging.getLogger(__name__)
 

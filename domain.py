@@ -112,6 +112,7 @@ class MarketView:
     recent_close: "np.ndarray"
     now_ms: int
     features: "np.ndarray | None" = None   # the model's feature rows, when already computed
+    scores: "np.ndarray | None" = None     # the strategy's entry scores, when already computed
 
     @property
     def close(self) -> "np.ndarray":

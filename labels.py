@@ -52,9 +52,20 @@ def pair_samples(symbol: str, candles: np.ndarray, strategy: Strategy, params: S
     score, exit_signal = signals(strategy, x)
     X = prepare_features(x, close_windows(a[:, 4]))
     signal = np.isfinite(score) & np.isfinite(X).all(axis=1)
+    return labelled_signals(symbol, a, signal, exit_signal, X, x["atr"], params, fee_rate,
+                            slippage)
+
+
+def labelled_signals(symbol: str, candles: np.ndarray, signal: np.ndarray,
+                     exit_signal: np.ndarray, X: np.ndarray, atr: np.ndarray,
+                     params: StrategyParams, fee_rate: float = TAKER_FEE,
+                     slippage: float = SLIPPAGE_ESTIMATE) -> Samples:
+    """`pair_samples` from what the caller computed already: where the strategy signals
+    (with usable features), its exit signal, the feature rows and the ATR of one pair."""
+    a = candles
     out = signal_outcomes(params, a[:, 1], a[:, 2], a[:, 3], a[:, 4], a[:, 0].astype(np.int64),
-                          x["atr"], signal, 2.0 * fee_rate, exit_signal, slippage)
-    rows = outcome_rows(signal, x["atr"])
+                          atr, signal, 2.0 * fee_rate, exit_signal, slippage)
+    rows = outcome_rows(signal, atr)
     done = out.end >= 0
     rows, end, ret = rows[done], out.end[done], out.net_return[done]
     ts = a[:, 0].astype(np.int64)

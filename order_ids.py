@@ -31,7 +31,6 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import ccxt
 
 from domain import ExchangeError, OrderRejected
 
@@ -372,6 +371,8 @@ _DEFAULT_IDS = Support("default", param=None, max_length=36, charset="A-Za-z0-9.
 
 def _table_class(cls: type) -> tuple[type, Support] | None:
     """(verified ccxt class, its entry) for `cls` or the nearest base class in the table."""
+    import ccxt     # here: building ids for the backtest needs no exchange library
+
     for base in cls.__mro__:
         name = base.__name__
         if name in TABLE and base.__module__ == f"ccxt.{name}" and getattr(ccxt, name, None) is base:
@@ -385,6 +386,8 @@ def id_support(exchange: Any) -> Support:
     An entry of TABLE applies to its own ccxt class and to subclasses (binanceus, myokx, ...)
     that inherit every method the entry relies on unchanged; anything else is UNSUPPORTED.
     """
+    if exchange is None:          # no exchange (the backtest): nothing to look up, no ccxt
+        return UNSUPPORTED
     return _class_support(exchange if isinstance(exchange, type) else type(exchange))
 
 
@@ -444,6 +447,8 @@ def find_by_client_id(exchange: Any, symbol: str, client_order_id: str,
         raise ClientIdLookupUnsupported(
             f"{name}: cannot look an order up by its client order id ({support.notes or support.name}); "
             f"the outcome of order {client_order_id} on {symbol} is unknown")
+    import ccxt
+
     wanted = str(client_order_id)
     for way in support.lookup:
         if way == "fetch_order":

@@ -144,7 +144,7 @@ class Replay:
         self.edge = edge
         self.edge_evidence = None          # (end_ms, time_ms, net_return) of every signal trade
         if edge.enabled:
-            smp = model.samples if model is not None else signal_samples(data, strategy, params, settings)[0]
+            smp = model.samples if model is not None else signal_samples(data, params, settings)[0]
             if smp is not None:
                 self.edge_evidence = (smp.label_end_ms, smp.time_ms, smp.ret.astype(np.float64))
         self.gated_steps = 0               # decision points the edge gate sat out
@@ -172,9 +172,23 @@ class Replay:
         self.last_close = np.full(len(data.symbols), np.nan)
         self._orders = itertools.count(1)
         self.g = 0
-        self.times: list[int] = []        # per step: candle open time,
-        self.curve: list[float] = []      # equity at its close,
-        self.exposed: list[bool] = []     # a position was held during it
+        self.g0 = 0                       # the first step replayed (run)
+        self.recorded = 0                 # steps recorded so far; per step:
+        self._curve = np.empty(0)         # the equity at its close,
+        self._exposed = np.empty(0, bool)  # whether a position was held during it
+
+    @property
+    def times(self) -> np.ndarray:
+        """The open time of each recorded step."""
+        return self.d.grid[self.g0:self.g0 + self.recorded]
+
+    @property
+    def curve(self) -> np.ndarray:
+        return self._curve[:self.recorded]
+
+    @property
+    def exposed(self) -> np.ndarray:
+        return self._exposed[:self.recorded]
 
     # -- orders
     def _prepare_order(self, p: int, book_row: int, price: float, timestamp_ms: int) -> str:
@@ -379,7 +393,8 @@ class Replay:
             return
         view = MarketView(tuple(d.symbols[p] for p in pairs.tolist()),
                           {k: v[rows] for k, v in d.ind.items()},
-                          d.c[rows[:, None] + self.k_off], close_ms, d.feat[rows])
+                          d.c[rows[:, None] + self.k_off], close_ms, d.feat[rows],
+                          d.score[rows])
         if halted is None:
             verdict = self.edge_verdict(close_ms)
             if not verdict.open:
@@ -460,9 +475,9 @@ class Replay:
         if self.model is not None and self.model.due(g):
             self.model.update(g)
         eq = self.equity()
-        self.times.append(t)
-        self.curve.append(eq)
-        self.exposed.append(held)
+        self._curve[self.recorded] = eq
+        self._exposed[self.recorded] = held
+        self.recorded += 1
         if not final:
             self.decide(col, here, close_ms, eq)
 
@@ -473,6 +488,8 @@ class Replay:
         With `skip_idle_steps` the steps where provably nothing happens are fast-forwarded
         (`_skip_to`); the others run `step` as the per-step reference does."""
         steps = len(self.d.grid)
+        self.g0, self.recorded = g0, 0
+        self._curve, self._exposed = np.empty(steps - g0), np.zeros(steps - g0, dtype=bool)
         fast = self.settings.skip_idle_steps
         reported = g = g0
         try:
@@ -495,9 +512,9 @@ class Replay:
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: reporting the replay up to here")
-        if self.times:
-            self.close_all("end_of_backtest", self.times[-1] + self.d.tf_ms)
-            self.curve[-1] = self.ledger.cash
+        if self.recorded:
+            self.close_all("end_of_backtest", int(self.times[-1]) + self.d.tf_ms)
+            self._curve[self.recorded - 1] = self.ledger.cash
         self.pending = []
         self.resting = {}
         return interrupted
@@ -584,9 +601,10 @@ class Replay:
             for s, amount in self.ledger.dust.items():
                 dust = dust + amount * (self._closes(self.index[s], steps) if s in held else 0.0)
             equity = equity + value + dust
-        self.times.extend(d.grid[g:event].tolist())
-        self.curve.extend(equity.tolist())
-        self.exposed.extend([bool(held)] * len(steps))
+        done = self.recorded
+        self._curve[done:done + len(steps)] = equity
+        self._exposed[done:done + len(steps)] = bool(held)
+        self.recorded += len(steps)
         self.risk.observe_equity(float(equity.max()))
         for p in range(len(d.symbols)):
             r = self._next_row(p, event) - 1

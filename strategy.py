@@ -73,7 +73,8 @@ def find_candidates(view: MarketView, strategy: Strategy, params: StrategyParams
     """The strategy's entry signals, best first; with a model, only those whose expected net
     return exceeds `min_expected_return` (0: it must pay after costs) and whose probability
     reaches `min_confidence`, ranked by expected net return."""
-    score = np.asarray(strategy.entry_score(view.latest), dtype=np.float64)
+    score = (view.scores if view.scores is not None
+             else np.asarray(strategy.entry_score(view.latest), dtype=np.float64))
     features = (view.features if view.features is not None
                 else prepare_features(view.latest, view.recent_close))
     usable = np.isfinite(score) & np.isfinite(features).all(axis=1) & np.isfinite(view.latest["atr"])

@@ -15,11 +15,10 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from labels import Samples, pair_samples
+from labels import Samples, labelled_signals
 from ml_model import (DEFAULT_MODEL_KIND, MIN_TRAIN_SAMPLES, expected_return, positive_proba,
                       train_model)
 from model_training import NOT_READY_RETRY, TrainingData
-from strategies import Strategy
 from domain import StrategyParams
 from strategy import ModelFilter
 
@@ -41,17 +40,18 @@ class FitJob(NamedTuple):
     end_ms: np.ndarray
 
 
-def signal_samples(data: Any, strategy: Strategy, params: StrategyParams,
+def signal_samples(data: Any, params: StrategyParams,
                    settings: Any) -> tuple[Samples | None, np.ndarray]:
     """Every pair's meta-labelled signals, sorted by the time their outcome became known
-    (the close of the candle the trade ended in: the live bot's history holds it then)."""
+    (the close of the candle the trade ended in: the live bot's history holds it then),
+    from the signals, exit signals and features the replay computed."""
     parts = []
     for p, s in enumerate(data.symbols):
         rows = slice(data.first[p], data.last[p] + 1)
         a = np.column_stack([data.ts[rows], data.o[rows], data.h[rows], data.l[rows],
                              data.c[rows], data.v[rows]])
-        smp = pair_samples(s, a, strategy, params, settings.fee_rate,
-                           columns={k: v[rows] for k, v in data.ind.items()})
+        smp = labelled_signals(s, a, data.signal_ok[rows], data.exit_signal[rows],
+                               data.feat[rows], data.ind["atr"][rows], params, settings.fee_rate)
         if len(smp.y):
             parts.append(smp)
     if not parts:
@@ -70,10 +70,9 @@ class WalkForward:
     runs; the replay takes each model at its step. Results do not depend on the workers.
     """
 
-    def __init__(self, data: Any, strategy: Strategy, params: StrategyParams, settings: Any,
-                 g0: int):
+    def __init__(self, data: Any, params: StrategyParams, settings: Any, g0: int):
         self.data, self.params, self.settings = data, params, settings
-        self.samples, self.known_ms = signal_samples(data, strategy, params, settings)
+        self.samples, self.known_ms = signal_samples(data, params, settings)
         self.estimator = None
         self.payoff = (0.0, 0.0)
         self.trusted_fits = 0   # refits whose holdout AUC let them filter
