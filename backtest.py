@@ -52,8 +52,7 @@ protections, edge gate, `RiskManager`, `ledger.Ledger` and (for fills)
   the model says. The live bot's rounded-key prediction cache is not used.
 
 - Speed. Everything that does not depend on the books is computed once over the whole
-  arrays (indicators, features, signals, labels, the refit schedule; fits run ahead on a
-  thread pool). The loop then fast-forwards over the steps where provably nothing happens
+  arrays (indicators, features, signals, labels, the refit schedule). The loop then fast-forwards over the steps where provably nothing happens
   (`replay.Replay._skip_to`): no order pending or resting, no held position exiting (each one's
   path of stops and its exit bar come from `exits.path`, all bars at once), no held pair
   ending, no refit due and no pair that could be entered with a signal (or a model
@@ -110,7 +109,7 @@ class BacktestSettings:
     end_ms: int | None = None             # ignore candles opening at/after this
     skip_idle_steps: bool = True          # fast-forward over steps where nothing can happen
                                           # (False: the per-step reference replay)
-    fit_workers: int = 0                  # threads fitting models ahead (0: min(4, CPUs))
+    fit_workers: int = 0                  # threads fitting models ahead (0: in the replay's)
     entry_order: str = "market"           # "market" or "limit" (post-only at the best bid)
     limit_timeout_ms: int = DEFAULT_LIMIT_TIMEOUT_S * 1000   # a limit entry rests this long
     limit_reprices: int = DEFAULT_LIMIT_REPRICES              # then is repriced this often

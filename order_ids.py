@@ -486,6 +486,15 @@ def _digest(text: str, size: int = 4) -> str:
     return hashlib.blake2b(text.encode(), digest_size=size).hexdigest()
 
 
+@functools.lru_cache(maxsize=1024)
+def _id_parts(charset: str, prefix: str, symbol: str) -> tuple[str, str, str]:
+    """(prefix, symbol, separator) of an id, in the characters `charset` allows."""
+    keep = _kept_chars(charset)
+    clean = lambda s: "".join(c for c in s if c in keep)  # noqa: E731
+    sep = "-" if "-" in keep else ("_" if "_" in keep else "")
+    return clean(prefix)[:12], clean(symbol.replace("/", "")), sep
+
+
 @functools.lru_cache(maxsize=64)
 def _kept_chars(charset: str) -> str:
     """The characters of an id the bot builds that the exchange's charset allows."""
@@ -517,10 +526,7 @@ def client_order_id(exchange: Any, prefix: str, symbol: str, sequence: int) -> s
             raise ValueError(f"{support.name}: sequence {sequence} does not fit a "
                              f"{support.max_length}-digit client order id")
         return cid
-    keep = _kept_chars(support.charset)
-    clean = lambda s: "".join(c for c in s if c in keep)  # noqa: E731
-    sep = "-" if "-" in keep else ("_" if "_" in keep else "")
-    head, sym = clean(prefix)[:12], clean(symbol.replace("/", ""))
+    head, sym, sep = _id_parts(support.charset, prefix, symbol)
     candidates = []
     if sep:                       # without a separator prefix|symbol|sequence is ambiguous
         candidates.append((head, sym, seq))

@@ -13,6 +13,7 @@ serves it over HTTP. `simulated_ohlcv` gives the same candles without a clock or
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -325,8 +326,7 @@ def synthetic_order_book(mid: float, volatility: float, quote_volume: float, tic
     best_bid = math.floor(mid_t - half + 1e-9)
     best_ask = max(math.ceil(mid_t + half - 1e-9), best_bid + 1)
     gap = max(1, round(mid_t * 0.2 * vol))
-    k = np.arange(levels)
-    shape = (1 + 0.15 * k) * (1 + 0.5 * np.sin(2.3 * k + 1.0) ** 2)
+    k, shape = _book_shape(levels)
     level_quote = max(quote_volume, 1.0) / DAY_MINUTES * 0.08 * shape
     sides = []
     for ticks in (best_bid - k * gap, best_ask + k * gap):
@@ -335,6 +335,16 @@ def synthetic_order_book(mid: float, volatility: float, quote_volume: float, tic
         qty = np.maximum(1, np.floor(level_quote[: len(ticks)] / price / step)) * step
         sides.append(np.column_stack([price, qty]))
     return sides[0], sides[1]
+
+
+@functools.lru_cache(maxsize=8)
+def _book_shape(levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The level indices and how depth grows along them (the same for every book)."""
+    k = np.arange(levels)
+    k.flags.writeable = False
+    shape = (1 + 0.15 * k) * (1 + 0.5 * np.sin(2.3 * k + 1.0) ** 2)
+    shape.flags.writeable = False
+    return k, shape
 
 
 def _thin(side: np.ndarray, depth: float, step: float) -> np.ndarray:
