@@ -5,7 +5,8 @@ Two data sets, as issue 13 names them: 4 pairs x one year of 5-minute candles an
 continued by a copy of itself, time-shifted and scaled to start at its last close) or from
 the simulated market when the files are absent. Strategy trend_momentum (it decides on the
 candles given, so every candle is a replay step), the default risk and exit settings, with
-and without the walk-forward model. Each replay runs in a fresh interpreter that loads the
+and without the walk-forward model; and the shipped default strategy (ema_cross, deciding
+on 4h candles built from the files) with the model. Each replay runs in a fresh interpreter that loads the
 candle files and replays them; the time is from the first file read to the result (what a
 user waits for, less Python's start-up), the memory the process's peak RSS. The baseline
 of each figure is the per-step reference replay (`skip_idle_steps=False`) measured in the
@@ -18,6 +19,9 @@ import sys
 from typing import NamedTuple
 
 from bench_kit import NOTES, ROOT, Row, repeats, run_child
+from strategies import DEFAULT_STRATEGY
+
+TIMED_STRATEGY = "trend_momentum"   # decides on the candles given: every candle is a step
 
 SHARED_OHLCV = ROOT.parent / "shared" / "ohlcv"   # the repository and shared/ side by side
 YEAR_5M = 105_120                                 # 5m candles in 365 days
@@ -43,7 +47,8 @@ CASES = (
 )
 
 # Runs in a fresh interpreter: argv = folder, timeframe, pairs, candles, use_model (0/1),
-# fast (0/1), repeats, shared dir. Prints one JSON line.
+# fast (0/1), repeats, shared dir, strategy name. Prints one JSON line; the peak memory is
+# the process's after its first replay.
 _CHILD = r"""
 import json, re, statistics, sys, time
 from bot import limit_malloc_arenas
@@ -52,14 +57,17 @@ from pathlib import Path
 import numpy as np
 import backtest as bt
 from candle_files import find_candle_files, load_candles
-from domain import StrategyParams, parse_roi
+import strategies
+from candle_files import resample, timeframe_to_ms
+from domain import StrategyParams
 from risk_manager import RiskManager
 from sim_market import simulated_ohlcv
-from strategies import TrendMomentum
 
 folder, tf, pairs, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 use_model, fast, reps, shared = sys.argv[5] == "1", sys.argv[6] == "1", int(sys.argv[7]), Path(sys.argv[8])
-tf_ms = {"5m": 300_000, "1h": 3_600_000}[tf]
+strategy = strategies.load_strategy(sys.argv[9])
+tf_ms = timeframe_to_ms(tf)
+decide_ms = timeframe_to_ms(strategies.decision_timeframe(strategy, tf))
 
 def continued(a, n):
     # a file shorter than n candles, continued by copies of itself (time-shifted, scaled)
@@ -80,36 +88,40 @@ def data():
             return {s: continued(files.pop(s)[-n:], n) for s in chosen}, "shared/ohlcv/" + folder
     return simulated_ohlcv(pairs, 1, tf, n), "simulated_ohlcv"
 
-times, r = [], None
+times, r, peak = [], None, None
 for _ in range(reps):
     r = candles = None                  # one data set alive at a time
     t = time.perf_counter()
     candles, source = data()
-    r = bt.run_backtest(candles, use_model=use_model, strategy=TrendMomentum(),
-                        params=StrategyParams(timeframe_ms=tf_ms), risk=RiskManager(0.01, 5, 0.2, 2),
+    n_candles = int(sum(len(a) for a in candles.values()))
+    if decide_ms != tf_ms:              # the strategy decides on longer candles, built here
+        candles = {s: resample(a, tf_ms, decide_ms) for s, a in candles.items()}
+    r = bt.run_backtest(candles, use_model=use_model, strategy=strategy,
+                        params=StrategyParams(timeframe_ms=decide_ms), risk=RiskManager(0.01, 5, 0.2, 2),
                         settings=bt.BacktestSettings(skip_idle_steps=fast, retrain_interval_ms=21_600_000))
     times.append(time.perf_counter() - t)
-peak = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 1024
-print(json.dumps({"seconds": statistics.median(times), "candles": int(sum(len(a) for a in candles.values())),
+    peak = peak or int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 1024
+print(json.dumps({"seconds": statistics.median(times), "candles": n_candles,
                   "trades": len(r.trades), "trainings": r.trainings, "final": r.final_equity,
                   "source": source, "peak_mib": peak}))
 """
 
 
-def _replay(case: Case, use_model: bool, fast: bool, reps: int) -> dict:
+def _replay(case: Case, use_model: bool, fast: bool, reps: int, strategy: str) -> dict:
     out, _, _ = run_child([sys.executable, "-c", _CHILD, case.folder, case.timeframe,
                            str(case.pairs), str(case.candles), str(int(use_model)),
-                           str(int(fast)), str(reps), str(SHARED_OHLCV)], timeout=1800)
+                           str(int(fast)), str(reps), str(SHARED_OHLCV), strategy], timeout=1800)
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _case_rows(case: Case, use_model: bool) -> list[Row]:
-    fast = _replay(case, use_model, True, repeats(3))
-    slow = _replay(case, use_model, False, 1)
+def _case_rows(case: Case, use_model: bool, strategy: str = TIMED_STRATEGY) -> list[Row]:
+    fast = _replay(case, use_model, True, repeats(3), strategy)
+    slow = _replay(case, use_model, False, 1, strategy)
     if (fast["trades"], fast["final"]) != (slow["trades"], slow["final"]):
         raise RuntimeError(f"{case.name}: the fast replay and the per-step reference disagree "
                            f"({fast['trades']} vs {slow['trades']} trades)")
-    label = f"backtest {case.name}, {'walk-forward model' if use_model else 'no model'}"
+    label = (f"backtest {case.name}, {strategy}, "
+             f"{'walk-forward model' if use_model else 'no model'}")
     NOTES.append(f"{label}: {fast['source']}, {fast['candles']:,} candles, "
                  f"{fast['trades']} trades, {fast['trainings']} model fits; the same trades "
                  f"and final equity as the per-step reference")
@@ -132,9 +144,11 @@ def _case_rows(case: Case, use_model: bool) -> list[Row]:
 
 
 def bench_backtest() -> list[Row]:
-    """Both data sets, without and with the model."""
+    """Both data sets with trend_momentum, without and with the model; and the shipped
+    default strategy (it decides on 4h candles built from the files) with the model."""
     if not SHARED_OHLCV.is_dir():
         NOTES.append(f"backtest: {SHARED_OHLCV} is absent: the simulated market's candles were "
                      "replayed, so the figures are not comparable with freqtrade's on real ones")
-    return [row for case in CASES for use_model in (False, True)
-            for row in _case_rows(case, use_model)]
+    return ([row for case in CASES for use_model in (False, True)
+             for row in _case_rows(case, use_model)]
+            + [row for case in CASES for row in _case_rows(case, True, DEFAULT_STRATEGY)])

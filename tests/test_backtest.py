@@ -647,10 +647,10 @@ class TestBooks(unittest.TestCase):
     # (same trades and equity; the probabilities' last bits moved); and again when the
     # logistic model's solver became Newton-Cholesky (same trades and equity). Both changed
     # when the indicators' exponential smoothing moved from scipy's lfilter to numpy
-    # (indicators._smooth, within 3e-15 of it: the same trades and final equity; the ATR
+    # (indicators._smooth, within 1e-14 of it: the same trades and final equity; the ATR
     # stops' last bits moved).
-    MARKET_DIGESTS = ("eb26246f4e9e1310b5126eb350a65083c97a9e7d1cb4366ae1e6508d62c8941f",
-                      "35c8a95b4ad702a53171070e695e4a4d8560c188cae245d451d201f014667365")
+    MARKET_DIGESTS = ("d6857dd42674ac1ff3610a4eaa82f36c1b3794b081ed7e62ffd9713eefa160f5",
+                      "22dfa5e39a63f0af905f9a5cc06ce8682101c55afe88b42c7af4f9c016514101")
 
     @staticmethod
     def digest(result) -> str:

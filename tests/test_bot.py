@@ -103,15 +103,16 @@ class TestCommandLine(unittest.TestCase):
 class TestTrading(unittest.TestCase):
     def test_paper_run_opens_and_closes_positions_and_reports(self):
         with tempfile.TemporaryDirectory() as tmp:
-            # 12 cycles 15 market minutes apart: three hours of market, whatever the time of
-            # day (the simulated market's volume follows the UTC hour, and the rule wants volume)
+            # 6 cycles 15 market minutes apart over 10 pairs of the same simulated market
+            # every run (SIM_START): each cycle's scan is paced by the client's rate limit
             env = bot_env(tmp, PERFORMANCE_REPORT_INTERVAL="5", MAX_HOLD_CANDLES="1",
-                          CHECK_INTERVAL="900", SIM_SPEED="9000", MARKET_SCAN_CACHE_DURATION="0")
-            proc = run_bot(["--cycles", "12"], env, timeout=180)
+                          CHECK_INTERVAL="900", SIM_SPEED="9000", MARKET_SCAN_CACHE_DURATION="0",
+                          SIM_PAIRS="10", MAX_PAIRS="10")
+            proc = run_bot(["--cycles", "6"], env, timeout=180)
             self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
             out = proc.stdout
             self.assertIn("PAPER trading on simulated exchange", out)
-            self.assertEqual(len(re.findall(r"^cycle +\d+ \|", out, re.M)), 12)
+            self.assertEqual(len(re.findall(r"^cycle +\d+ \|", out, re.M)), 6)
             self.assertRegex(out, r"(?m)^OPEN ")
             self.assertRegex(out, r"(?m)^CLOSE ")
             self.assertIn("run_cycle", out)  # the performance report

@@ -293,9 +293,10 @@ class UserDataTest(unittest.TestCase):
         self.assertAlmostEqual(balance["USDT"]["free"], self.server.balances["USDT"], places=6)
 
     def place_stop(self, amount: float) -> dict:
-        """A sell STOP_LOSS a few ticks under the moving price."""
+        """A sell STOP_LOSS half a basis point under the moving price (a random walk crosses
+        it within a few ticks)."""
         while True:
-            stop = round(self.server.market.last_price("BTCUSDT") * 0.9998, 1)
+            stop = round(self.server.market.last_price("BTCUSDT") * 0.99995, 1)
             try:
                 return self.client.create_order("BTC/USDT", "STOP_LOSS", "sell", amount, None,
                                                 {"stopPrice": stop})
