@@ -3,13 +3,17 @@ Dask LocalCluster on 127.0.0.1 (`python bench.py --only hyperopt`).
 
 One fixed study, the same on every executor: trend_momentum without the model, its two
 parameters and the exits, 5 folds, a seeded random sampler (so every executor evaluates the
-same trials), on the last 3,000 1h candles of the 12 pairs in
-../shared/ohlcv/binance-1h-2017-2022 (the simulated market's when the files are absent).
-Each executor is started and warmed up (its workers import the project) before the timed
-study; the cluster's start-up is not timed, the loky pool's warm-up neither.
+same trials: a random sampler's draws depend on the order of the asks only), 40 trials, on
+the last 3,000 1h candles of the 12 pairs in ../shared/ohlcv/binance-1h-2017-2022 (the
+simulated market's when the files are absent). The three executors are started and warmed
+up (their workers import the project and load the candles) before any timed study, then
+take turns, a fresh study each, three rounds; each figure is the median of its rounds. The
+start-ups are not timed.
 """
 from __future__ import annotations
 
+import contextlib
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -20,22 +24,41 @@ from bench_kit import Row
 SHARED = bench_kit.ROOT.parent / "shared" / "ohlcv" / "binance-1h-2017-2022"
 PAIRS = 12
 CANDLES = 3000
-TRIALS = 24
+TRIALS = 40
+ROUNDS = 3
 
 
 def bench_hyperopt() -> list[Row]:
     """Trials per minute on 2 local processes and on the LocalCluster, against 1 process."""
     from distributed import LocalCluster
 
+    import hyperopt
+
     candles, source = _candles()
+    setup = _setup(candles)
     trials = TRIALS // 2 if bench_kit.QUICK else TRIALS
-    alone = _trials_per_minute(candles, trials, jobs=1)
-    local = _trials_per_minute(candles, trials, jobs=2)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
-        dask = _trials_per_minute(candles, trials, scheduler=cluster.scheduler_address)
-    baseline = f"1 process, in-process trials (same run; {source})"
-    return [Row("hyperopt: trials per minute, 2 local processes (joblib loky)", local,
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        cluster = stack.enter_context(LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=None))
+        pools = {name: stack.enter_context(hyperopt.Pool(jobs, scheduler)) for name, jobs, scheduler
+                 in (("alone", 1, None), ("local", 2, None),
+                     ("dask", None, cluster.scheduler_address))}
+        for name, pool in pools.items():               # workers up, the project imported
+            warm = hyperopt.open_study(setup, tmp / f"warm-{name}.sqlite", None, "random", 1, 3)
+            hyperopt.run(candles, setup, warm, pool, trials=2 * pool.jobs)
+        rates: dict[str, list[float]] = {name: [] for name in pools}
+        for r in range(bench_kit.repeats(ROUNDS)):
+            for name, pool in pools.items():
+                study = hyperopt.open_study(setup, tmp / f"{name}-{r}.sqlite", None, "random", 0, 3)
+                start = time.perf_counter()
+                hyperopt.run(candles, setup, study, pool, trials=trials)
+                rates[name].append(trials / (time.perf_counter() - start) * 60.0)
+    alone, local, dask = (statistics.median(rates[n]) for n in ("alone", "local", "dask"))
+    baseline = (f"1 process, in-process trials (same run; {source}; {trials} trials, "
+                f"median of {len(rates['alone'])})")
+    return [Row("hyperopt: trials per minute, 2 local processes (loky)", local,
                 "trials/min", baseline, alone, higher_is_better=True),
             Row("hyperopt: trials per minute, 2-worker Dask LocalCluster on 127.0.0.1", dask,
                 "trials/min", baseline, alone, higher_is_better=True)]
@@ -53,21 +76,6 @@ def _candles() -> tuple[dict, str]:
         except Exception:   # noqa: BLE001 - any problem with the files: the simulated market
             pass
     return simulated_ohlcv(PAIRS, 1, "1h", CANDLES), f"simulated 1h, {PAIRS} pairs"
-
-
-def _trials_per_minute(candles: dict, trials: int, jobs: int | None = None,
-                       scheduler: str | None = None) -> float:
-    """Completed trials per wall minute of one fresh study on a warmed-up executor."""
-    import hyperopt
-
-    setup = _setup(candles)
-    with tempfile.TemporaryDirectory() as tmp, hyperopt.Pool(jobs, scheduler) as pool:
-        warm = hyperopt.open_study(setup, Path(tmp) / "warm.sqlite", None, "random", 1, 3)
-        hyperopt.run(candles, setup, warm, pool, trials=pool.jobs)
-        study = hyperopt.open_study(setup, Path(tmp) / "bench.sqlite", None, "random", 0, 3)
-        start = time.perf_counter()
-        hyperopt.run(candles, setup, study, pool, trials=trials)
-        return trials / (time.perf_counter() - start) * 60.0
 
 
 def _setup(candles: dict):

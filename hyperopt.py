@@ -28,25 +28,38 @@ fold k >= 1, the trial best on the folds before k, scored on fold k), the chosen
 on the selection folds) on the holdout, the deflated Sharpe ratio and the probability of
 backtest overfitting.
 
-Execution. Ask-and-tell: a batch of `--jobs` trials is asked, evaluated at once and told in
-trial order, until `--trials` trials are complete. jobs=1 evaluates in-process; more run on
-local processes (joblib's loky); `--scheduler tcp://HOST:8786` (or DASK_SCHEDULER_ADDRESS)
-runs them on a Dask cluster, the candles scattered to every worker once. The same function
-evaluates a trial everywhere, and the batches depend on `--jobs` only, so a seed gives the
-same study on any executor. `sweep` runs any function over items the same way.
+Execution. Ask-and-tell, pipelined: up to `--jobs` trials are in flight, each split into
+tasks of folds (locally one task per fold; on a cluster two per trial, a task costing its
+scheduler a few ms); a trial is told the moment its folds are in and the next is asked and
+submitted at once, so the workers never wait for the main process to tell, write SQLite and
+ask. jobs=1 evaluates in-process, one trial at a time (asked, evaluated, told); more run on
+local processes (loky's reusable executor, the candles pickled once to a file each worker
+loads once); `--scheduler tcp://HOST:8786` (or DASK_SCHEDULER_ADDRESS) runs them on a Dask
+cluster, the candles scattered to every worker once. The same function evaluates a fold
+everywhere. jobs=1 gives one study per seed; with more, TPE's draws depend on which trials
+finished first (a random sampler's and the grid's do not: they follow the order of the asks,
+so the grid runs in full, in the same order, on every executor, and has the same best
+trial). The progress label is computed from the completed trials kept in memory. `sweep`
+runs any function over items the same way.
 
 Study. Optuna's RDB storage in an SQLite file; the study name defaults to one derived from
 everything that decides a trial's figures (strategy, candles, period, folds, embargo,
 objective, space, settings), and a study made with another setup is refused. A study left by
 a killed run is resumed: its finished trials stay, trials it left running are marked failed
-and their parameters asked again first.
+and their parameters asked again first. The file is in WAL mode with synchronous=NORMAL: a
+commit is not an fsync, a killed process loses nothing it committed, a power cut at most the
+last commits.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import math
 import os
+import pickle
+import sqlite3
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -73,6 +86,7 @@ SAMPLERS = ("tpe", "random", "grid")
 CALMAR_FLOOR_PCT = 1.0          # calmar: drawdowns below 1 % count as 1 %
 MIN_FOLD_DAYS = 2               # a fold trades at least this long (two daily returns)
 SCHEDULER_TIMEOUT_S = 10
+IDLE_WORKER_TIMEOUT_S = 300    # local worker processes stay up this long between uses (joblib's)
 
 
 # --------------------------------------------------------------------------- the search space
@@ -343,22 +357,32 @@ class Outcome:
     daily: list[list[float]]
 
 
+def evaluate_fold(candles: Mapping[str, np.ndarray], setup: Setup, values: Mapping[str, float],
+                  k: int) -> tuple[dict[str, Any], list[float]]:
+    """Fold k of one trial: its figures and daily returns (a unit of work on its own)."""
+    strategy, params, protections = setup.apply(values)
+    return fold_figures(run_fold(candles, setup, setup.folds[k], strategy, params, protections),
+                        setup.objective)
+
+
+def outcome(folds: Sequence[tuple[dict[str, Any], list[float]]]) -> Outcome:
+    """A trial's outcome from its folds' results; the value leaves the holdout (the last) out."""
+    figures = [f for f, _ in folds]
+    return Outcome(float(np.mean([f["score"] for f in figures[:-1]])), figures,
+                   [d for _, d in folds])
+
+
 def evaluate(candles: Mapping[str, np.ndarray], setup: Setup, values: Mapping[str, float]) -> Outcome:
     """Every fold of one trial; the value Optuna sees leaves the holdout (the last fold) out."""
-    strategy, params, protections = setup.apply(values)
-    figures, daily = [], []
-    for fold in setup.folds:
-        f, d = fold_figures(run_fold(candles, setup, fold, strategy, params, protections),
-                            setup.objective)
-        figures.append(f)
-        daily.append(d)
-    value = float(np.mean([f["score"] for f in figures[:-1]]))
-    return Outcome(value, figures, daily)
+    return outcome([evaluate_fold(candles, setup, values, k) for k in range(len(setup.folds))])
 
 
-def _evaluate_task(shared: tuple[Mapping[str, np.ndarray], Setup], values: Mapping[str, float]) -> Outcome:
+def _folds_task(shared: tuple[Mapping[str, np.ndarray], Setup],
+                item: tuple[Mapping[str, float], Sequence[int]]
+                ) -> list[tuple[dict[str, Any], list[float]]]:
     candles, setup = shared
-    return evaluate(candles, setup, values)
+    values, ks = item
+    return [evaluate_fold(candles, setup, values, k) for k in ks]
 
 
 # --------------------------------------------------------------------------- completed trials
@@ -420,14 +444,42 @@ def walk_forward_score(trials: Sequence[TrialRecord]) -> float | None:
 
 # --------------------------------------------------------------------------- execution
 
+@dataclass(frozen=True)
+class _Shared:
+    """A local pool's handle of a shared object: pickled once to `path`, loaded once per
+    worker process (cached under its digest), so tasks carry the handle, not the object."""
+    path: str
+    digest: str
+
+
+_WORKER_CACHE: dict[str, Any] = {}
+
+
+def _resolve(shared: Any) -> Any:
+    if not isinstance(shared, _Shared):
+        return shared
+    if shared.digest not in _WORKER_CACHE:
+        _WORKER_CACHE.clear()                 # one shared object at a time per worker
+        with open(shared.path, "rb") as f:
+            _WORKER_CACHE[shared.digest] = pickle.load(f)
+    return _WORKER_CACHE[shared.digest]
+
+
+def _call(fn: Callable[[Any, Any], Any], shared: Any, item: Any) -> Any:
+    return fn(_resolve(shared), item)
+
+
 class Pool:
-    """Runs fn(shared, item) over items, results in item order: in-process (jobs=1), on
-    local processes (joblib's loky), or on the Dask cluster at `scheduler`, where `shared`
-    is scattered to every worker once (`share`)."""
+    """Runs fn(shared, item) for items: in-process (jobs=1), on local processes (loky's
+    reusable executor, joblib's), or on the Dask cluster at `scheduler`. `share` ships the
+    shared object to the workers once (a cluster: scattered to every worker; local: pickled
+    to a file each worker loads once). `submit` gives a future, `wait` the finished ones,
+    `map` results in item order."""
 
     def __init__(self, jobs: int | None = None, scheduler: str | None = None) -> None:
         self.jobs, self.scheduler = jobs, scheduler
-        self.client = self.parallel = None
+        self.client = self.executor = None
+        self._files: tempfile.TemporaryDirectory | None = None
 
     def __enter__(self) -> "Pool":
         if self.scheduler:
@@ -443,36 +495,85 @@ class Pool:
         else:
             self.jobs = self.jobs or os.cpu_count() or 1
             if self.jobs > 1:
-                import joblib
+                from joblib.externals.loky import get_reusable_executor
 
-                self.parallel = joblib.Parallel(n_jobs=self.jobs, backend="loky").__enter__()
+                self.executor = get_reusable_executor(max_workers=self.jobs,
+                                                      timeout=IDLE_WORKER_TIMEOUT_S)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.parallel is not None:
-            self.parallel.__exit__(*exc)
         if self.client is not None:
             self.client.close()
+        if self._files is not None:
+            self._files.cleanup()
 
     def share(self, obj: Any) -> Any:
-        """A handle of `obj` for `map`: on a cluster, one scattered copy per worker."""
-        if self.client is None:
+        """A handle of `obj` for `submit` and `map`."""
+        if self.client is not None:
+            return self.client.scatter([obj], broadcast=True, hash=False)[0]
+        if self.executor is None:
             return obj
-        return self.client.scatter([obj], broadcast=True, hash=False)[0]
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        if self._files is None:
+            self._files = tempfile.TemporaryDirectory(prefix="hyperopt-")
+        digest = hashlib.sha256(data).hexdigest()
+        path = Path(self._files.name) / f"{digest[:16]}.pickle"
+        path.write_bytes(data)
+        return _Shared(str(path), digest)
+
+    def submit(self, fn: Callable[[Any, Any], Any], shared: Any, item: Any) -> Any:
+        """fn(shared, item) as a future (in-process: run now; a KeyboardInterrupt raises)."""
+        if self.client is not None:
+            return self.client.submit(fn, shared, item, pure=False)
+        if self.executor is not None:
+            return self.executor.submit(_call, fn, shared, item)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(shared, item))
+        except Exception as exc:       # noqa: BLE001 - the future carries it, as a worker's would
+            future.set_exception(exc)
+        return future
+
+    def wait(self, futures: Iterable[Any]) -> set:
+        """The finished futures among `futures` (at least one: blocks until one finishes)."""
+        if self.client is not None:
+            import distributed
+
+            return set(distributed.wait(list(futures), return_when="FIRST_COMPLETED").done)
+        return concurrent.futures.wait(list(futures),
+                                       return_when=concurrent.futures.FIRST_COMPLETED).done
+
+    def cancel(self, futures: Iterable[Any], *, interrupted: bool = False) -> None:
+        """Drop `futures`; on Ctrl-C, local workers still running one are killed."""
+        futures = list(futures)
+        if self.client is not None:
+            self.client.cancel(futures)
+            return
+        for f in futures:
+            f.cancel()
+        if interrupted and self.executor is not None and not all(f.done() for f in futures):
+            self.executor.shutdown(wait=False, kill_workers=True)
+            self.executor = None
+
+    def chunks(self, n_folds: int) -> list[tuple[int, ...]]:
+        """A trial's folds grouped into tasks: one fold a task locally (a task costs little
+        there); on a cluster, whose scheduler spends a few ms on each task, two tasks a
+        trial (the first half of the folds, the rest), which with `jobs` trials in flight
+        still leaves a task queued for every worker when a trial finishes."""
+        per_task = -(-n_folds // 2) if self.client is not None else 1
+        return [tuple(range(i, min(i + per_task, n_folds))) for i in range(0, n_folds, per_task)]
 
     def map(self, fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any]) -> list:
-        if self.client is not None:
-            futures = [self.client.submit(fn, shared, item, pure=False) for item in items]
-            try:
+        if self.client is None and self.executor is None:
+            return [fn(shared, item) for item in items]
+        futures = [self.submit(fn, shared, item) for item in items]
+        try:
+            if self.client is not None:
                 return self.client.gather(futures)
-            except BaseException:
-                self.client.cancel(futures)
-                raise
-        if self.parallel is not None:
-            import joblib
-
-            return self.parallel(joblib.delayed(fn)(shared, item) for item in items)
-        return [fn(shared, item) for item in items]
+            return [f.result() for f in futures]
+        except BaseException as exc:
+            self.cancel(futures, interrupted=isinstance(exc, KeyboardInterrupt))
+            raise
 
 
 def sweep(fn: Callable[[Any, Any], Any], items: Sequence[Any], *, shared: Any = None,
@@ -510,6 +611,19 @@ def grid_size(dimensions: Sequence[Dimension], grid_points: int) -> int:
     return math.prod(len(d.grid(grid_points)) for d in dimensions)
 
 
+class _StudyFile(sqlite3.Connection):
+    """The study file's connections: WAL journal, synchronous=NORMAL. A commit is a write to
+    the log, not an fsync (a trial makes about 15 commits; with fsyncs, ~7 ms each on the
+    development machine, they cost half as much as its backtests): a killed process loses
+    nothing it committed, a power cut at most the last commits, and the file stays
+    consistent either way."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.execute("PRAGMA journal_mode = WAL")
+        self.execute("PRAGMA synchronous = NORMAL")
+
+
 def open_study(setup: Setup, path: Path, name: str | None, sampler: str, seed: int,
                grid_points: int) -> optuna.Study:
     """The study `name` (default: the setup's) in the SQLite file at `path`, created or
@@ -520,7 +634,8 @@ def open_study(setup: Setup, path: Path, name: str | None, sampler: str, seed: i
     order), and covers the points not yet finished."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path.parent.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}",
+                                         engine_kwargs={"connect_args": {"factory": _StudyFile}})
     name = name or setup.study_name()
     exists = name in optuna.get_all_study_names(storage)
     so_far = len(storage.get_all_trials(storage.get_study_id_from_name(name))) if exists else 0
@@ -565,42 +680,83 @@ class RunResult:
     interrupted: bool = False
 
 
+@dataclass
+class _Running:
+    """A trial in flight: its values and the results of the folds that are in."""
+    trial: optuna.Trial
+    values: dict[str, float] | None = None
+    folds: dict[int, tuple[dict[str, Any], list[float]]] = field(default_factory=dict)
+
+
 def run(candles: Mapping[str, np.ndarray], setup: Setup, study: optuna.Study, pool: Pool, *,
         trials: int, progress: Callable[[int, float | None], None] | None = None) -> RunResult:
-    """Ask, evaluate (on the entered `pool`) and tell batches of `pool.jobs` trials until
-    `trials` are complete in the study (a grid: at most its size). Ctrl-C stops after
-    marking the running batch failed (its parameters enqueued for the next run)."""
-    requeued = resume(study, [d.name for d in setup.dimensions])
+    """Evaluate trials on the entered `pool` until `trials` are complete in the study (a
+    grid: at most its size). Up to `pool.jobs` trials are in flight, each as tasks of its
+    folds (`Pool.chunks`); a trial is told as soon as its folds are in and the next is asked
+    and submitted at once, so the workers do not wait for the study. jobs=1 runs one trial at a time in-process (asked,
+    evaluated, told: the study depends on the seed alone). Ctrl-C stops asking, marks the
+    trials in flight failed and enqueues their parameters for the next run."""
+    names = [d.name for d in setup.dimensions]
+    requeued = resume(study, names)
     target = trials
     if isinstance(study.sampler, optuna.samplers.GridSampler):
         target = min(trials, len(study.sampler._all_grids))
     out = RunResult(study, target, requeued)
-    shared = pool.share((candles, setup))
+    done_records = records(study)          # kept in memory: the study is not read again
+    done = completed(study)
     if progress:
-        progress(completed(study), walk_forward_score(records(study)))
-    while (done := completed(study)) < target:
-        batch = [study.ask() for _ in range(min(pool.jobs, target - done))]
-        values = [{d.name: d.suggest(t) for d in setup.dimensions} for t in batch]
-        try:
-            outcomes = pool.map(_evaluate_task, shared, values)
-        except BaseException as exc:
-            for t in batch:
-                study.tell(t, state=TrialState.FAIL)
-                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-            if isinstance(exc, KeyboardInterrupt):
-                out.interrupted = True
+        progress(done, walk_forward_score(done_records))
+    if done >= target:
+        return out
+    shared = pool.share((candles, setup))
+    running: dict[int, _Running] = {}
+    tasks: dict[Any, tuple[int, tuple[int, ...]]] = {}     # future -> (trial number, folds)
+    n_folds = len(setup.folds)
+    chunks = pool.chunks(n_folds)
+    try:
+        while True:
+            while len(running) < pool.jobs and done + len(running) < target:
+                trial = study.ask()
+                entry = running[trial.number] = _Running(trial)
+                entry.values = {d.name: d.suggest(trial) for d in setup.dimensions}
+                for ks in chunks:
+                    tasks[pool.submit(_folds_task, shared, (entry.values, ks))] = (trial.number, ks)
+            if not running:
                 break
+            for future in pool.wait(list(tasks)):
+                number, ks = tasks.pop(future)
+                entry = running[number]
+                entry.folds.update(zip(ks, future.result()))      # a task's error raises here
+                if len(entry.folds) < n_folds:
+                    continue
+                o = outcome([entry.folds[i] for i in range(n_folds)])
+                trial = entry.trial
+                trial.set_user_attr("folds", o.folds)
+                trial.set_user_attr("daily", o.daily)
+                state = study.tell(trial, o.value).state
+                del running[number]
+                if state == TrialState.COMPLETE:
+                    done += 1
+                    done_records.append(TrialRecord(trial.number, dict(trial.params), o.value,
+                                                    o.folds, o.daily))
+                    if progress:
+                        progress(done, walk_forward_score(done_records))
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        pool.cancel(list(tasks), interrupted=interrupted)
+        for entry in running.values():
+            if study._storage.get_trial(entry.trial._trial_id).state != TrialState.RUNNING:
+                continue                              # told just before the interrupt
+            study.tell(entry.trial, state=TrialState.FAIL)
+            if set(entry.trial.params) == set(names):
+                study.enqueue_trial(entry.trial.params, user_attrs={"retry_of": entry.trial.number})
+        if not interrupted:
             raise
-        for t, o in zip(batch, outcomes):
-            t.set_user_attr("folds", o.folds)
-            t.set_user_attr("daily", o.daily)
-            study.tell(t, o.value)
-        if progress:
-            progress(completed(study), walk_forward_score(records(study)))
+        out.interrupted = True
     return out
 
 
 __all__ = ["DEFAULT_SPACES", "OBJECTIVES", "SAMPLERS", "SETTINGS", "SPACES", "Dimension", "Fold",
            "Outcome", "Pool", "RunResult", "Selection", "Setup", "TrialRecord", "chosen", "completed",
-           "evaluate", "grid_size", "make_sampler", "make_setup", "open_study", "records", "run",
-           "sweep", "walk_forward", "walk_forward_score"]
+           "evaluate", "evaluate_fold", "grid_size", "make_sampler", "make_setup", "open_study",
+           "outcome", "records", "run", "sweep", "walk_forward", "walk_forward_score"]

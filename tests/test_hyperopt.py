@@ -183,6 +183,40 @@ class ReproducibleTest(TempDir):
                          (chosen["stop_loss_atr"], chosen["max_hold_candles"],
                           chosen["cooldown_candles"]))
 
+    def test_pipelined_local_processes_run_the_in_process_random_study(self) -> None:
+        candles = market(2, planted=True, n=2500)       # random: the draws follow the asks
+        alone = optimise(candles, self.tmp / "a", sampler="random", trials=12)
+        study = optimise(candles, self.tmp / "b", sampler="random", trials=12, jobs=2)
+        table = trial_table(study)
+        self.assertEqual(table, trial_table(alone))
+        self.assertEqual([n for n, _, _ in table], list(range(12)))   # each number once
+        self.assertEqual(len(study.get_trials(deepcopy=False)), 12)  # none failed or extra
+
+    def test_ctrl_c_fails_the_trial_in_flight_and_the_next_run_asks_it_again(self) -> None:
+        candles = market(3, planted=False, n=1500)
+        real, calls = hyperopt.evaluate_fold, []
+
+        def interrupted_in_trial_3(*args):
+            calls.append(args[3])
+            if len(calls) == 3 * 5 + 2:                 # trial 3, fold 2
+                raise KeyboardInterrupt
+            return real(*args)
+
+        setup = make_setup(candles, self.tmp)
+        with hyperopt.Pool(1) as pool, mock.patch("hyperopt.evaluate_fold", interrupted_in_trial_3):
+            study = hyperopt.open_study(setup, self.tmp / "s.sqlite", None, "random", 0, 3)
+            out = hyperopt.run(candles, setup, study, pool, trials=6)
+        self.assertTrue(out.interrupted)
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        self.assertEqual(states, [optuna.trial.TrialState.COMPLETE] * 3
+                         + [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING])
+        with hyperopt.Pool(1) as pool:
+            study = hyperopt.open_study(setup, self.tmp / "s.sqlite", None, "random", 0, 3)
+            hyperopt.run(candles, setup, study, pool, trials=6)
+        trials = study.get_trials(deepcopy=False)
+        self.assertEqual(len(trial_table(study)), 6)
+        self.assertEqual((trials[4].user_attrs["retry_of"], trials[4].params), (3, trials[3].params))
+
     def test_another_setup_under_the_same_name_is_refused(self) -> None:
         candles = market(3, planted=False, n=1500)
         setup = make_setup(candles, self.tmp)
@@ -214,6 +248,7 @@ class ClusterTest(TempDir):
         local = optimise(candles, self.tmp / "local", sampler="grid", trials=100, jobs=2)
         dask = optimise(candles, self.tmp / "dask", sampler="grid", trials=100, scheduler=address)
         self.assertEqual(len(trial_table(local)), 9)          # the 3 x 3 grid, then stop
+        self.assertEqual(len({tuple(sorted(p.items())) for _, p, _ in trial_table(local)}), 9)
         self.assertEqual(trial_table(dask), trial_table(local))
         self.assertEqual((dask.best_trial.params, dask.best_value),
                          (local.best_trial.params, local.best_value))
