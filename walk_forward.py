@@ -1,6 +1,6 @@
 """The backtest's walk-forward model: training samples in the order they became known, the
-refit schedule, fits run ahead on a thread pool, and the batched predictions of each fit's
-period (see `backtest`'s docstring, "Model").
+refit schedule, the fits (in the replay's thread, or ahead on a thread pool), and the
+batched predictions of each fit's period (see `backtest`'s docstring, "Model").
 
 `data` is the replay's prepared arrays (`backtest._Data`) and `settings` its
 `backtest.BacktestSettings`; both are read only.
