@@ -466,10 +466,11 @@ def _spaces_option(ctx, param, value: str) -> tuple[str, ...]:
 
 def _scheduler_option(ctx, param, value: str | None) -> str | None:
     """--scheduler: a Dask scheduler address such as tcp://HOST:8786."""
+    from config import is_scheduler_address
+
     if value is None or not value.strip():
         return None
-    if not re.fullmatch(r"(tcp|tls|ucx|ws|wss)://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}", value.strip(),
-                        re.ASCII):
+    if not is_scheduler_address(value.strip()):
         raise click.BadParameter(f"{value[:60]!r} is not a scheduler address (allowed: "
                                  f"tcp://HOST:PORT, e.g. tcp://10.0.0.5:8786)")
     return value.strip()
@@ -514,9 +515,9 @@ def _scheduler_option(ctx, param, value: str | None) -> str | None:
 @click.option("--seed", default=0, show_default=True, type=Number(0, 2**32 - 1, whole=True))
 @click.option("--jobs", type=Number(1, 4096, whole=True),
               help="Trials evaluated at once (default: the CPUs, or the cluster's threads).")
-@click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", callback=_scheduler_option,
-              help="A Dask scheduler, e.g. tcp://HOST:8786 (or DASK_SCHEDULER_ADDRESS); "
-                   "default: local processes.")
+@click.option("--scheduler", callback=_scheduler_option,
+              help="A Dask scheduler, e.g. tcp://HOST:8786 (default: DASK_SCHEDULER_ADDRESS; "
+                   "empty: local processes).")
 @click.option("--study-file", type=click.Path(path_type=Path),
               help="The SQLite study file (default: user_data/hyperopt/STRATEGY.sqlite).")
 @click.option("--study-name", help="The study's name (default: derived from the setup).")
@@ -534,6 +535,8 @@ def hyperopt_command(ctx: click.Context, data_dir: Path, timeframe: str, pairs: 
     """Optimise a strategy's parameters walk-forward; report out-of-sample figures only."""
     config = load_or_fail(ctx.obj["env_file"], create_data_dir=False)
     strategy = _strategy_or_fail(config, strategy_spec, strategy_params)
+    source = "--scheduler" if scheduler else "DASK_SCHEDULER_ADDRESS"
+    scheduler = scheduler or config.dask_scheduler_address or None
     study_file = study_file or Path("user_data/hyperopt") / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', strategy.name)}.sqlite"
     if study_file.is_dir():
         fail(f"--study-file '{study_file}' is a directory (allowed: an SQLite file to create or resume)")
@@ -557,7 +560,7 @@ def hyperopt_command(ctx: click.Context, data_dir: Path, timeframe: str, pairs: 
         setup = hyperopt.make_setup(job, config, strategy_spec=strategy_spec or config.strategy,
                                     timeframe=timeframe, n_folds=n_folds, embargo=embargo,
                                     spaces=spaces, objective=objective)
-        with hyperopt.Pool(jobs, scheduler) as pool:
+        with hyperopt.Pool(jobs, scheduler, source) as pool:
             study = hyperopt.open_study(setup, study_file, study_name, sampler, seed, grid_points)
             click.echo(f"study {study.study_name} in {study_file}: {hyperopt.completed(study)} "
                        f"trial(s) done; {len(setup.folds)} folds, embargo {setup.embargo} "

@@ -344,6 +344,24 @@ def _redact_url(url: str) -> str:
     return url
 
 
+SCHEDULER_ADDRESS = re.compile(r"(tcp|tls)://[A-Za-z0-9.\-\[\]:]+:([0-9]{1,5})", re.ASCII)
+
+
+def is_scheduler_address(raw: str) -> bool:
+    """A Dask scheduler address: tcp://HOST:PORT or tls://HOST:PORT, the port 1..65535."""
+    m = SCHEDULER_ADDRESS.fullmatch(raw)
+    return m is not None and 0 < int(m.group(2)) < 65536
+
+
+def _scheduler() -> tuple[Callable[[str], str], str]:
+    """DASK_SCHEDULER_ADDRESS: a scheduler address, or empty for none."""
+    def parse(raw: str) -> str:
+        if raw and not is_scheduler_address(raw):
+            raise _Invalid("is not a scheduler address")
+        return raw
+    return parse, "tcp://HOST:PORT (e.g. tcp://10.0.0.5:8786), or empty for local processes"
+
+
 def _url(example: str, credentials_hint: str, query: bool = False
          ) -> tuple[Callable[[str], str], str]:
     def parse(raw: str) -> str:
@@ -553,6 +571,7 @@ VARIABLES: tuple[Var, ...] = (
         60, 30 * DAY, unit="market seconds", why="at least once in 30 days, or the model goes stale")),
     Var("RETRAIN_MIN_NEW_SAMPLES", 500, *_whole(
         1, 1_000_000, why="the training data holds at most 20,000 records")),
+    Var("DASK_SCHEDULER_ADDRESS", "", *_scheduler()),
     Var("LLM_PROVIDER", "none", *_choice(("none", "openai"))),
     Var("LLM_BASE_URL", "http://127.0.0.1:11434/v1", *_url(
         "http://127.0.0.1:11434/v1", "put the key in LLM_API_KEY")),
@@ -679,6 +698,7 @@ class Config:
     ml_cache_rounding: int
     retrain_interval: float
     retrain_min_new_samples: int
+    dask_scheduler_address: str
     llm_provider: str
     llm_base_url: str
     llm_model: str

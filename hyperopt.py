@@ -476,8 +476,9 @@ class Pool:
     to a file each worker loads once). `submit` gives a future, `wait` the finished ones,
     `map` results in item order."""
 
-    def __init__(self, jobs: int | None = None, scheduler: str | None = None) -> None:
-        self.jobs, self.scheduler = jobs, scheduler
+    def __init__(self, jobs: int | None = None, scheduler: str | None = None,
+                 source: str = "--scheduler") -> None:
+        self.jobs, self.scheduler, self.source = jobs, scheduler, source   # source: for errors
         self.client = self.executor = None
         self._files: tempfile.TemporaryDirectory | None = None
 
@@ -488,9 +489,9 @@ class Pool:
             try:
                 self.client = distributed.Client(self.scheduler, timeout=f"{SCHEDULER_TIMEOUT_S}s")
             except (OSError, TimeoutError, ValueError) as exc:
-                raise ValueError(f"--scheduler {self.scheduler}: cannot connect "
+                raise ValueError(f"{self.source} {self.scheduler}: cannot connect "
                                  f"({' '.join(str(exc).split())[:120]}); start a scheduler "
-                                 f"there or leave the option out for local processes") from None
+                                 f"there or leave {self.source} out for local processes") from None
             self.jobs = self.jobs or sum(self.client.nthreads().values()) or 1
         else:
             self.jobs = self.jobs or os.cpu_count() or 1

@@ -86,6 +86,8 @@ BAD_VALUES = {
     "LIMIT_ENTRY_TIMEOUT": ["0", "1e9", "inf"],
     "LIMIT_ENTRY_REPRICES": ["-1", "21", "two"],
     "LOG_CCXT_DEBUG": ["maybe", "2"],
+    "DASK_SCHEDULER_ADDRESS": ["http://127.0.0.1:8786", "tcp://host", "tcp://h:0", "tcp://h:99999",
+                               "tcp://h 1:8786"],
     "SIM_URL": ["ftp://x", "localhost:8765", "http://127.0.0.1:0", "http://127.0.0.1:8765/?x=1"],
     "DATA_DIR": ["", "a\x00b"],
     "LOG_LEVEL": ["TRACE"],
