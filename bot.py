@@ -391,29 +391,45 @@ def status(ctx: click.Context, n_trades: int) -> None:
         fail(str(exc))
 
 
+def _replay_options(sim_days: float):
+    """The options `backtest` and `hyperopt` share: the candles (files or the simulated
+    market's), the period, the model, the balance and the strategy."""
+    options = [
+        click.option("--data-dir", default="user_data/data", show_default=True,
+                     type=click.Path(path_type=Path), help="Folder with the candle files."),
+        click.option("--timeframe", default="5m", show_default=True, callback=_timeframe_option),
+        click.option("--pairs", callback=_pairs_option,
+                     help="Comma-separated pairs (default: every file of the timeframe)."),
+        click.option("--start", callback=_day_option,
+                     help="First day, YYYY-MM-DD UTC (earlier candles warm up)."),
+        click.option("--end", callback=_day_option,
+                     help="Stop before this day, YYYY-MM-DD UTC (exclusive)."),
+        click.option("--simulated", is_flag=True,
+                     help="Use the simulated market's candles instead."),
+        click.option("--sim-pairs", default=10, show_default=True,
+                     type=Number(1, 200, whole=True), help="With --simulated: how many pairs."),
+        click.option("--sim-days", default=sim_days, show_default=True,
+                     type=Number(1, SIM_MAX_DAYS), help="With --simulated: how many days."),
+        click.option("--no-model", is_flag=True,
+                     help="The strategy alone: no walk-forward model."),
+        click.option("--starting-balance", type=Number(0, 1e12, open_lo=True),
+                     help="Quote balance to start with (default: STARTING_BALANCE)."),
+        click.option("--strategy", "strategy_spec", help="A strategy instead of STRATEGY (a "
+                     "built-in name or path/to/file.py:ClassName)."),
+        click.option("--strategy-params", help="Parameters instead of STRATEGY_PARAMS."),
+    ]
+
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
 @cli.command("backtest")
-@click.option("--data-dir", default="user_data/data", show_default=True,
-              type=click.Path(path_type=Path), help="Folder with the candle files.")
-@click.option("--timeframe", default="5m", show_default=True, callback=_timeframe_option)
-@click.option("--pairs", callback=_pairs_option,
-              help="Comma-separated pairs (default: every file of the timeframe).")
-@click.option("--start", callback=_day_option,
-              help="First day to trade, YYYY-MM-DD UTC (earlier candles warm up).")
-@click.option("--end", callback=_day_option,
-              help="Stop before this day, YYYY-MM-DD UTC (exclusive).")
+@_replay_options(sim_days=14.0)
 @click.option("--report-dir", default="user_data/backtest", show_default=True,
               type=click.Path(path_type=Path))
-@click.option("--simulated", is_flag=True, help="Use the simulated market's candles instead.")
-@click.option("--sim-pairs", default=10, show_default=True, type=Number(1, 200, whole=True),
-              help="With --simulated: how many pairs.")
-@click.option("--sim-days", default=14.0, show_default=True, type=Number(1, SIM_MAX_DAYS),
-              help="With --simulated: how many days.")
-@click.option("--no-model", is_flag=True, help="The strategy alone: no walk-forward model.")
-@click.option("--starting-balance", type=Number(0, 1e12, open_lo=True),
-              help="Quote balance to start with (default: STARTING_BALANCE).")
-@click.option("--strategy", "strategy_spec", help="A strategy instead of STRATEGY (a built-in "
-              "name or path/to/file.py:ClassName).")
-@click.option("--strategy-params", help="Parameters instead of STRATEGY_PARAMS.")
 @click.pass_context
 def backtest_command(ctx: click.Context, data_dir: Path, timeframe: str, pairs: list[str],
                      start: str | None, end: str | None, report_dir: Path, simulated: bool,
@@ -477,26 +493,7 @@ def _scheduler_option(ctx, param, value: str | None) -> str | None:
 
 
 @cli.command("hyperopt")
-@click.option("--data-dir", default="user_data/data", show_default=True,
-              type=click.Path(path_type=Path), help="Folder with the candle files.")
-@click.option("--timeframe", default="5m", show_default=True, callback=_timeframe_option)
-@click.option("--pairs", callback=_pairs_option,
-              help="Comma-separated pairs (default: every file of the timeframe).")
-@click.option("--start", callback=_day_option,
-              help="First day of the optimised period, YYYY-MM-DD UTC (earlier candles warm up).")
-@click.option("--end", callback=_day_option, help="End of the period, YYYY-MM-DD UTC (exclusive).")
-@click.option("--simulated", is_flag=True, help="Use the simulated market's candles instead.")
-@click.option("--sim-pairs", default=10, show_default=True, type=Number(1, 200, whole=True),
-              help="With --simulated: how many pairs.")
-@click.option("--sim-days", default=60.0, show_default=True, type=Number(1, SIM_MAX_DAYS),
-              help="With --simulated: how many days.")
-@click.option("--no-model", is_flag=True, help="The strategy alone: no walk-forward model.")
-@click.option("--starting-balance", type=Number(0, 1e12, open_lo=True),
-              help="Quote balance each fold starts with (default: STARTING_BALANCE).")
-@click.option("--strategy", "strategy_spec", help="A strategy instead of STRATEGY (a built-in "
-              "name or path/to/file.py:ClassName).")
-@click.option("--strategy-params", help="Fixed parameters instead of STRATEGY_PARAMS (the base "
-              "the optimised ones replace).")
+@_replay_options(sim_days=60.0)
 @click.option("--trials", default=100, show_default=True, type=Number(1, 100_000, whole=True),
               help="Completed trials the study should hold (a resumed study counts its own).")
 @click.option("--folds", "n_folds", default=5, show_default=True, type=Number(2, 50, whole=True),
